@@ -1,0 +1,168 @@
+"""A folder of images and class-index masks, checked in one pass, and its torch Dataset.
+
+Layout: `<root>/<split>/images/<stem>.<png|jpg|jpeg|tif|tiff>` and `<root>/<split>/masks/<stem>.png`;
+an image and its mask share the stem. Dotfiles (.DS_Store, .gitkeep) and sub-folders are skipped.
+
+`validate_folder` reads every selected file once and raises one `DatasetError` that lists every
+problem (missing mask, mask without image, size mismatch, label out of range, unreadable file,
+unsupported extension, empty folder, unknown stem in `labeled_subset`). `FolderDataset` runs the
+same scan, keeps the decoded, normalised arrays in memory when they are small (the demo data is
+about 7 MB decoded), and serves augmented training crops or whole evaluation images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybengine.config import DataConfig
+from hybengine.data.augment import augment_pair, sample_rng
+from hybengine.data.errors import DatasetError
+from hybengine.data.image_io import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    FileProblem,
+    label_problems,
+    normalize,
+    read_image,
+    read_mask,
+)
+
+CACHE_LIMIT_BYTES = 512 * 2**20  # decoded arrays kept in memory up to this size, else read per item
+ADVICE = ("Fix, replace or remove the files listed (an image and its mask share the file stem; masks are "
+          "single-channel class-index PNG), or point data.root / data.labeled_subset at the right data.")
+
+
+@dataclass
+class FolderScan:
+    """What one pass over a split found: the usable stems, their files, and decoded arrays."""
+    stems: list[str]
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None)  # stem -> (image, mask)
+
+
+def _list_files(folder: Path, extensions: tuple[str, ...], kind: str, problems: list[str]) -> dict[str, Path]:
+    """stem -> file, reporting a missing or empty folder, unsupported extensions and duplicate stems."""
+    if not folder.is_dir():
+        problems.append(f"{folder}: {kind} folder does not exist")
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() not in extensions:
+            problems.append(f"{path}: unsupported {kind} extension '{path.suffix}' "
+                            f"(allowed: {' '.join(extensions)})")
+        elif path.stem in found:
+            problems.append(f"{path}: same stem as {found[path.stem].name}; keep one {kind} file per stem")
+        else:
+            found[path.stem] = path
+    if not found:
+        problems.append(f"{folder}: empty {kind} folder (no {' '.join(extensions)} files)")
+    return found
+
+
+def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int = 0) -> FolderScan:
+    """The one pass behind `validate_folder` and `FolderDataset`; raises DatasetError listing all
+    problems. `cfg.labeled_subset` applies to the training split only (evaluation always uses the
+    whole test split). With cache_limit > 0, the normalised arrays are kept if they fit."""
+    base = Path(root) / split
+    problems: list[str] = []
+    images = _list_files(base / "images", IMAGE_EXTENSIONS, "image", problems)
+    masks = _list_files(base / "masks", MASK_EXTENSIONS, "mask", problems)
+    for stem in sorted(images.keys() - masks.keys()):
+        if masks or (base / "masks").is_dir():
+            problems.append(f"{images[stem]}: no mask {base / 'masks' / (stem + '.png')}")
+    for stem in sorted(masks.keys() - images.keys()):
+        if images or (base / "images").is_dir():
+            problems.append(f"{masks[stem]}: mask without an image of the same stem in {base / 'images'}")
+    stems = sorted(images.keys() & masks.keys())
+
+    if cfg.labeled_subset and split == cfg.train_split:
+        unknown = sorted(set(cfg.labeled_subset) - set(stems))
+        for stem in unknown:
+            problems.append(f"data.labeled_subset names '{stem}', which is not an image+mask pair in {base}")
+        stems = sorted(set(cfg.labeled_subset) & set(stems))
+
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache_limit > 0 else None
+    cached_bytes = 0
+    for stem in stems:
+        image = mask = None
+        try:
+            raw, dtype_max = read_image(images[stem], cfg.image_channels)
+            image = normalize(raw, cfg.normalize, dtype_max)
+        except FileProblem as e:
+            problems.append(f"{images[stem]}: {e}")
+        try:
+            mask = read_mask(masks[stem], cfg.mask_format)
+            bad = label_problems(mask, cfg.num_classes, cfg.ignore_index, cfg.mask_format)
+            if bad:
+                problems.append(f"{masks[stem]}: {bad}")
+        except FileProblem as e:
+            problems.append(f"{masks[stem]}: {e}")
+        if image is not None and mask is not None and image.shape[1:] != mask.shape:
+            problems.append(f"{masks[stem]}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from "
+                            f"image {images[stem].name} size {image.shape[2]}x{image.shape[1]}")
+        if cache is not None and image is not None and mask is not None:
+            cached_bytes += image.nbytes + mask.nbytes
+            if cached_bytes <= cache_limit:
+                cache[stem] = (image, mask)
+            else:
+                cache = None  # too large to keep: items are decoded on demand
+    if problems:
+        raise DatasetError.listing(f"dataset {base}", problems, ADVICE)
+    return FolderScan(stems, {s: images[s] for s in stems}, {s: masks[s] for s in stems}, cache)
+
+
+def validate_folder(root: str | Path, split: str, cfg: DataConfig) -> list[str]:
+    """Checks `<root>/<split>` in one pass; returns the sorted usable stems or raises DatasetError."""
+    return scan_folder(root, split, cfg).stems
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Images and masks of one split.
+
+    train=True: item `i` or `(epoch, i)` -> (image float32 (I, crop, crop), mask int64 (crop, crop)),
+    jointly augmented with a generator drawn from (seed, epoch, i) alone, so any worker, rank or
+    order gives the same sample. An int key uses `self.epoch` (see `set_epoch`); the loaders pass
+    (epoch, i) so that worker processes never need the epoch broadcast to them.
+    train=False: item `i` -> (image (I, H, W), mask (H, W), name), whole and unaugmented.
+    """
+
+    def __init__(self, cfg: DataConfig, split: str, train: bool, seed: int = 0):
+        self.cfg, self.split, self.train, self.seed = cfg, split, train, seed
+        self.epoch = 0
+        scan = scan_folder(cfg.root, split, cfg, cache_limit=CACHE_LIMIT_BYTES)
+        self.names: list[str] = scan.stems
+        self._images, self._masks, self._cache = scan.images, scan.masks, scan.cache
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image float32 (I, H, W) and mask int32 (H, W) of item i, unaugmented."""
+        stem = self.names[i]
+        if self._cache is not None:
+            return self._cache[stem]
+        try:
+            raw, dtype_max = read_image(self._images[stem], self.cfg.image_channels)
+            mask = read_mask(self._masks[stem], self.cfg.mask_format)
+            return normalize(raw, self.cfg.normalize, dtype_max), mask
+        except FileProblem as e:  # the file changed after the start-up check
+            raise DatasetError(f"{self._images[stem]} or its mask: {e}") from None
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        image, mask = self.load(i)
+        if not self.train:
+            return torch.from_numpy(image.copy()), torch.from_numpy(mask.astype(np.int64)), self.names[i]
+        c = self.cfg
+        rng = sample_rng(self.seed, epoch, i)
+        image, mask = augment_pair(image, mask, rng, c.crop, c.augment, c.intensity_jitter, c.ignore_index)
+        return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))
