@@ -1,0 +1,308 @@
+"""Typed run configuration: defaults in code, small YAML diffs in `configs/`, `key=value` overrides.
+
+Every field carries its default and a short comment. `load_config` merges defaults <- YAML <-
+overrides, then `validate` rejects unknown keys, wrong types and impossible values before anything
+runs, naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, type or value that cannot run; the message names it and says what to do."""
+
+
+def choice(default: str, *allowed: str) -> Any:
+    return field(default=default, metadata={"choices": (default, *allowed)})
+
+
+@dataclass
+class DataConfig:
+    root: str = "demo_data/scratch-assay/fluorescence"  # folder holding <split>/images and <split>/masks
+    train_split: str = "train"  # sub-folder used for training
+    test_split: str = "test"  # sub-folder used for evaluation
+    num_classes: int = 3  # K: mask labels are 0..K-1
+    image_channels: int = 1  # I: 1 (gray) or 3 (RGB); gray files are repeated, RGB turned to luma for I=1
+    mask_format: str = choice("index", "binary255")  # class-index PNG, or 0/255 binary masks (-> 0/1)
+    ignore_index: int = 255  # mask value excluded from the loss and the metrics
+    normalize: str = choice("percentile", "dtype")  # per-image 0.5/99.5 percentiles, or the dtype's range
+    crop: int = 64  # training crop side (pixels); must divide by 2**(levels-1)
+    augment: bool = True  # random crop position, flips, 90-degree rotations, intensity jitter
+    intensity_jitter: float = 0.1  # image-only brightness/contrast amplitude (fraction)
+    loader: str = choice("torch", "dali", "auto")  # batch source (DALI: see hybengine/data/dali_pipeline)
+    num_workers: int = 0  # torch DataLoader worker processes
+    labeled_subset: list[str] = field(default_factory=list)  # only these file stems (label budgets)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = choice("tiny", "small", "base")  # sizes below; 0 / empty fields take the preset's
+    channels: int = 0  # base width of the U-Net
+    channel_mult: list[int] = field(default_factory=list)  # width multiplier per resolution level
+    num_res_blocks: int = 0  # residual blocks per level (encoder side)
+    attn_levels: list[int] = field(default_factory=list)  # levels (0 = full res) with self-attention
+    groups: int = 8  # GroupNorm groups; must divide every width
+    dropout: float = 0.0  # dropout inside residual blocks
+    channels_last: bool = False  # NHWC activations (measured per device: see hybengine/ops.py)
+    compile: bool = False  # torch.compile the U-Net
+
+
+@dataclass
+class ObjectiveConfig:
+    mode: str = choice("hybrid", "supervised", "denoise")  # which terms train (DESIGN.md)
+    P_mean: float = -1.2  # ln(sigma) ~ N(P_mean, P_std^2) during training (EDM)
+    P_std: float = 1.2
+    sigma_data: float = 0.5  # EDM data standard deviation
+    sigma_clean: float = 0.002  # fixed noise level for supervised pretraining, fine-tuning, prediction
+    w_mask: float = 0.2  # weight of the mask term (the paper down-weights it)
+    dice_weight: float = 0.0  # optional soft-Dice term added to the mask term
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # AdamW peak learning rate
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 100  # linear warm-up, then constant
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per rank per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    precision: str = choice("fp32", "bf16")  # bf16: autocast (plain) / DeepSpeed bf16 section
+    engine: str = choice("auto", "plain", "deepspeed")  # auto: deepspeed when launched by its launcher
+    deepspeed_config: str = "configs/deepspeed/zero2.json"  # ZeRO stage etc.
+    ema_halflife_steps: float = 200.0  # EMA half-life in optimizer steps; 0 disables EMA
+    ckpt_every: int = 500  # steps between checkpoints; 0: only at the end
+    keep_last: int = 2  # checkpoints kept
+    log_every: int = 25  # steps between metric logs (one host sync each)
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    check_finite: bool = True  # wait for each loss flag before backward so a NaN never reaches the weights
+    seed: int = 0
+    out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
+    progress: bool = True  # rich progress bar on rank 0
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class KernelConfig:
+    group_norm_silu: str = choice("auto", "fused", "reference")  # auto: fused on CUDA, measured on CPU
+    hybrid_loss: str = choice("auto", "fused", "reference")
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = ""  # pretrained run folder or checkpoint dir; "" = scratch
+    budget: int = 1  # labeled target images
+    seed: int = 0  # picks the labeled subset and the fine-tune randomness
+    out: str = "runs/finetune/result.json"  # metrics JSON
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging and type checking
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Checks `value` against the annotation `tp`; strings from the command line are parsed."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else []
+            if not isinstance(value, list):
+                value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {item_tp.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if isinstance(value, str) and tp is not str:
+        value = yaml.safe_load(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this file
+
+
+def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    types_ = _field_types(type(obj))
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in types_:
+            allowed = ", ".join(sorted(types_))
+            raise ConfigError(f"unknown config key '{path}'; allowed keys here: {allowed}")
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
+            _merge(getattr(obj, key), value, f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, value, tp))
+
+
+def _overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        dotted, value = item.split("=", 1)
+        node = tree
+        *parents, leaf = dotted.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+        node[leaf] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides, then validated."""
+    cfg = Config()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+        _merge(cfg, values, "")
+    _merge(cfg, _overrides_to_dict(overrides or []), "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuilds a Config saved with `to_dict` (e.g. from a checkpoint), validated."""
+    cfg = Config()
+    _merge(cfg, values, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> None:
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            allowed = f.metadata.get("choices")
+            value = getattr(sub, f.name)
+            if allowed and value not in allowed:
+                raise ConfigError(
+                    f"{section.name}.{f.name}={value!r} is not allowed; choose one of: {', '.join(allowed)}"
+                )
+    d, m, o, t, op = cfg.data, cfg.model, cfg.objective, cfg.train, cfg.optim
+    _check(d.num_classes >= 2, f"data.num_classes={d.num_classes}: need at least 2 classes")
+    _check(d.image_channels in (1, 3), f"data.image_channels={d.image_channels}: must be 1 or 3")
+    _check(not (0 <= d.ignore_index < d.num_classes),
+           f"data.ignore_index={d.ignore_index} collides with a class in 0..{d.num_classes - 1}")
+    _check(d.crop >= 8, f"data.crop={d.crop}: must be at least 8")
+    _check(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0")
+    _check(0 <= d.intensity_jitter < 1, f"data.intensity_jitter={d.intensity_jitter}: must be in [0, 1)")
+    _check(m.groups >= 1, f"model.groups={m.groups}: must be >= 1")
+    _check(m.channels >= 0 and m.num_res_blocks >= 0, "model.channels and model.num_res_blocks must be >= 0")
+    _check(all(c >= 1 for c in m.channel_mult), f"model.channel_mult={m.channel_mult}: entries must be >= 1")
+    _check(0 <= m.dropout < 1, f"model.dropout={m.dropout}: must be in [0, 1)")
+    _check(o.P_std > 0 and o.sigma_data > 0 and o.sigma_clean > 0,
+           "objective.P_std, objective.sigma_data and objective.sigma_clean must be > 0")
+    _check(o.w_mask >= 0 and o.dice_weight >= 0, "objective.w_mask and objective.dice_weight must be >= 0")
+    _check(op.lr > 0, f"optim.lr={op.lr}: must be > 0")
+    _check(0 <= op.beta1 < 1 and 0 <= op.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    _check(op.warmup_steps >= 0 and op.grad_clip >= 0 and op.weight_decay >= 0,
+           "optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+    _check(t.steps >= 1, f"train.steps={t.steps}: must be >= 1")
+    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be >= 1")
+    _check(t.grad_accum >= 1, f"train.grad_accum={t.grad_accum}: must be >= 1")
+    _check(t.ckpt_every >= 0 and t.keep_last >= 1, "train.ckpt_every must be >= 0 and train.keep_last >= 1")
+    _check(t.log_every >= 1 and t.max_bad_steps >= 1, "train.log_every and train.max_bad_steps must be >= 1")
+    _check(t.ema_halflife_steps >= 0, f"train.ema_halflife_steps={t.ema_halflife_steps}: must be >= 0")
+    _check(t.threads >= 0, f"train.threads={t.threads}: must be >= 0")
+    _check(cfg.finetune.budget >= 1, f"finetune.budget={cfg.finetune.budget}: must be >= 1")
+    if t.engine == "deepspeed" or t.engine == "auto":
+        _check(t.deepspeed_config == "" or t.deepspeed_config.endswith(".json"),
+               f"train.deepspeed_config={t.deepspeed_config!r}: must name a DeepSpeed .json file")
+
+
+def apply_model_preset(m: ModelConfig) -> ModelConfig:
+    """Fills the fields left at 0/empty from the preset; returns a new ModelConfig."""
+    presets = {
+        "tiny": dict(channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_levels=[]),
+        "small": dict(channels=64, channel_mult=[1, 2, 2], num_res_blocks=2, attn_levels=[2]),
+        "base": dict(channels=128, channel_mult=[1, 2, 2, 4], num_res_blocks=2, attn_levels=[2, 3]),
+    }[m.preset]
+    out = dataclasses.replace(m)
+    for key in ("channels", "channel_mult", "num_res_blocks"):
+        if not getattr(out, key):
+            setattr(out, key, presets[key])
+    if not m.channels and not m.attn_levels:  # attention follows the preset unless the width is custom
+        out.attn_levels = presets["attn_levels"]
+    for mult in out.channel_mult:
+        width = out.channels * mult
+        _check(width % out.groups == 0,
+               f"model.groups={out.groups} does not divide the width {width} (channels x channel_mult)")
+    _check(all(0 <= lv < len(out.channel_mult) for lv in out.attn_levels),
+           f"model.attn_levels={out.attn_levels}: levels run 0..{len(out.channel_mult) - 1}")
+    return out
+
+
+def save_json(cfg: Config, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2))
+

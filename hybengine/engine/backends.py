@@ -1,0 +1,157 @@
+"""Optimizer back-ends behind one small interface: a plain torch loop, or a DeepSpeed ZeRO engine.
+
+    backend.module          the module to call forward on
+    backend.backward(loss)  one micro-batch's backward (accumulation handled inside)
+    backend.micro_step()    returns True when this micro-batch closed an optimizer step
+    backend.save(dir) / backend.load(dir)   model + optimizer state (each rank its own shards)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .atomic import atomic_torch_save
+
+log = logging.getLogger("hybengine.engine")
+
+
+def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
+    # fused=False on CPU keeps results bit-identical across resume; foreach is the fast CPU path
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class PlainBackend:
+    """Single process: autocast for bf16, gradient accumulation, global-norm clipping."""
+
+    name = "plain"
+
+    def __init__(self, model: nn.Module, optimizer, precision: str, grad_accum: int, grad_clip: float,
+                 device: torch.device):
+        self.module, self.optimizer = model, optimizer
+        self.grad_accum, self.grad_clip = grad_accum, grad_clip
+        self.micro = 0
+        self._autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                          else nullcontext())
+
+    def autocast(self):
+        return self._autocast
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def micro_step(self) -> bool:
+        self.micro += 1
+        if self.micro % self.grad_accum:
+            return False
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def save(self, directory: Path) -> None:
+        atomic_torch_save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                           "micro": self.micro}, directory / "plain_state.pt")
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "plain_state.pt", map_location="cpu", weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.micro = state["micro"]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
+
+
+def load_deepspeed_json(path: str, batch_size: int, grad_accum: int, precision: str,
+                        grad_clip: float, world_size: int) -> dict:
+    """Reads the ZeRO JSON and sets the keys our config owns (batch, accumulation, precision, clip)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"train.deepspeed_config: '{path}' does not exist (see configs/deepspeed/)")
+    try:
+        ds = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"train.deepspeed_config: '{path}' is not valid JSON: {e}") from e
+    if "optimizer" in ds:
+        raise ValueError(f"{path}: remove the 'optimizer' section; hybengine passes its own AdamW "
+                         "(a JSON optimizer triggers a C++ build and bypasses optim.* settings)")
+    owned = {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": batch_size * grad_accum * world_size,
+        "gradient_clipping": grad_clip,
+    }
+    for key, value in owned.items():
+        if key in ds and ds[key] != value:
+            log.warning("%s: %s=%s replaced by %s from the hybengine config", path, key, ds[key], value)
+        ds[key] = value
+    ds["bf16"] = {"enabled": precision == "bf16"}
+    ds.pop("fp16", None)  # fp16 is refused on CPU and not what the engine trains in
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+class DeepSpeedBackend:
+    """A DeepSpeed engine (ZeRO stage from the JSON) wrapping the model and a torch AdamW."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: nn.Module, optimizer, ds_config: dict):
+        import deepspeed
+
+        self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config, dist_init_required=False
+        )
+        self.module = self.engine
+        self.bf16 = bool(ds_config["bf16"]["enabled"])
+
+    def autocast(self):
+        return nullcontext()  # DeepSpeed bf16 keeps the module itself in bf16
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def micro_step(self) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return boundary
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                                   load_lr_scheduler_states=False)
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in self.engine.module.state_dict().items()}
+        return {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}

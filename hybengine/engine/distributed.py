@@ -1,0 +1,77 @@
+"""Process-group set-up: a plain single process, or ranks started by the `deepspeed` launcher.
+
+On CPU the ranks talk through gloo; on CUDA through NCCL. Nothing here knows about diffusion.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("hybengine.engine")
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    use_deepspeed: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_deepspeed() -> bool:
+    """The deepspeed launcher (and torchrun) export LOCAL_RANK and WORLD_SIZE to every rank."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def pick_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(engine: str) -> DistInfo:
+    """engine: auto | plain | deepspeed (auto = deepspeed when started by its launcher)."""
+    use_ds = engine == "deepspeed" or (engine == "auto" and launched_by_deepspeed())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(local_rank)
+    if not use_ds:
+        if launched_by_deepspeed() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise RuntimeError("train.engine=plain cannot run several ranks; use train.engine=deepspeed or auto")
+        return DistInfo(0, 1, 0, device, False)
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise RuntimeError(
+            "train.engine asks for DeepSpeed but it is not installed: pip install 'hybengine[deepspeed]' "
+            "or set train.engine=plain"
+        ) from e
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+        os.environ.setdefault(key, value)  # a single process without the launcher
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, True)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def all_ranks_agree(info: DistInfo, flag: bool) -> bool:
+    """True when `flag` is true on every rank (one tiny all-reduce; used off the hot path)."""
+    if info.world_size == 1:
+        return flag
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=info.device)
+    dist.all_reduce(t)
+    return int(t.item()) == 0

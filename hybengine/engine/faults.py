@@ -1,0 +1,30 @@
+"""Fault injection for the fault tests: real kills and real NaNs at chosen points, set by env vars.
+
+HYBENGINE_KILL_AT_STEP=N         SIGKILL this process once optimizer step N is done (before its snapshot)
+HYBENGINE_KILL_DURING_SAVE=N     SIGKILL while the snapshot of step N is half written
+HYBENGINE_NAN_AT_BATCHES=i,j     replace the loss of micro-batches i, j (0-based, counted per run) with NaN
+Unset (the normal case) they cost one dictionary lookup at start-up.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+KILL_AT_STEP = _int_env("HYBENGINE_KILL_AT_STEP")
+KILL_DURING_SAVE = _int_env("HYBENGINE_KILL_DURING_SAVE")
+NAN_AT_BATCHES = frozenset(int(i) for i in os.environ.get("HYBENGINE_NAN_AT_BATCHES", "").split(",") if i)
+
+
+def kill_now() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_kill(point: int | None, step: int) -> None:
+    if point is not None and step == point:
+        kill_now()

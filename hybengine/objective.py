@@ -1,0 +1,79 @@
+"""The hybrid objective: EDM denoising (Karras et al. 2022) plus mask prediction (Sauvalle & Salzmann 2024).
+
+    ln sigma ~ N(P_mean, P_std^2);   n ~ N(0, I);   x_n = x + sigma * n
+    c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)      c_out = sigma * sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in   = 1 / sqrt(sigma^2 + sigma_data^2)             c_noise = ln(sigma) / 4
+    lambda = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2
+    F = net(c_in * x_n, c_noise);   D_x = c_skip * x_n + c_out * F[:, :I];   logits = F[:, I:]
+    denoise_b = lambda_b * mean (D_x - x)^2;   mask_b = w_mask * CE(logits, y) (+ dice_weight * softDice)
+
+Modes (one switch, same network): `hybrid` trains both terms at random sigma; `supervised` trains the
+mask term on clean input at the fixed `sigma_clean`; `denoise` trains the image term only.
+The objective knows no layers: it takes any net with the signature above.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .config import ObjectiveConfig
+
+
+def edm_precond(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """(c_skip, c_out, c_in, c_noise, lam), each shaped like sigma (B,)."""
+    s2, d2 = sigma.square(), sigma_data**2
+    c_skip = d2 / (s2 + d2)
+    c_out = sigma * sigma_data / (s2 + d2).sqrt()
+    c_in = 1 / (s2 + d2).sqrt()
+    c_noise = sigma.log() / 4
+    lam = (s2 + d2) / (sigma * sigma_data).square()
+    return c_skip, c_out, c_in, c_noise, lam
+
+
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, eps: float = 1.0) -> torch.Tensor:
+    """Per-sample 1 - mean_k Dice(softmax(logits)_k, onehot(y)_k) over valid pixels; (B,)."""
+    K = logits.shape[1]
+    valid = (y != ignore_index).unsqueeze(1)
+    p = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(y.clamp(0, K - 1), K).permute(0, 3, 1, 2) * valid
+    inter = (p * onehot).sum(dim=(2, 3))
+    denom = p.sum(dim=(2, 3)) + onehot.sum(dim=(2, 3))
+    return 1 - ((2 * inter + eps) / (denom + eps)).mean(dim=1)
+
+
+class HybridObjective:
+    """Per-sample loss terms of one batch; the training loop reduces them."""
+
+    def __init__(self, cfg: ObjectiveConfig, ignore_index: int):
+        self.cfg, self.ignore_index = cfg, ignore_index
+
+    def sample_sigma(self, batch: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.mode == "supervised":
+            return torch.full((batch,), self.cfg.sigma_clean, device=device)
+        ln_sigma = torch.randn(batch, device=device, generator=generator) * self.cfg.P_std + self.cfg.P_mean
+        return ln_sigma.exp()
+
+    def __call__(
+        self, net, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, I, H, W) clean images, y: (B, H, W) labels. Returns (denoise, mask), each (B,) fp32."""
+        cfg = self.cfg
+        sigma = self.sample_sigma(x.shape[0], x.device, generator)
+        n = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
+        x_n = x + sigma.view(-1, 1, 1, 1) * n
+        c_skip, c_out, c_in, c_noise, lam = edm_precond(sigma, cfg.sigma_data)
+        out = net(c_in.view(-1, 1, 1, 1) * x_n, c_noise)
+        lam = lam if cfg.mode != "supervised" else torch.zeros_like(lam)
+        w_mask = cfg.w_mask if cfg.mode != "denoise" else 0.0
+        denoise, mask = ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
+        if cfg.dice_weight > 0 and cfg.mode != "denoise":
+            mask = mask + cfg.dice_weight * soft_dice_loss(out[:, x.shape[1]:], y, self.ignore_index)
+        return denoise, mask
+
+
+def predict_logits(net, x: torch.Tensor, sigma_clean: float, sigma_data: float) -> torch.Tensor:
+    """Mask logits (B, K, H, W) for clean images, conditioned on the fixed small noise level."""
+    sigma = torch.full((x.shape[0],), sigma_clean, device=x.device)
+    _, _, c_in, c_noise, _ = edm_precond(sigma, sigma_data)
+    return net(c_in.view(-1, 1, 1, 1) * x, c_noise)[:, x.shape[1]:]

@@ -1,0 +1,231 @@
+"""The training loop: pretraining (hybrid / supervised / denoise) and fine-tuning share it.
+
+One flat function in sections: set-up / resume / per micro-batch (forward, finite check, backward,
+optimizer step) / EMA / maintenance (metrics once per `log_every`) / snapshot.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ops
+from .config import Config, config_from_dict, dumps, to_dict
+from .data import build_train_loader
+from .engine import faults
+from .engine.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
+from .engine.checkpoint import CheckpointManager
+from .engine.distributed import DistInfo, setup
+from .engine.ema import EMA
+from .engine.run_log import MetricsLog, setup_logging
+from .objective import HybridObjective
+from .unet import UNet, build_unet
+
+log = logging.getLogger("hybengine.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    net: UNet  # the trained network (raw weights)
+    ema_net: UNet | None  # a copy holding the EMA weights (None when EMA is off)
+    step: int
+    out_dir: Path
+    ops: dict[str, str]
+
+    @property
+    def best_net(self) -> UNet:
+        return self.ema_net if self.ema_net is not None else self.net
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "objective": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    gen.set_state(state["objective"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _make_backend(cfg: Config, net: UNet, dist: DistInfo):
+    t, o = cfg.train, cfg.optim
+    optimizer = make_optimizer(net, o.lr, (o.beta1, o.beta2), o.weight_decay)
+    if not dist.use_deepspeed:
+        return PlainBackend(net, optimizer, t.precision, t.grad_accum, o.grad_clip, dist.device)
+    ds = load_deepspeed_json(t.deepspeed_config, t.batch_size, t.grad_accum, t.precision, o.grad_clip,
+                             dist.world_size)
+    if ds.get("zero_optimization", {}).get("stage", 0) == 3 and t.ema_halflife_steps > 0:
+        raise ValueError("ZeRO-3 partitions the weights, which the EMA needs whole: "
+                         "set train.ema_halflife_steps=0 or use configs/deepspeed/zero2.json")
+    return DeepSpeedBackend(net, optimizer, ds)
+
+
+def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict | None = None,
+                 console_logging: bool = True) -> TrainResult:
+    """Trains per `cfg`; `init_weights` (a state dict) starts from pretrained weights (fine-tuning)."""
+    # ---- set-up -------------------------------------------------------------------------------
+    t = cfg.train
+    dist = setup(t.engine)
+    out_dir = Path(t.out_dir)
+    if console_logging:
+        setup_logging(out_dir, dist.rank)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed * 1000 + dist.rank)
+    np.random.seed(t.seed * 1000 + dist.rank)
+    random.seed(t.seed * 1000 + dist.rank)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(dumps(cfg))
+    chosen_ops = ops.configure(cfg.kernels, dist.device)
+
+    loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size)
+    net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
+    if init_weights is not None:
+        net.load_state_dict(init_weights)
+    if cfg.model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    backend = _make_backend(cfg, net, dist)
+    ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
+    objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
+    gen = torch.Generator(dist.device).manual_seed(t.seed * 1000 + dist.rank + 1)
+    ckpt = CheckpointManager(out_dir / "checkpoints", dist, t.keep_last)
+    log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, %.2f M parameters", backend.name,
+             dist.world_size, dist.device, t.precision, chosen_ops, sum(p.numel() for p in net.parameters()) / 1e6)
+
+    # ---- resume -------------------------------------------------------------------------------
+    step = 0
+    if resume:
+        rank_state, weights = ckpt.load(resume, backend)
+        _check_resume_config(cfg, weights["config"])
+        step = rank_state["step"]
+        _set_rng_state(rank_state["rng"], gen)
+        loader.load_state_dict(rank_state["loader"])
+        if ema is not None and weights["ema"] is not None:
+            ema.load_state_dict(weights["ema"])
+
+    forward_net = backend.module
+    if cfg.model.compile:
+        forward_net = torch.compile(forward_net)
+    in_dtype = backend.input_dtype
+    batch_images = t.batch_size * dist.world_size * t.grad_accum
+
+    def snapshot() -> None:
+        rank_state = {"step": step, "rng": _rng_state(gen), "loader": loader.state_dict()}
+        weights = {"model": backend.full_state_dict(), "config": to_dict(cfg), "step": step,
+                   "ema": ema.state_dict() if ema is not None else None} if dist.is_main else {}
+        path = ckpt.save(step, backend, rank_state, weights)
+        log.info("saved %s", path)
+
+    metrics = MetricsLog(out_dir / "metrics.jsonl" if dist.is_main else None, t.steps, step,
+                         t.progress and dist.is_main)
+    sums = torch.zeros(3, device=dist.device)  # (loss, denoise, mask) summed over logged micro-batches
+    n_sum, bad_run, micro_index = 0, 0, 0
+    t_last, step_last = time.perf_counter(), step
+    it = iter(loader)
+    try:
+        while step < t.steps:
+            # ---- one micro-batch: forward, finite check, backward -----------------------------
+            x, y = next(it)
+            x = x.to(dist.device, non_blocking=True).to(in_dtype)
+            y = y.to(dist.device, non_blocking=True)
+            if cfg.model.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with backend.autocast():
+                denoise, mask = objective(forward_net, x, y, gen)
+            loss = (denoise + mask).mean()
+            if micro_index in faults.NAN_AT_BATCHES:
+                loss = loss * float("nan")
+            micro_index += 1
+            if t.check_finite and not bool(torch.isfinite(loss)):  # host sync: waits for this forward
+                bad_run += 1
+                log.warning("non-finite loss at step %d (micro-batch %d); batch skipped (%d in a row)",
+                            step + 1, micro_index - 1, bad_run)
+                if bad_run >= t.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{bad_run} non-finite losses in a row at step {step + 1}; stopping. The last good "
+                        f"checkpoint under {out_dir / 'checkpoints'} is intact: lower optim.lr or check the data")
+                continue
+            bad_run = 0
+            backend.set_lr(_lr(cfg, step + 1))
+            backend.backward(loss)
+            sums += torch.stack([loss.detach(), denoise.detach().mean(), mask.detach().mean()]).float()
+            n_sum += 1
+            if not backend.micro_step():
+                continue
+            step += 1
+
+            # ---- EMA ---------------------------------------------------------------------------
+            if ema is not None:
+                ema.update(net)
+
+            # ---- maintenance: metrics once per log_every steps (the one routine host sync) -----
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                means = (sums / max(n_sum, 1)).tolist()  # host sync
+                ips = (step - step_last) * batch_images / max(now - t_last, 1e-9)
+                if not all(math.isfinite(v) for v in means):
+                    log.warning("non-finite running mean at step %d", step)
+                metrics.write({"step": step, "loss": means[0], "denoise": means[1], "mask": means[2],
+                               "images_per_s": ips, "lr": _lr(cfg, step)})
+                sums.zero_()
+                n_sum, t_last, step_last = 0, now, step
+
+            faults.maybe_kill(faults.KILL_AT_STEP, step)
+            # ---- snapshot ----------------------------------------------------------------------
+            if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps:
+                snapshot()
+    finally:
+        metrics.close()
+
+    ema_net = None
+    if ema is not None:
+        ema_net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
+        ema.copy_to(ema_net)
+    return TrainResult(net, ema_net, step, out_dir, chosen_ops)
+
+
+def _lr(cfg: Config, step: int) -> float:
+    """Linear warm-up over optim.warmup_steps, then constant; `step` counts from 1."""
+    return cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
+
+
+_RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",
+                "train.out_dir", "train.threads", "train.max_bad_steps", "data.num_workers"}
+
+
+def _check_resume_config(cfg: Config, saved: dict) -> None:
+    """A resumed run must train the same thing; only bookkeeping keys may change."""
+    now, then = _flatten(to_dict(cfg)), _flatten(to_dict(config_from_dict(saved)))
+    changed = sorted(k for k in now if now[k] != then.get(k) and k not in _RESUME_FREE)
+    if changed:
+        detail = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"--resume with a different config would not continue the same run ({detail}); "
+                         "resume with the saved config (it is in the run folder's config.yaml)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,181 @@
+"""Noise-conditioned U-Net in the ADM/EDM style with a joint image + mask head.
+
+    F = UNet(c_in * x_n, c_noise)          x_n: (B, I, H, W), c_noise: (B,)  ->  F: (B, I+K, H, W)
+
+Residual blocks are GroupNorm-SiLU -> conv -> GroupNorm-modulation-SiLU -> conv, the modulation
+(per-sample scale and shift) coming from the noise embedding. Every norm-(modulation)-SiLU goes
+through `GroupNormSiLU`, which calls `hybengine.ops.group_norm_silu`: where the fused kernel plugs in.
+The network knows nothing of the noise schedule (see objective.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .config import ModelConfig, apply_model_preset
+
+
+class GroupNormSiLU(nn.Module):
+    """GroupNorm + affine + optional per-sample modulation + SiLU, through the op dispatch."""
+
+    def __init__(self, channels: int, groups: int, eps: float = 1e-5):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, scale=None, shift=None) -> torch.Tensor:
+        return ops.group_norm_silu(x, self.weight, self.bias, self.groups, self.eps, scale, shift)
+
+
+class NoiseEmbedding(nn.Module):
+    """c_noise (B,) -> sinusoidal features -> MLP -> (B, emb_dim)."""
+
+    def __init__(self, channels: int, emb_dim: int):
+        super().__init__()
+        half = channels // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU()
+        )
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        angles = c_noise.float()[:, None] * 1000.0 * self.freqs[None, :]  # EDM scales c_noise up
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+
+
+class ResBlock(nn.Module):
+    """x -> GN-SiLU -> conv -> GN-mod(emb)-SiLU -> dropout -> conv, plus a (1x1) skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm0 = GroupNormSiLU(c_in, groups)
+        self.conv0 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.affine = nn.Linear(emb_dim, 2 * c_out)  # -> (scale, shift) per sample and channel
+        self.norm1 = GroupNormSiLU(c_out, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv1.weight)  # each block starts as the identity (ADM)
+        nn.init.zeros_(self.conv1.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv0(self.norm0(x))
+        scale, shift = self.affine(emb).to(h.dtype).chunk(2, dim=1)
+        h = self.conv1(self.dropout(self.norm1(h, scale, shift)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over pixels, used at low resolution only."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # (B, HW, C)
+        h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """ADM/EDM-style U-Net: levels of ResBlocks (+ attention), down/up sampling, skip concatenation."""
+
+    def __init__(self, cfg: ModelConfig, image_channels: int, num_classes: int):
+        super().__init__()
+        cfg = apply_model_preset(cfg)
+        self.cfg, self.image_channels, self.num_classes = cfg, image_channels, num_classes
+        ch, g = cfg.channels, cfg.groups
+        emb_dim = 4 * ch
+        self.levels = len(cfg.channel_mult)
+        self.embed = NoiseEmbedding(ch, emb_dim)
+        self.conv_in = nn.Conv2d(image_channels, ch, 3, padding=1)
+
+        # Each encoder stage's output is kept for the decoder; each decoder ResBlock consumes one.
+        self.down = nn.ModuleList()  # stages: EmbSequential(ResBlock[, AttnBlock]) or a stride-2 conv
+        skips, c = [ch], ch
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(self._stage(c, ch * mult, level, emb_dim))
+                c = ch * mult
+                skips.append(c)
+            if level < self.levels - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+
+        mid = [ResBlock(c, c, emb_dim, g, cfg.dropout)] + ([AttnBlock(c, g)] if cfg.attn_levels else [])
+        self.mid = EmbSequential(*mid, ResBlock(c, c, emb_dim, g, cfg.dropout))
+
+        self.up = nn.ModuleList()  # stages: EmbSequential(ResBlock[, AttnBlock]) or Upsample
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(self._stage(c + skips.pop(), ch * mult, level, emb_dim))
+                c = ch * mult
+            if level > 0:
+                self.up.append(Upsample(c))
+        assert not skips, "every encoder activation must be consumed by the decoder"
+
+        self.norm_out = GroupNormSiLU(c, g)
+        self.conv_out = nn.Conv2d(c, image_channels + num_classes, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Inputs must have H and W divisible by this."""
+        return 2 ** (self.levels - 1)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """x: (B, I, H, W) preconditioned input c_in * x_n; c_noise: (B,). Returns F (B, I+K, H, W)."""
+        emb = self.embed(c_noise)
+        h = self.conv_in(x)
+        hs = [h]
+        for stage in self.down:
+            h = stage(h, emb) if isinstance(stage, EmbSequential) else stage(h)
+            hs.append(h)
+        h = self.mid(h, emb)
+        for stage in self.up:
+            if isinstance(stage, EmbSequential):
+                h = stage(torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = stage(h)
+        return self.conv_out(self.norm_out(h))
+
+    def _stage(self, c_in: int, c_out: int, level: int, emb_dim: int) -> EmbSequential:
+        blocks = [ResBlock(c_in, c_out, emb_dim, self.cfg.groups, self.cfg.dropout)]
+        if level in self.cfg.attn_levels:
+            blocks.append(AttnBlock(c_out, self.cfg.groups))
+        return EmbSequential(*blocks)
+
+
+class EmbSequential(nn.Sequential):
+    """A sequence whose ResBlocks also receive the noise embedding."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for block in self:
+            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        return h
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def build_unet(cfg: ModelConfig, image_channels: int, num_classes: int) -> UNet:
+    return UNet(cfg, image_channels, num_classes)
