@@ -42,7 +42,8 @@ def _pil_array(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".png":
         header = _png_header(path)
         if header is None:
-            raise FileProblem("not a PNG file (bad signature or header)")
+            raise FileProblem("not a valid PNG file (bad signature or header: corrupt, truncated "
+                              "or misnamed)")
         depth, colour = header
         if depth == 16 and colour in (2, 4, 6):  # Pillow would silently keep only 8 of 16 bits
             raise FileProblem("16-bit colour PNG: Pillow cannot decode it without truncating to 8 bits; "

@@ -1,0 +1,98 @@
+"""Joint augmentation: image and mask stay aligned exactly; randomness depends on (seed, epoch, index)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from test_data_helpers import threshold_folder, write_pair
+
+from hybengine.data import FolderDataset, build_train_loader
+from hybengine.data.augment import AugParams, apply_geometry, sample_params, sample_rng
+
+
+def test_alignment_exact_with_all_augmentations(tmp_path):
+    """Masks are image > 127; after crop/flip/rotate/jitter the classes are still separated by one
+    threshold (jitter is increasing, so it keeps the order), every pixel, every sample."""
+    cfg = threshold_folder(tmp_path, 6, 37, 53)  # odd, non-square sizes
+    cfg.crop, cfg.intensity_jitter = 24, 0.3
+    ds = FolderDataset(cfg, "train", train=True, seed=3)
+    seen = set()
+    for epoch, i in itertools.product(range(4), range(len(ds))):
+        image, mask = ds[(epoch, i)]
+        assert image.shape == (1, 24, 24) and image.dtype == torch.float32
+        assert mask.shape == (24, 24) and mask.dtype == torch.int64
+        assert 0 < mask.sum() < mask.numel()
+        assert image[0][mask == 0].max() < image[0][mask == 1].min()
+        p = sample_params(sample_rng(3, epoch, i), 37, 53, 24, True, 0.3)
+        seen.add((p.flip_h, p.flip_v, p.k_rot))
+    assert len(seen) >= 8  # the test saw flips and rotations, not only the identity
+
+
+def test_geometry_matches_a_pixel_exact_reference(tmp_path):
+    """16-bit image with all-distinct values and mask = value % 3: with jitter off, each output
+    pixel's value tells where it came from, and its mask must be that source pixel's label."""
+    h, w = 29, 41
+    values = np.arange(h * w, dtype=np.uint16).reshape(h, w) * 7 + 11
+    write_pair(tmp_path, "u", values, (values % 3).astype(np.uint8))
+    from hybengine.config import DataConfig
+    cfg = DataConfig(root=str(tmp_path), normalize="dtype", crop=16, intensity_jitter=0.0)
+    ds = FolderDataset(cfg, "train", train=True)
+    for epoch in range(12):
+        image, mask = ds[(epoch, 0)]
+        raw = np.rint((image[0].numpy().astype(np.float64) + 1) / 2 * 65535).astype(np.int64)
+        assert set(np.unique(raw)) <= set(values.ravel().tolist())
+        np.testing.assert_array_equal(raw % 3, mask.numpy())
+
+
+def test_small_files_are_padded_reflect_and_ignore(tmp_path):
+    cfg = threshold_folder(tmp_path, 1, 10, 30)
+    cfg.crop = 16
+    image, mask = FolderDataset(cfg, "train", train=True)[(0, 0)]
+    assert image.shape == (1, 16, 16)
+    assert (mask == 255).sum() == 16 * 6  # 6 padded rows (or columns after a rotation)
+    valid = mask != 255
+    assert image[0][valid & (mask == 0)].max() < image[0][valid & (mask == 1)].min()
+
+
+def test_apply_geometry_same_for_image_and_mask():
+    a = np.arange(30).reshape(5, 6)
+    p = AugParams(1, 2, True, True, 3, 1.0, 0.0)
+    out_img, out_mask = apply_geometry(a[None], p, 4)[0], apply_geometry(a, p, 4)
+    np.testing.assert_array_equal(out_img, out_mask)
+    np.testing.assert_array_equal(out_mask, np.rot90(a[1:5, 2:6][::-1, ::-1], 3))
+
+
+def test_augment_off_is_a_centre_crop(tmp_path):
+    cfg = threshold_folder(tmp_path, 2, 20, 30)
+    cfg.crop, cfg.augment = 8, False
+    ds = FolderDataset(cfg, "train", train=True)
+    full, _ = ds.load(1)
+    image, _ = ds[(5, 1)]
+    np.testing.assert_array_equal(image.numpy(), full[:, 6:14, 11:19])
+
+
+def test_same_seed_epoch_index_same_sample_any_order(tmp_path):
+    cfg = threshold_folder(tmp_path, 5, 20, 20)
+    cfg.crop = 12
+    a, b = FolderDataset(cfg, "train", True, seed=1), FolderDataset(cfg, "train", True, seed=1)
+    keys = [(e, i) for e in range(3) for i in range(5)]
+    first = {k: a[k] for k in keys}
+    for k in reversed(keys):  # another order, another object
+        img, msk = b[k]
+        assert torch.equal(img, first[k][0]) and torch.equal(msk, first[k][1])
+    assert not torch.equal(a[(0, 0)][0], a[(1, 0)][0])  # epochs differ
+    assert not torch.equal(a[(0, 0)][0], FolderDataset(cfg, "train", True, seed=2)[(0, 0)][0])
+
+
+def test_workers_0_and_2_give_the_same_batches(tmp_path):
+    cfg = threshold_folder(tmp_path, 7, 20, 24)
+    cfg.crop = 16
+    batches = {}
+    for workers in (0, 2):
+        cfg.num_workers = workers
+        loader = build_train_loader(cfg, batch_size=3, seed=5)
+        batches[workers] = [next(loader) for _ in range(6)]  # 18 items: crosses two epoch ends
+        loader.close()
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
