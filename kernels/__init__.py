@@ -1,5 +1,12 @@
-"""Fused ops and their pure-PyTorch references (installs as `hybengine.kernels`)."""
+"""Fused ops and their pure-PyTorch references (installs as `hybengine.kernels`).
+
+`group_norm_silu` and `hybrid_loss` are `torch.library.custom_op`s (namespace `hybengine`) with
+Triton kernels; `backends.op_backends()` says which implementation runs on each device.
+Set TRITON_INTERPRET=1 before importing this package to run the Triton kernels on CPU.
+"""
+from .backends import op_backends
+from .group_norm_silu import group_norm_silu
 from .group_norm_silu_reference import group_norm_silu_reference
 from .hybrid_loss_reference import hybrid_loss_reference
 
-__all__ = ["group_norm_silu_reference", "hybrid_loss_reference"]
+__all__ = ["group_norm_silu", "group_norm_silu_reference", "hybrid_loss_reference", "op_backends"]

@@ -1,0 +1,703 @@
+"""Fused GroupNorm + affine + per-sample modulation + SiLU: Triton kernels, launchers, op.
+
+x is viewed as (N, C, HW) with its own strides (NCHW and channels-last both flatten H, W without a
+copy). Group g of sample n holds the CG = C/G channels g*CG .. g*CG+CG-1 over all HW pixels,
+M = CG*HW elements. With s = scale[n, c] and t = shift[n, c] (0 when absent):
+
+forward
+    mean, rstd = statistics of the group (fp32; Welford/Chan combination of tile-wise
+                 two-pass (count, mean, m2), never E[x^2] - E[x]^2);  rstd = 1/sqrt(m2/M + eps)
+    xhat = (x - mean) * rstd
+    u    = xhat * w + b                       # GroupNorm affine
+    h    = u * (1 + s) + t  = xhat * a + bb,  a = w*(1 + s),  bb = b*(1 + s) + t
+    y    = h * sigmoid(h)
+
+backward (recomputes xhat, h from x, mean, rstd; nothing else is saved)
+    dh     = dy * sig * (1 + h * (1 - sig)),  sig = sigmoid(h)
+    S1[n,c] = sum_hw dh,    S2[n,c] = sum_hw dh * xhat              (fp32, per channel)
+    dshift = S1,   dscale = w*S2 + b*S1,   dbias = sum_n (1+s)*S1,   dweight = sum_n (1+s)*S2
+    dxhat  = dh * a
+    c1     = sum_{c in g} a*S1 / M  (= mean dxhat),   c2 = sum_{c in g} a*S2 / M  (= mean dxhat*xhat)
+    dx     = rstd * (dxhat - c1 - xhat * c2)
+
+Parallelism: one program per (n, g) group, looping over it twice (statistics, then output; the
+second read mostly hits L2). When N*G programs cannot fill the device the group's pixels are split
+over S programs ("split reduction"): a statistics kernel writes per-split (count, mean, m2) and
+every split program combines them in the same fixed order; in the backward, per-split S1/S2 are
+written and summed over splits in a fixed order. No atomics anywhere, so all gradients are
+bitwise reproducible.
+"""
+import math
+
+import torch
+
+from . import backends
+from .backends import tl, triton
+from .layout import as_n_c_p, write_back
+
+
+def _tile_elems(args) -> int:
+    # registers per program on a GPU; on the interpreter bigger tiles mean fewer Python steps
+    return 8192 if args["X"].device.type == "cpu" else 4096
+
+
+def _block_c(args) -> int:
+    cg = triton.next_power_of_2(args["CG"])
+    tile = _tile_elems(args)
+    if args["stride_xc"] == 1:  # channels-last: channels are contiguous, take them all
+        return min(cg, tile)
+    return min(cg, max(1, tile // min(triton.next_power_of_2(args["HW_PER_SPLIT"]), tile)))
+
+
+def _block_hw(args) -> int:
+    return min(triton.next_power_of_2(args["HW_PER_SPLIT"]), max(1, _tile_elems(args) // args["BLOCK_C"]))
+
+
+_HEURISTICS = {
+    "BLOCK_C": _block_c,
+    "BLOCK_HW": _block_hw,
+    "num_warps": lambda args: 8 if args["BLOCK_C"] * args["BLOCK_HW"] >= 2048 else 4,
+}
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.jit
+def _chunk_stats(
+    X,  # pointer to x, shape (N, C, HW)
+    x_base,  # offset of x[n, g*CG, 0]
+    CG,  # channels per group
+    hw_lo,  # first pixel of the chunk
+    hw_hi,  # one past its last pixel
+    stride_xc,
+    stride_xp,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """(count, mean, m2) of x[group channels, hw_lo:hw_hi]: two-pass per tile, Chan-combined."""
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for cb in range(0, CG, BLOCK_C):
+        c = cb + tl.arange(0, BLOCK_C)
+        n_c = tl.minimum(CG - cb, BLOCK_C)
+        for hb in range(hw_lo, hw_hi, BLOCK_HW):
+            hw = hb + tl.arange(0, BLOCK_HW)
+            mask = (c < CG)[:, None] & (hw < hw_hi)[None, :]
+            offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            n_t = (n_c * tl.minimum(hw_hi - hb, BLOCK_HW)).to(tl.float32)
+            mean_t = tl.sum(x) / n_t
+            d = tl.where(mask, x - mean_t, 0.0)
+            m2_t = tl.sum(d * d)
+            n_new = count + n_t
+            delta = mean_t - mean
+            mean = mean + delta * (n_t / n_new)
+            m2 = m2 + m2_t + delta * delta * (count * n_t / n_new)
+            count = n_new
+    return count, mean, m2
+
+
+@triton.jit
+def _channel_affine(
+    W,  # pointer to weight, shape (C,)
+    B,  # pointer to bias, shape (C,)
+    SCALE,  # pointer to scale, shape (N, C) contiguous
+    SHIFT,  # pointer to shift, shape (N, C) contiguous
+    n,  # sample index
+    c_abs,  # absolute channel indices, shape (BLOCK_C,)
+    cmask,  # valid channels, shape (BLOCK_C,)
+    C,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+):
+    """a = w*(1+s), bb = b*(1+s)+t for a block of channels (fp32)."""
+    w = tl.load(W + c_abs, mask=cmask, other=0.0).to(tl.float32)
+    b = tl.load(B + c_abs, mask=cmask, other=0.0).to(tl.float32)
+    a = w
+    bb = b
+    if HAS_SCALE:
+        s1 = 1.0 + tl.load(SCALE + n * C + c_abs, mask=cmask, other=0.0).to(tl.float32)
+        a = w * s1
+        bb = b * s1
+    if HAS_SHIFT:
+        bb = bb + tl.load(SHIFT + n * C + c_abs, mask=cmask, other=0.0).to(tl.float32)
+    return a, bb
+
+
+@triton.jit
+def _group_stats_from_partials(
+    PART,  # pointer to partial (count, mean, m2), shape (3, N*G, S) fp32
+    pid_ng,
+    NG,  # N*G
+    S,  # splits per group
+):
+    """Chan-combine the S partials of one group, always in split order (deterministic)."""
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for s in range(0, S):
+        n_t = tl.load(PART + pid_ng * S + s)
+        mean_t = tl.load(PART + (NG + pid_ng) * S + s)
+        m2_t = tl.load(PART + (2 * NG + pid_ng) * S + s)
+        n_new = count + n_t
+        delta = mean_t - mean
+        mean = mean + delta * (n_t / n_new)
+        m2 = m2 + m2_t + delta * delta * (count * n_t / n_new)
+        count = n_new
+    return count, mean, m2
+
+
+@triton.heuristics(_HEURISTICS)
+@triton.jit
+def _gns_stats_kernel(
+    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
+    PART,  # out: partial (count, mean, m2), shape (3, N*G, S) fp32
+    G,  # groups
+    CG,  # channels per group
+    HW,  # pixels per channel
+    HW_PER_SPLIT,  # pixels per split program
+    S,  # splits per group
+    stride_xn,
+    stride_xc,
+    stride_xp,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """Split reduction, step 1: statistics of chunk (n, g, s). Grid (N*G, S)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
+    hw_lo = pid_s * HW_PER_SPLIT
+    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    count, mean, m2 = _chunk_stats(X, x_base, CG, hw_lo, hw_hi, stride_xc, stride_xp, BLOCK_C, BLOCK_HW)
+    NG = tl.num_programs(0)
+    tl.store(PART + pid_ng * S + pid_s, count)
+    tl.store(PART + (NG + pid_ng) * S + pid_s, mean)
+    tl.store(PART + (2 * NG + pid_ng) * S + pid_s, m2)
+
+
+@triton.heuristics(_HEURISTICS)
+@triton.jit
+def _gns_fwd_kernel(
+    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
+    Y,  # out: pointer to y, shape (N, C, HW), strides (stride_yn, stride_yc, stride_yp)
+    W,  # pointer to weight, shape (C,)
+    B,  # pointer to bias, shape (C,)
+    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    MEAN,  # out: mean, shape (N*G,) fp32
+    RSTD,  # out: rstd, shape (N*G,) fp32
+    PART,  # partial statistics, shape (3, N*G, S) fp32; read only if SPLIT
+    C,  # channels
+    G,  # groups
+    CG,  # channels per group
+    HW,  # pixels per channel
+    HW_PER_SPLIT,  # pixels per split program (HW when S == 1)
+    S,  # splits per group
+    eps,  # float, pinned to fp32 below
+    stride_xn,
+    stride_xc,
+    stride_xp,
+    stride_yn,
+    stride_yc,
+    stride_yp,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SPLIT: tl.constexpr,  # statistics from _gns_stats_kernel's partials instead of this program
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """y for chunk (n, g, s). Grid (N*G, S)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    eps = tl.cast(eps, tl.float32)
+    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
+    y_base = n.to(tl.int64) * stride_yn + (g * CG).to(tl.int64) * stride_yc
+    hw_lo = pid_s * HW_PER_SPLIT
+    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    if SPLIT:
+        count, mean, m2 = _group_stats_from_partials(PART, pid_ng, tl.num_programs(0), S)
+    else:
+        count, mean, m2 = _chunk_stats(X, x_base, CG, 0, HW, stride_xc, stride_xp, BLOCK_C, BLOCK_HW)
+    rstd = tl.rsqrt(m2 / count + eps)
+    if pid_s == 0:
+        tl.store(MEAN + pid_ng, mean)
+        tl.store(RSTD + pid_ng, rstd)
+
+    for cb in range(0, CG, BLOCK_C):
+        c = cb + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        for hb in range(hw_lo, hw_hi, BLOCK_HW):
+            hw = hb + tl.arange(0, BLOCK_HW)
+            mask = cmask[:, None] & (hw < hw_hi)[None, :]
+            x = tl.load(X + x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp, mask=mask, other=0.0)
+            xhat = (x.to(tl.float32) - mean) * rstd
+            h = xhat * a[:, None] + bb[:, None]
+            y = h * tl.sigmoid(h)
+            y_offs = y_base + c[:, None] * stride_yc + hw[None, :] * stride_yp
+            tl.store(Y + y_offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dh_tile(
+    X,  # pointer to x, shape (N, C, HW)
+    DY,  # pointer to dy, shape (N, C, HW)
+    x_offs,  # tile offsets into x, shape (BLOCK_C, BLOCK_HW)
+    dy_offs,  # tile offsets into dy, shape (BLOCK_C, BLOCK_HW)
+    mask,  # shape (BLOCK_C, BLOCK_HW)
+    mean,
+    rstd,
+    a,  # shape (BLOCK_C,)
+    bb,  # shape (BLOCK_C,)
+):
+    """Recompute xhat and h for a tile, return (xhat, dh), both 0 outside the mask."""
+    x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    h = xhat * a[:, None] + bb[:, None]
+    sig = tl.sigmoid(h)
+    dh = dy * sig * (1.0 + h * (1.0 - sig))
+    return xhat, dh
+
+
+@triton.heuristics(_HEURISTICS)
+@triton.jit
+def _gns_bwd_reduce_kernel(
+    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
+    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
+    W,  # pointer to weight, shape (C,)
+    B,  # pointer to bias, shape (C,)
+    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    MEAN,  # pointer to mean, shape (N*G,) fp32
+    RSTD,  # pointer to rstd, shape (N*G,) fp32
+    PART,  # out: per-split channel sums (S1, S2), shape (2, S, N, C) fp32
+    N,  # samples
+    C,  # channels
+    G,  # groups
+    CG,  # channels per group
+    HW,  # pixels per channel
+    HW_PER_SPLIT,  # pixels per split program
+    stride_xn,
+    stride_xc,
+    stride_xp,
+    stride_dn,
+    stride_dc,
+    stride_dp,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """Split reduction of the backward: S1, S2 over chunk (n, g, s). Grid (N*G, S)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
+    dy_base = n.to(tl.int64) * stride_dn + (g * CG).to(tl.int64) * stride_dc
+    hw_lo = pid_s * HW_PER_SPLIT
+    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    mean = tl.load(MEAN + pid_ng)
+    rstd = tl.load(RSTD + pid_ng)
+    NC = N * C
+    for cb in range(0, CG, BLOCK_C):
+        c = cb + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        acc1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for hb in range(hw_lo, hw_hi, BLOCK_HW):
+            hw = hb + tl.arange(0, BLOCK_HW)
+            mask = cmask[:, None] & (hw < hw_hi)[None, :]
+            x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
+            dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
+            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+            acc1 += tl.sum(dh, axis=1)
+            acc2 += tl.sum(dh * xhat, axis=1)
+        nc = n * C + g * CG + c
+        tl.store(PART + pid_s * NC + nc, acc1, mask=cmask)
+        tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, acc2, mask=cmask)
+
+
+@triton.heuristics(_HEURISTICS)
+@triton.jit
+def _gns_bwd_kernel(
+    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
+    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
+    DX,  # out: pointer to dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
+    W,  # pointer to weight, shape (C,)
+    B,  # pointer to bias, shape (C,)
+    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    MEAN,  # pointer to mean, shape (N*G,) fp32
+    RSTD,  # pointer to rstd, shape (N*G,) fp32
+    SUMS,  # channel sums (S1, S2), shape (2, N, C) fp32: written here unless SPLIT, else read
+    N,  # samples
+    C,  # channels
+    G,  # groups
+    CG,  # channels per group
+    HW,  # pixels per channel
+    HW_PER_SPLIT,  # pixels per split program (HW when not SPLIT)
+    stride_xn,
+    stride_xc,
+    stride_xp,
+    stride_dn,
+    stride_dc,
+    stride_dp,
+    stride_gn,
+    stride_gc,
+    stride_gp,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SPLIT: tl.constexpr,  # S1, S2 already reduced by _gns_bwd_reduce_kernel + a fixed-order sum
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """dx for chunk (n, g, s), and S1, S2 when one program owns the group. Grid (N*G, S)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n = pid_ng // G
+    g = pid_ng % G
+    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
+    dy_base = n.to(tl.int64) * stride_dn + (g * CG).to(tl.int64) * stride_dc
+    dx_base = n.to(tl.int64) * stride_gn + (g * CG).to(tl.int64) * stride_gc
+    hw_lo = pid_s * HW_PER_SPLIT
+    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    mean = tl.load(MEAN + pid_ng)
+    rstd = tl.load(RSTD + pid_ng)
+    NC = N * C
+
+    # c1 * M = sum_c a*S1,  c2 * M = sum_c a*S2  over the group's channels
+    c1 = 0.0
+    c2 = 0.0
+    for cb in range(0, CG, BLOCK_C):
+        c = cb + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        nc = n * C + g * CG + c
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        if SPLIT:
+            s1 = tl.load(SUMS + nc, mask=cmask, other=0.0)
+            s2 = tl.load(SUMS + NC + nc, mask=cmask, other=0.0)
+        else:
+            s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+            s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+            for hb in range(0, HW, BLOCK_HW):
+                hw = hb + tl.arange(0, BLOCK_HW)
+                mask = cmask[:, None] & (hw < HW)[None, :]
+                x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
+                dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
+                xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+                s1 += tl.sum(dh, axis=1)
+                s2 += tl.sum(dh * xhat, axis=1)
+            tl.store(SUMS + nc, s1, mask=cmask)
+            tl.store(SUMS + NC + nc, s2, mask=cmask)
+        c1 += tl.sum(a * s1)
+        c2 += tl.sum(a * s2)
+    inv_m = 1.0 / (CG * HW).to(tl.float32)
+    c1 = c1 * inv_m
+    c2 = c2 * inv_m
+
+    # dx = rstd * (dh*a - c1 - xhat*c2)
+    for cb in range(0, CG, BLOCK_C):
+        c = cb + tl.arange(0, BLOCK_C)
+        cmask = c < CG
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        for hb in range(hw_lo, hw_hi, BLOCK_HW):
+            hw = hb + tl.arange(0, BLOCK_HW)
+            mask = cmask[:, None] & (hw < hw_hi)[None, :]
+            x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
+            dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
+            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+            dx = rstd * (dh * a[:, None] - c1 - xhat * c2)
+            dx_offs = dx_base + c[:, None] * stride_gc + hw[None, :] * stride_gp
+            tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _split_plan(n_groups: int, cg: int, hw: int, device: torch.device) -> tuple[int, int]:
+    """(S, HW_PER_SPLIT): split each group's pixels over S programs when N*G cannot fill the device.
+
+    Chunks are powers of two (so tiles divide them) and hold at least `min_elems` elements.
+    """
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in _SM_COUNT:
+            _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+        target, min_elems = 4 * _SM_COUNT[idx], 8192
+    else:  # interpreter: few programs; small enough that CPU tests reach the split path
+        target, min_elems = 4, 256
+    if 2 * n_groups >= target:
+        return 1, hw
+    want = math.ceil(target / n_groups)
+    chunk = max(triton.next_power_of_2(math.ceil(hw / want)), triton.next_power_of_2(math.ceil(min_elems / cg)))
+    if chunk >= hw:
+        return 1, hw
+    return math.ceil(hw / chunk), chunk
+
+
+def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int, int]:
+    n, c, hw = x3.shape
+    if hw_per_split is None:
+        return _split_plan(n * groups, c // groups, hw, x3.device)
+    hw_per_split = max(1, min(hw_per_split, hw))
+    return math.ceil(hw / hw_per_split), hw_per_split
+
+
+def _modulation(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
+    return fallback if t is None else t.contiguous()
+
+
+def group_norm_silu_fwd_triton(
+    x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last
+    weight: torch.Tensor,  # (C,)
+    bias: torch.Tensor,  # (C,)
+    scale: torch.Tensor | None,  # (N, C)
+    shift: torch.Tensor | None,  # (N, C)
+    groups: int,
+    eps: float,
+    hw_per_split: int | None = None,  # force the split size (tests); None: `_split_plan`
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
+    y = torch.empty_like(x)
+    x3, y3 = as_n_c_p(x), as_n_c_p(y)
+    n, c, hw = x3.shape
+    cg = c // groups
+    s, chunk = _plan(x3, groups, hw_per_split)
+    mean = torch.empty((n, groups), device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    part = torch.empty((3, n * groups, s), device=x.device, dtype=torch.float32)
+    if s > 1:
+        _gns_stats_kernel[(n * groups, s)](x3, part, groups, cg, hw, chunk, s, *x3.stride())
+    _gns_fwd_kernel[(n * groups, s)](
+        x3, y3, weight, bias, _modulation(scale, weight), _modulation(shift, weight), mean, rstd, part,
+        c, groups, cg, hw, chunk, s, float(eps), *x3.stride(), *y3.stride(),
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SPLIT=s > 1,
+    )  # fmt: skip
+    return write_back(y, y3), mean, rstd
+
+
+def group_norm_silu_bwd_triton(
+    dy: torch.Tensor,  # (N, C, *spatial), any layout
+    x: torch.Tensor,  # (N, C, *spatial)
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    mean: torch.Tensor,  # (N, G) fp32
+    rstd: torch.Tensor,  # (N, G) fp32
+    groups: int,
+    eps: float,
+    hw_per_split: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `_param_grads`)."""
+    dx = torch.empty_like(x)
+    x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
+    n, c, hw = x3.shape
+    cg = c // groups
+    s, chunk = _plan(x3, groups, hw_per_split)
+    mod = (_modulation(scale, weight), _modulation(shift, weight))
+    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    if s > 1:
+        part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32)
+        _gns_bwd_reduce_kernel[(n * groups, s)](
+            x3, dy3, weight, bias, *mod, mean, rstd, part, n, c, groups, cg, hw, chunk,
+            *x3.stride(), *dy3.stride(), **flags,
+        )  # fmt: skip
+        sums = part.sum(dim=1)  # over splits: a fixed-order reduction, no atomics
+    else:
+        sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
+    _gns_bwd_kernel[(n * groups, s)](
+        x3, dy3, dx3, weight, bias, *mod, mean, rstd, sums, n, c, groups, cg, hw, chunk,
+        *x3.stride(), *dy3.stride(), *dx3.stride(), SPLIT=s > 1, **flags,
+    )  # fmt: skip
+    return (write_back(dx, dx3), *_param_grads(sums[0], sums[1], weight, bias, scale, shift))
+
+
+def _param_grads(
+    s1: torch.Tensor,  # (N, C) sum_hw dh
+    s2: torch.Tensor,  # (N, C) sum_hw dh * xhat
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dweight, dbias (C,); dscale, dshift (N, C), in the dtypes of their inputs (weight's if absent)."""
+    w, b = weight.to(s1.dtype), bias.to(s1.dtype)
+    dshift = s1
+    dscale = w * s2 + b * s1
+    du1, du2 = (s1, s2) if scale is None else (s1 * (1 + scale.to(s1.dtype)), s2 * (1 + scale.to(s1.dtype)))
+    dweight, dbias = du2.sum(dim=0), du1.sum(dim=0)
+    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
+    return (
+        dweight.to(weight.dtype),
+        dbias.to(bias.dtype),
+        dscale.to(mod_dtype(scale)),
+        dshift.to(mod_dtype(shift)),
+    )
+
+
+# ----------------------------------------------------------------------------- math path (plain torch)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _effective_affine(weight, bias, scale, shift, n: int, ct: torch.dtype):
+    """a = w*(1+s), bb = b*(1+s)+t, both (N, C) in `ct`."""
+    a, bb = weight.to(ct).expand(n, -1), bias.to(ct).expand(n, -1)
+    if scale is not None:
+        a, bb = a * (1 + scale.to(ct)), bb * (1 + scale.to(ct))
+    if shift is not None:
+        bb = bb + shift.to(ct)
+    return a, bb
+
+
+def _xhat(x, mean, rstd, groups: int, ct: torch.dtype) -> torch.Tensor:
+    n, c = x.shape[:2]
+    return ((x.to(ct).reshape(n, groups, -1) - mean[..., None]) * rstd[..., None]).view(n, c, -1)
+
+
+def group_norm_silu_fwd_math(x, weight, bias, scale, shift, groups: int, eps: float):
+    """Same contract as `group_norm_silu_fwd_triton`, in plain torch (fp64 for fp64 inputs)."""
+    ct = _compute_dtype(x)
+    n, c = x.shape[:2]
+    xg = x.to(ct).reshape(n, groups, -1)
+    mean = xg.mean(dim=2)
+    rstd = torch.rsqrt((xg - mean[..., None]).square().mean(dim=2) + eps)  # two-pass variance
+    a, bb = _effective_affine(weight, bias, scale, shift, n, ct)
+    h = _xhat(x, mean, rstd, groups, ct) * a[..., None] + bb[..., None]
+    y = torch.empty_like(x)
+    y.copy_((h * torch.sigmoid(h)).view(x.shape))
+    return y, mean, rstd
+
+
+def group_norm_silu_bwd_math(dy, x, weight, bias, scale, shift, mean, rstd, groups: int, eps: float):
+    """Same contract as `group_norm_silu_bwd_triton`: the backward formulas of the module docstring."""
+    ct = _compute_dtype(x)
+    n, c = x.shape[:2]
+    xhat = _xhat(x, mean, rstd, groups, ct)
+    a, bb = _effective_affine(weight, bias, scale, shift, n, ct)
+    h = xhat * a[..., None] + bb[..., None]
+    sig = torch.sigmoid(h)
+    dh = dy.to(ct).reshape(n, c, -1) * sig * (1 + h * (1 - sig))
+    s1, s2 = dh.sum(dim=2), (dh * xhat).sum(dim=2)
+    m = (c // groups) * xhat.shape[2]
+    c1 = (a * s1).view(n, groups, -1).sum(dim=2) / m
+    c2 = (a * s2).view(n, groups, -1).sum(dim=2) / m
+    dxhat = (dh * a[..., None]).reshape(n, groups, -1)
+    dx = rstd[..., None] * (dxhat - c1[..., None] - xhat.view(n, groups, -1) * c2[..., None])
+    out = torch.empty_like(x)
+    out.copy_(dx.view(x.shape))
+    return (out, *_param_grads(s1, s2, weight, bias, scale, shift))
+
+
+backends.register_impl("group_norm_silu", "triton", group_norm_silu_fwd_triton, group_norm_silu_bwd_triton)
+backends.register_impl("group_norm_silu", "math", group_norm_silu_fwd_math, group_norm_silu_bwd_math)
+
+
+# ----------------------------------------------------------------------------- op registration
+
+
+@torch.library.custom_op("hybengine::group_norm_silu_fwd", mutates_args=())
+def group_norm_silu_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    groups: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd); the implementation is picked by `backends.implementation`."""
+    return backends.implementation("group_norm_silu", x).fwd(x, weight, bias, scale, shift, groups, eps)
+
+
+@group_norm_silu_fwd_op.register_fake
+def _(x, weight, bias, scale, shift, groups, eps):
+    stats = x.new_empty((x.shape[0], groups), dtype=_compute_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("hybengine::group_norm_silu_bwd", mutates_args=())
+def group_norm_silu_bwd_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    groups: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias, dscale, dshift); dscale/dshift are (N, C) even when scale/shift are None."""
+    impl = backends.implementation("group_norm_silu", x)
+    return impl.bwd(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps)
+
+
+@group_norm_silu_bwd_op.register_fake
+def _(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps):
+    nc = (x.shape[0], x.shape[1])
+    mod = lambda t: x.new_empty(nc, dtype=weight.dtype if t is None else t.dtype)
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), mod(scale), mod(shift)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, scale, shift, groups, eps = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
+    ctx.groups, ctx.eps = groups, eps
+    ctx.has_scale, ctx.has_shift = scale is not None, shift is not None
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+    dx, dweight, dbias, dscale, dshift = group_norm_silu_bwd_op(
+        dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps
+    )
+    dscale = dscale if ctx.has_scale else None
+    dshift = dshift if ctx.has_shift else None
+    return dx, dweight, dbias, dscale, dshift, None, None
+
+
+group_norm_silu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def group_norm_silu(
+    x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last; fp32, bf16 or fp16
+    weight: torch.Tensor,  # (C,)
+    bias: torch.Tensor,  # (C,)
+    groups: int,
+    eps: float = 1e-5,
+    scale: torch.Tensor | None = None,  # (N, C) per-sample modulation, or None
+    shift: torch.Tensor | None = None,  # (N, C), or None
+) -> torch.Tensor:
+    """silu(group_norm(x) * (1 + scale) + shift), fused; y has x's dtype and memory layout.
+
+    Semantics of `group_norm_silu_reference`; differentiable in x, weight, bias, scale, shift.
+    """
+    n, c = x.shape[0], x.shape[1]
+    if x.dim() < 3 or c % groups != 0:
+        raise ValueError(f"x must be (N, C, *spatial) with C divisible by groups; got {tuple(x.shape)}, {groups}")
+    if weight.shape != (c,) or bias.shape != (c,):
+        raise ValueError(f"weight and bias must be ({c},); got {tuple(weight.shape)}, {tuple(bias.shape)}")
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None and t.shape != (n, c):
+            raise ValueError(f"{name} must be ({n}, {c}); got {tuple(t.shape)}")
+    return group_norm_silu_fwd_op(x, weight, bias, scale, shift, groups, float(eps))[0]
