@@ -104,10 +104,10 @@ class KernelConfig:
 
 @dataclass
 class FinetuneConfig:
-    checkpoint: str = ""  # pretrained run folder or checkpoint dir; "" = scratch
+    checkpoint: str = ""  # pretrained run folder or snapshot folder; "" = from scratch
+    weights: str = choice("ema", "raw")  # which pretrained weights to start from
     budget: int = 1  # labeled target images
     seed: int = 0  # picks the labeled subset and the fine-tune randomness
-    out: str = "runs/finetune/result.json"  # metrics JSON
 
 
 @dataclass

@@ -21,7 +21,8 @@ def setup_logging(out_dir: Path | None, rank: int, level: int = logging.INFO) ->
     root.propagate = False
     for h in list(root.handlers):
         root.removeHandler(h)
-    console = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+    width = None if sys.stderr.isatty() else 140  # logs piped to a file keep one line per record
+    console = RichHandler(console=Console(stderr=True, width=width), show_path=False, markup=False)
     console.setLevel(level if rank == 0 else logging.WARNING)
     root.addHandler(console)
     if out_dir is not None and rank == 0:
