@@ -7,6 +7,13 @@ Set TRITON_INTERPRET=1 before importing this package to run the Triton kernels o
 from .backends import op_backends
 from .group_norm_silu import group_norm_silu
 from .group_norm_silu_reference import group_norm_silu_reference
+from .hybrid_loss import hybrid_loss
 from .hybrid_loss_reference import hybrid_loss_reference
 
-__all__ = ["group_norm_silu", "group_norm_silu_reference", "hybrid_loss_reference", "op_backends"]
+__all__ = [
+    "group_norm_silu",
+    "group_norm_silu_reference",
+    "hybrid_loss",
+    "hybrid_loss_reference",
+    "op_backends",
+]

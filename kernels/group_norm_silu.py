@@ -27,12 +27,11 @@ every split program combines them in the same fixed order; in the backward, per-
 written and summed over splits in a fixed order. No atomics anywhere, so all gradients are
 bitwise reproducible.
 """
-import math
-
 import torch
 
 from . import backends
 from .backends import tl, triton
+from .launch import forced_plan, split_plan
 from .layout import as_n_c_p, write_back
 
 
@@ -424,36 +423,11 @@ def _gns_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _split_plan(n_groups: int, cg: int, hw: int, device: torch.device) -> tuple[int, int]:
-    """(S, HW_PER_SPLIT): split each group's pixels over S programs when N*G cannot fill the device.
-
-    Chunks are powers of two (so tiles divide them) and hold at least `min_elems` elements.
-    """
-    if device.type == "cuda":
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        if idx not in _SM_COUNT:
-            _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-        target, min_elems = 4 * _SM_COUNT[idx], 8192
-    else:  # interpreter: few programs; small enough that CPU tests reach the split path
-        target, min_elems = 4, 256
-    if 2 * n_groups >= target:
-        return 1, hw
-    want = math.ceil(target / n_groups)
-    chunk = max(triton.next_power_of_2(math.ceil(hw / want)), triton.next_power_of_2(math.ceil(min_elems / cg)))
-    if chunk >= hw:
-        return 1, hw
-    return math.ceil(hw / chunk), chunk
-
-
 def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int, int]:
     n, c, hw = x3.shape
-    if hw_per_split is None:
-        return _split_plan(n * groups, c // groups, hw, x3.device)
-    hw_per_split = max(1, min(hw_per_split, hw))
-    return math.ceil(hw / hw_per_split), hw_per_split
+    if hw_per_split is not None:
+        return forced_plan(hw, hw_per_split)
+    return split_plan(n * groups, hw, c // groups, x3.device)
 
 
 def _modulation(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
@@ -468,7 +442,7 @@ def group_norm_silu_fwd_triton(
     shift: torch.Tensor | None,  # (N, C)
     groups: int,
     eps: float,
-    hw_per_split: int | None = None,  # force the split size (tests); None: `_split_plan`
+    hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
     y = torch.empty_like(x)

@@ -1,0 +1,375 @@
+"""Fused joint loss (EDM denoise term + masked cross-entropy): Triton kernels, launchers, op.
+
+F = out is (B, I+K, P) (I image channels, K classes, P = H*W pixels, any of NCHW/channels-last).
+Per sample b (scalars c_skip, c_out, lam of sample b; valid = y != ignore_index):
+
+forward, one pass over F that also writes the gradient
+    r       = c_skip * x_n + c_out * F[:I] - x              # D_x - x
+    denoise = lam * sum r^2 / (I*P)
+    z       = F[I:],  m = max_k z,  e = exp(z - m),  se = sum_k e
+    ce      = m + log(se) - z[y]                            # per valid pixel
+    mask    = w_mask * sum_valid ce / n_valid,  n_valid = max(1, #valid)
+    dF[:I]  = 2 * lam * c_out * r / (I*P)                   # d denoise / dF
+    dF[I:]  = w_mask * (e/se - onehot(y)) * valid           # d mask / dF, times n_valid
+    mask_scale = 1 / n_valid
+
+n_valid is only known once every pixel of the sample has been read, so the pass stores the class
+part of dF without it and the backward folds it into its per-sample factor:
+
+backward (g_denoise, g_mask: upstream grads, (B,))
+    dout[:, :I] = g_denoise * dF[:, :I],   dout[:, I:] = (g_mask * mask_scale) * dF[:, I:]
+
+Programs own (sample, pixel block) pairs and write per-program partial sums that are reduced in a
+fixed order afterwards: no atomics, no (B, K, H, W) intermediates, deterministic.
+"""
+import torch
+
+from . import backends
+from .backends import tl, triton
+from .launch import forced_plan, split_plan
+from .layout import as_n_c_p, as_n_p, write_back
+
+
+def _heuristics(ptr: str) -> dict:
+    """BLOCK_C covers all I+K channels; BLOCK_P fills the rest of a tile and divides the chunk."""
+    tile = lambda args: 8192 if args[ptr].device.type == "cpu" else 2048  # interpreter: big steps
+    return {
+        "BLOCK_C": lambda args: triton.next_power_of_2(args["NC"]),
+        "BLOCK_P": lambda args: min(
+            triton.next_power_of_2(args["P_PER_PROG"]), max(16, tile(args) // args["BLOCK_C"])
+        ),
+        "num_warps": lambda args: 4,
+    }
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@triton.heuristics(_heuristics("OUT"))
+@triton.jit
+def _hybrid_loss_fwd_kernel(
+    OUT,  # pointer to F, shape (B, I+K, P), strides (stride_ob, stride_oc, stride_op)
+    XN,  # pointer to x_n, shape (B, I, P), strides (stride_nb, stride_nc, stride_np)
+    X,  # pointer to x, shape (B, I, P), strides (stride_xb, stride_xc, stride_xp)
+    Y,  # pointer to y (any integer dtype), shape (B, P), strides (stride_yb, stride_yp)
+    C_SKIP,  # pointer to c_skip, shape (B,) fp32
+    C_OUT,  # pointer to c_out, shape (B,) fp32
+    LAM,  # pointer to lam, shape (B,) fp32
+    DOUT,  # out: pointer to dF, shape (B, I+K, P), strides (stride_gb, stride_gc, stride_gp)
+    PART,  # out: partial (sum r^2, sum ce, n_valid), shape (3, B, S) fp32
+    NC,  # I + K channels of F
+    P,  # pixels per sample
+    P_PER_PROG,  # pixels per program (P when S == 1)
+    w_mask,  # float, pinned to fp32 below
+    ignore_index,  # int
+    stride_ob,
+    stride_oc,
+    stride_op,
+    stride_nb,
+    stride_nc,
+    stride_np,
+    stride_xb,
+    stride_xc,
+    stride_xp,
+    stride_yb,
+    stride_yp,
+    stride_gb,
+    stride_gc,
+    stride_gp,
+    N_IMG: tl.constexpr,  # I (1 or 3): the image-channel loop unrolls
+    WRITE_GRAD: tl.constexpr,  # False under no_grad: no dF stores
+    BLOCK_C: tl.constexpr,  # >= I+K, power of two
+    BLOCK_P: tl.constexpr,
+):
+    """Loss partials and dF for the pixel chunk s of sample b. Grid (B, S)."""
+    b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    B = tl.num_programs(0)
+    S = tl.num_programs(1)
+    w_mask = tl.cast(w_mask, tl.float32)
+    b64 = b.to(tl.int64)
+    c_skip = tl.load(C_SKIP + b)
+    c_out = tl.load(C_OUT + b)
+    coef = 2.0 * tl.load(LAM + b) * c_out / (N_IMG * P).to(tl.float32)  # d denoise / d F[:I] = coef*r
+    k = tl.arange(0, BLOCK_C)
+    kmask = (k >= N_IMG) & (k < NC)
+    p_lo = pid_s * P_PER_PROG
+    p_hi = tl.minimum(p_lo + P_PER_PROG, P)
+    r2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    ce_sum = tl.zeros([BLOCK_P], dtype=tl.float32)
+    n_valid = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for pb in range(p_lo, p_hi, BLOCK_P):
+        p = pb + tl.arange(0, BLOCK_P)
+        pmask = p < p_hi
+
+        # denoise: r = c_skip*x_n + c_out*F[:I] - x
+        for c in tl.static_range(N_IMG):
+            f = tl.load(OUT + b64 * stride_ob + c * stride_oc + p * stride_op, mask=pmask, other=0.0)
+            xn = tl.load(XN + b64 * stride_nb + c * stride_nc + p * stride_np, mask=pmask, other=0.0)
+            x = tl.load(X + b64 * stride_xb + c * stride_xc + p * stride_xp, mask=pmask, other=0.0)
+            r = c_skip * xn.to(tl.float32) + c_out * f.to(tl.float32) - x.to(tl.float32)
+            r2 += r * r
+            if WRITE_GRAD:
+                g_offs = b64 * stride_gb + c * stride_gc + p * stride_gp
+                tl.store(DOUT + g_offs, (coef * r).to(DOUT.dtype.element_ty), mask=pmask)
+
+        # mask: cross-entropy over the K class channels of a (BLOCK_C, BLOCK_P) tile
+        tmask = kmask[:, None] & pmask[None, :]
+        z = tl.load(OUT + b64 * stride_ob + k[:, None] * stride_oc + p[None, :] * stride_op, mask=tmask, other=0.0)
+        z = tl.where(kmask[:, None], z.to(tl.float32), float("-inf"))
+        yv = tl.load(Y + b64 * stride_yb + p * stride_yp, mask=pmask, other=ignore_index).to(tl.int32)
+        valid = (yv != ignore_index) & pmask
+        m = tl.max(z, axis=0)
+        e = tl.exp(z - m[None, :])
+        se = tl.sum(e, axis=0)
+        onehot = k[:, None] == (yv + N_IMG)[None, :]
+        z_y = tl.sum(tl.where(onehot, z, 0.0), axis=0)
+        ce_sum += tl.where(valid, m + tl.log(se) - z_y, 0.0)
+        n_valid += valid.to(tl.float32)
+        if WRITE_GRAD:
+            dz = tl.where(valid[None, :], w_mask * (e / se[None, :] - onehot.to(tl.float32)), 0.0)
+            g_offs = b64 * stride_gb + k[:, None] * stride_gc + p[None, :] * stride_gp
+            tl.store(DOUT + g_offs, dz.to(DOUT.dtype.element_ty), mask=tmask)
+
+    part = b * S + pid_s
+    tl.store(PART + part, tl.sum(r2))
+    tl.store(PART + B * S + part, tl.sum(ce_sum))
+    tl.store(PART + 2 * B * S + part, tl.sum(n_valid))
+
+
+@triton.heuristics(_heuristics("DF"))
+@triton.jit
+def _hybrid_loss_bwd_kernel(
+    DF,  # pointer to dF, shape (B, I+K, P), strides (stride_fb, stride_fc, stride_fp)
+    G_DENOISE,  # pointer to the upstream grad of denoise, shape (B,) fp32
+    G_MASK,  # pointer to the upstream grad of mask times mask_scale, shape (B,) fp32
+    DOUT,  # out: pointer to dout, shape (B, I+K, P), strides (stride_gb, stride_gc, stride_gp)
+    NC,  # I + K
+    P,  # pixels per sample
+    P_PER_PROG,  # pixels per program
+    stride_fb,
+    stride_fc,
+    stride_fp,
+    stride_gb,
+    stride_gc,
+    stride_gp,
+    N_IMG: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """dout = (g_denoise or g_mask*mask_scale)[b] * dF for the pixel chunk s of sample b. Grid (B, S)."""
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    k = tl.arange(0, BLOCK_C)
+    factor = tl.where(k < N_IMG, tl.load(G_DENOISE + b), tl.load(G_MASK + b))
+    p_lo = tl.program_id(1) * P_PER_PROG
+    p_hi = tl.minimum(p_lo + P_PER_PROG, P)
+    for pb in range(p_lo, p_hi, BLOCK_P):
+        p = pb + tl.arange(0, BLOCK_P)
+        mask = (k < NC)[:, None] & (p < p_hi)[None, :]
+        df = tl.load(DF + b64 * stride_fb + k[:, None] * stride_fc + p[None, :] * stride_fp, mask=mask, other=0.0)
+        dout = df.to(tl.float32) * factor[:, None]
+        g_offs = b64 * stride_gb + k[:, None] * stride_gc + p[None, :] * stride_gp
+        tl.store(DOUT + g_offs, dout.to(DOUT.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _plan(o3: torch.Tensor, p_per_prog: int | None) -> tuple[int, int]:
+    b, nc, p = o3.shape
+    return forced_plan(p, p_per_prog) if p_per_prog is not None else split_plan(b, p, nc, o3.device)
+
+
+def _per_sample(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1).float().contiguous()
+
+
+def hybrid_loss_fwd_triton(
+    out: torch.Tensor,  # F, (B, I+K, H, W)
+    x_n: torch.Tensor,  # (B, I, H, W)
+    x: torch.Tensor,  # (B, I, H, W)
+    y: torch.Tensor,  # (B, H, W) integer classes
+    c_skip: torch.Tensor,  # (B,)
+    c_out: torch.Tensor,  # (B,)
+    lam: torch.Tensor,  # (B,)
+    w_mask: float,
+    ignore_index: int,
+    need_grad: bool,
+    p_per_prog: int | None = None,  # force the pixels per program (tests); None: `launch.split_plan`
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns denoise, mask, mask_scale ((B,) fp32) and dF (out's dtype and layout; empty if not need_grad)."""
+    o3, xn3, x3, y2 = as_n_c_p(out), as_n_c_p(x_n), as_n_c_p(x), as_n_p(y)
+    b, nc, p = o3.shape
+    n_img = x3.shape[1]
+    s, chunk = _plan(o3, p_per_prog)
+    dF = torch.empty_like(out) if need_grad else out.new_empty(0)
+    g3 = as_n_c_p(dF) if need_grad else o3  # not written when not need_grad
+    part = torch.empty((3, b, s), device=out.device, dtype=torch.float32)
+    _hybrid_loss_fwd_kernel[(b, s)](
+        o3, xn3, x3, y2, _per_sample(c_skip), _per_sample(c_out), _per_sample(lam), g3, part,
+        nc, p, chunk, float(w_mask), int(ignore_index),
+        *o3.stride(), *xn3.stride(), *x3.stride(), *y2.stride(), *g3.stride(),
+        N_IMG=n_img, WRITE_GRAD=need_grad,
+    )  # fmt: skip
+    sq_sum, ce_sum, n_valid = part.sum(dim=2)  # over programs: fixed order, no atomics
+    denoise = _per_sample(lam) * sq_sum / (n_img * p)
+    n_valid = n_valid.clamp(min=1)
+    if need_grad:
+        write_back(dF, g3)
+    return denoise, w_mask * ce_sum / n_valid, dF, 1.0 / n_valid
+
+
+def hybrid_loss_bwd_triton(
+    dF: torch.Tensor,  # (B, I+K, H, W) from the forward
+    g_denoise: torch.Tensor,  # (B,)
+    g_mask: torch.Tensor,  # (B,)
+    mask_scale: torch.Tensor,  # (B,) 1 / n_valid from the forward
+    n_img: int,
+    p_per_prog: int | None = None,
+) -> torch.Tensor:
+    """dout (dF's dtype and layout)."""
+    dout = torch.empty_like(dF)
+    f3, g3 = as_n_c_p(dF), as_n_c_p(dout)
+    b, nc, p = f3.shape
+    s, chunk = _plan(f3, p_per_prog)
+    _hybrid_loss_bwd_kernel[(b, s)](
+        f3, _per_sample(g_denoise), _per_sample(g_mask) * _per_sample(mask_scale), g3,
+        nc, p, chunk, *f3.stride(), *g3.stride(), N_IMG=n_img,
+    )  # fmt: skip
+    return write_back(dout, g3)
+
+
+# ----------------------------------------------------------------------------- math path (plain torch)
+
+
+def hybrid_loss_fwd_math(out, x_n, x, y, c_skip, c_out, lam, w_mask: float, ignore_index: int, need_grad: bool):
+    """Same contract as `hybrid_loss_fwd_triton`, in plain torch (fp64 for fp64 inputs)."""
+    ct = torch.float64 if out.dtype == torch.float64 else torch.float32
+    n_img = x.shape[1]
+    col = lambda v: v.to(ct).reshape(-1, 1, 1, 1)
+    f = out.to(ct)
+    r = col(c_skip) * x_n.to(ct) + col(c_out) * f[:, :n_img] - x.to(ct)
+    denoise = lam.to(ct).reshape(-1) * r.square().mean(dim=(1, 2, 3))
+    z = f[:, n_img:]
+    valid = y != ignore_index
+    y_safe = torch.where(valid, y, 0).long()
+    ce = (torch.logsumexp(z, dim=1) - z.gather(1, y_safe[:, None]).squeeze(1)) * valid
+    n_valid = valid.sum(dim=(1, 2)).clamp(min=1).to(ct)
+    mask = w_mask * ce.sum(dim=(1, 2)) / n_valid
+    dF = torch.empty_like(out) if need_grad else out.new_empty(0)
+    if need_grad:
+        p = out.shape[2] * out.shape[3]
+        dF[:, :n_img] = 2 * col(lam) * col(c_out) * r / (n_img * p)
+        onehot = torch.nn.functional.one_hot(y_safe, z.shape[1]).permute(0, 3, 1, 2)
+        dF[:, n_img:] = w_mask * (torch.softmax(z, dim=1) - onehot) * valid[:, None]
+    return denoise, mask, dF, 1.0 / n_valid
+
+
+def hybrid_loss_bwd_math(dF, g_denoise, g_mask, mask_scale, n_img: int):
+    """Same contract as `hybrid_loss_bwd_triton`."""
+    ct = torch.float64 if dF.dtype == torch.float64 else torch.float32
+    k = dF.shape[1] - n_img
+    factor = torch.cat(
+        [g_denoise.to(ct)[:, None].expand(-1, n_img), (g_mask.to(ct) * mask_scale.to(ct))[:, None].expand(-1, k)],
+        dim=1,
+    )
+    dout = torch.empty_like(dF)
+    dout.copy_(dF.to(ct) * factor[:, :, None, None])
+    return dout
+
+
+backends.register_impl("hybrid_loss", "triton", hybrid_loss_fwd_triton, hybrid_loss_bwd_triton)
+backends.register_impl("hybrid_loss", "math", hybrid_loss_fwd_math, hybrid_loss_bwd_math)
+
+
+# ----------------------------------------------------------------------------- op registration
+
+
+@torch.library.custom_op("hybengine::hybrid_loss_fwd", mutates_args=())
+def hybrid_loss_fwd_op(
+    out: torch.Tensor,
+    x_n: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c_skip: torch.Tensor,
+    c_out: torch.Tensor,
+    lam: torch.Tensor,
+    w_mask: float,
+    ignore_index: int,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(denoise, mask, dF, mask_scale); dF is empty when not need_grad."""
+    impl = backends.implementation("hybrid_loss", out)
+    return impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
+
+
+@hybrid_loss_fwd_op.register_fake
+def _(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
+    ct = torch.float64 if out.dtype == torch.float64 else torch.float32
+    per_sample = lambda: out.new_empty((out.shape[0],), dtype=ct)
+    dF = torch.empty_like(out) if need_grad else out.new_empty(0)
+    return per_sample(), per_sample(), dF, per_sample()
+
+
+@torch.library.custom_op("hybengine::hybrid_loss_bwd", mutates_args=())
+def hybrid_loss_bwd_op(
+    dF: torch.Tensor, g_denoise: torch.Tensor, g_mask: torch.Tensor, mask_scale: torch.Tensor, n_img: int
+) -> torch.Tensor:
+    """d out = g_denoise * dF[:, :I] and (g_mask * mask_scale) * dF[:, I:], per sample."""
+    return backends.implementation("hybrid_loss", dF).bwd(dF, g_denoise, g_mask, mask_scale, n_img)
+
+
+@hybrid_loss_bwd_op.register_fake
+def _(dF, g_denoise, g_mask, mask_scale, n_img):
+    return torch.empty_like(dF)
+
+
+def _setup_context(ctx, inputs, output):
+    _, dF, mask_scale = output[0], output[2], output[3]
+    ctx.save_for_backward(dF, mask_scale)
+    ctx.n_img = inputs[2].shape[1]
+
+
+def _backward(ctx, g_denoise, g_mask, _g_dF, _g_mask_scale):
+    dF, mask_scale = ctx.saved_tensors
+    dout = hybrid_loss_bwd_op(dF, g_denoise, g_mask, mask_scale, ctx.n_img)
+    return dout, None, None, None, None, None, None, None, None, None
+
+
+hybrid_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def hybrid_loss(
+    out: torch.Tensor,  # F: (B, I+K, H, W) network output, NCHW or channels-last
+    x_n: torch.Tensor,  # (B, I, H, W) noisy image
+    x: torch.Tensor,  # (B, I, H, W) clean image
+    y: torch.Tensor,  # (B, H, W) integer class indices
+    c_skip: torch.Tensor,  # (B,) (any shape with B elements)
+    c_out: torch.Tensor,  # (B,)
+    lam: torch.Tensor,  # (B,) EDM loss weight lambda(sigma)
+    w_mask: float,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(denoise, mask), each (B,) fp32: the semantics of `hybrid_loss_reference`, fused.
+
+    Differentiable in `out` only (x_n, x, y, c_* are data). Class indices outside [0, K) that are
+    not ignore_index are undefined behaviour, as in F.cross_entropy on a GPU.
+    """
+    if out.dim() != 4 or x.dim() != 4 or x_n.shape != x.shape or out.shape[1] <= x.shape[1]:
+        raise ValueError(
+            f"need out (B, I+K, H, W) with K >= 1 and x, x_n (B, I, H, W); got {tuple(out.shape)}, "
+            f"{tuple(x_n.shape)}, {tuple(x.shape)}"
+        )
+    b, _, h, w = out.shape
+    if x.shape[0] != b or x.shape[2:] != (h, w) or y.shape != (b, h, w):
+        raise ValueError(f"x must be ({b}, I, {h}, {w}) and y ({b}, {h}, {w}); got {tuple(x.shape)}, {tuple(y.shape)}")
+    for name, v in (("c_skip", c_skip), ("c_out", c_out), ("lam", lam)):
+        if v.numel() != b:
+            raise ValueError(f"{name} must hold one value per sample ({b}); got shape {tuple(v.shape)}")
+    need_grad = torch.is_grad_enabled() and out.requires_grad
+    c_skip, c_out, lam = (v.reshape(b) for v in (c_skip, c_out, lam))
+    denoise, mask, _, _ = hybrid_loss_fwd_op(
+        out, x_n, x, y, c_skip, c_out, lam, float(w_mask), int(ignore_index), need_grad
+    )
+    return denoise, mask
