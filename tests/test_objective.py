@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from hybengine.config import ObjectiveConfig
+from hybengine.kernels import hybrid_loss_reference
+from hybengine.objective import HybridObjective, edm_precond, soft_dice_loss
+
+
+def test_edm_precond_by_hand():
+    # sigma = sigma_data = 0.5: s2 + d2 = 0.5
+    c_skip, c_out, c_in, c_noise, lam = edm_precond(torch.tensor([0.5]), 0.5)
+    assert c_skip.item() == pytest.approx(0.5)
+    assert c_out.item() == pytest.approx(0.25 / math.sqrt(0.5))
+    assert c_in.item() == pytest.approx(1 / math.sqrt(0.5))
+    assert c_noise.item() == pytest.approx(math.log(0.5) / 4)
+    assert lam.item() == pytest.approx(0.5 / 0.0625)  # (s2 + d2) / (s d)^2 = 8
+
+
+def test_hybrid_loss_reference_by_hand():
+    # B=1, I=1, K=2, 1x2 pixels.
+    out = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]], [[math.log(3.0), 0.0]]]])  # F: (1, 3, 1, 2)
+    x_n = torch.tensor([[[[2.0, 0.0]]]])
+    x = torch.tensor([[[[1.0, 1.0]]]])
+    y = torch.tensor([[[1, 0]]])
+    c_skip, c_out, lam = torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([2.0])
+    den, mask = hybrid_loss_reference(out, x_n, x, y, c_skip, c_out, lam, w_mask=0.5, ignore_index=-100)
+    # D_x = 0.5*[2, 0] + 0.25*[1, 2] = [1.25, 0.5]; errors [0.25, -0.5]; mean sq = (0.0625+0.25)/2
+    assert den.item() == pytest.approx(2.0 * 0.15625)
+    # pixel 0: logits (0, ln3), y=1 -> -log(3/4); pixel 1: logits (0, 0), y=0 -> log 2
+    assert mask.item() == pytest.approx(0.5 * (math.log(4 / 3) + math.log(2)) / 2)
+    # ignored pixels leave the mean: only pixel 1 counts
+    _, mask_ign = hybrid_loss_reference(out, x_n, x, torch.tensor([[[-100, 0]]]), c_skip, c_out, lam, 0.5, -100)
+    assert mask_ign.item() == pytest.approx(0.5 * math.log(2))
+
+
+class _Probe(torch.nn.Module):
+    """Records what the objective feeds the network; returns a fixed output."""
+
+    def forward(self, inp, c_noise):
+        self.inp, self.c_noise = inp, c_noise
+        return torch.zeros(inp.shape[0], inp.shape[1] + 3, *inp.shape[2:])
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "supervised", "denoise"])
+def test_modes_switch_the_terms(mode):
+    cfg = ObjectiveConfig(mode=mode, w_mask=0.3)
+    obj = HybridObjective(cfg, ignore_index=255)
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 3, (4, 8, 8))
+    net = _Probe()
+    den, mask = obj(net, x, y, torch.Generator().manual_seed(0))
+    assert den.shape == mask.shape == (4,)
+    # zero output: logits uniform over 3 classes -> CE = ln 3 per pixel
+    expected_mask = 0.0 if mode == "denoise" else 0.3 * math.log(3)
+    assert torch.allclose(mask, torch.full((4,), expected_mask), atol=1e-6)
+    if mode == "supervised":
+        assert torch.all(den == 0)
+        assert torch.allclose(net.c_noise, torch.full((4,), math.log(cfg.sigma_clean) / 4))
+    else:
+        assert torch.all(den > 0)
+        assert net.c_noise.std() > 0  # random sigma per sample
+
+
+def test_sigma_distribution_follows_P_mean_P_std():
+    obj = HybridObjective(ObjectiveConfig(P_mean=-1.2, P_std=1.2), 255)
+    ln_sigma = obj.sample_sigma(200_000, torch.device("cpu"), torch.Generator().manual_seed(1)).log()
+    assert ln_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
+    assert ln_sigma.std().item() == pytest.approx(1.2, abs=0.02)
+
+
+def test_soft_dice_perfect_and_wrong():
+    y = torch.tensor([[[0, 1], [1, 0]]])
+    perfect = torch.nn.functional.one_hot(y, 2).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, y, 255, eps=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(-perfect, y, 255, eps=0.0).item() == pytest.approx(1.0, abs=1e-6)
