@@ -9,7 +9,7 @@ from test_data_helpers import threshold_folder
 
 from hybengine.config import DataConfig
 from hybengine.data import TrainLoader, build_train_loader
-from hybengine.data.loader import ShardedEpochStream, epoch_permutation
+from hybengine.data.epoch_stream import ShardedEpochStream, epoch_permutation
 
 
 class IdentityDataset(torch.utils.data.Dataset):

@@ -78,6 +78,20 @@ def apply_geometry(a: np.ndarray, p: AugParams, crop: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def as_transpose_flips(p: AugParams) -> tuple[bool, bool, bool]:
+    """The same dihedral transform as flips-then-`k_rot` quarter turns (`apply_geometry`), written
+    as (transpose, flip_h, flip_v): transpose first, then the flips. For pipelines that have
+    transpose and flip but no exact 90-degree rotation (DALI). Derivation, with T = transpose and
+    F(h, v) = flips: rot(1) = F(0, 1) T, rot(2) = F(1, 1), rot(3) = F(1, 0) T, and
+    T F(h, v) = F(v, h) T."""
+    h, v = p.flip_h, p.flip_v
+    if p.k_rot % 2 == 0:
+        flip_both = p.k_rot == 2
+        return False, h ^ flip_both, v ^ flip_both
+    rh, rv = (False, True) if p.k_rot == 1 else (True, False)
+    return True, rh ^ v, rv ^ h
+
+
 def apply_intensity(image: np.ndarray, p: AugParams) -> np.ndarray:
     if p.contrast == 1.0 and p.brightness == 0.0:
         return image

@@ -24,15 +24,32 @@ from hybengine.data.image_io import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     FileProblem,
+    NormParams,
+    apply_norm,
+    as_channels,
     label_problems,
+    norm_params,
     normalize,
+    png_header,
     read_image,
     read_mask,
+    read_raw,
 )
 
 CACHE_LIMIT_BYTES = 512 * 2**20  # decoded arrays kept in memory up to this size, else read per item
 ADVICE = ("Fix, replace or remove the files listed (an image and its mask share the file stem; masks are "
           "single-channel class-index PNG), or point data.root / data.labeled_subset at the right data.")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the scan learnt about one image+mask pair (the DALI pipeline plans from it)."""
+    height: int
+    width: int
+    bits: int  # 8 or 16, of the image file
+    file_channels: int  # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
+    norm: NormParams  # this image's normalisation
+    mask_gray8_png: bool  # the mask is a plain 8-bit grayscale PNG (no palette, no 16 bits)
 
 
 @dataclass
@@ -41,6 +58,7 @@ class FolderScan:
     stems: list[str]
     images: dict[str, Path]
     masks: dict[str, Path]
+    info: dict[str, FileInfo]
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None)  # stem -> (image, mask)
 
 
@@ -89,11 +107,14 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
 
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache_limit > 0 else None
     cached_bytes = 0
+    info: dict[str, FileInfo] = {}
     for stem in stems:
         image = mask = None
         try:
-            raw, dtype_max = read_image(images[stem], cfg.image_channels)
-            image = normalize(raw, cfg.normalize, dtype_max)
+            arr = read_raw(images[stem])
+            raw, dtype_max = as_channels(arr, cfg.image_channels)
+            norm = norm_params(raw, cfg.normalize, dtype_max)
+            image = apply_norm(raw, norm)
         except FileProblem as e:
             problems.append(f"{images[stem]}: {e}")
         try:
@@ -106,6 +127,10 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
         if image is not None and mask is not None and image.shape[1:] != mask.shape:
             problems.append(f"{masks[stem]}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from "
                             f"image {images[stem].name} size {image.shape[2]}x{image.shape[1]}")
+        if image is not None and mask is not None:
+            info[stem] = FileInfo(arr.shape[0], arr.shape[1], 8 * arr.dtype.itemsize,
+                                  1 if arr.ndim == 2 else arr.shape[2], norm,
+                                  png_header(masks[stem]) == (8, 0))
         if cache is not None and image is not None and mask is not None:
             cached_bytes += image.nbytes + mask.nbytes
             if cached_bytes <= cache_limit:
@@ -114,7 +139,7 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
                 cache = None  # too large to keep: items are decoded on demand
     if problems:
         raise DatasetError.listing(f"dataset {base}", problems, ADVICE)
-    return FolderScan(stems, {s: images[s] for s in stems}, {s: masks[s] for s in stems}, cache)
+    return FolderScan(stems, {s: images[s] for s in stems}, {s: masks[s] for s in stems}, info, cache)
 
 
 def validate_folder(root: str | Path, split: str, cfg: DataConfig) -> list[str]:
@@ -137,6 +162,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.epoch = 0
         scan = scan_folder(cfg.root, split, cfg, cache_limit=CACHE_LIMIT_BYTES)
         self.names: list[str] = scan.stems
+        self.scan = scan
         self._images, self._masks, self._cache = scan.images, scan.masks, scan.cache
 
     def __len__(self) -> int:

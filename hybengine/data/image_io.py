@@ -11,6 +11,7 @@ Every reader raises `FileProblem` with a one-line reason; the folder scan collec
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ class FileProblem(Exception):
     """A file that cannot be used; str() is the reason (the caller adds the file name)."""
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
+def png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG's IHDR chunk, or None if the header is not PNG."""
     with open(path, "rb") as f:
         head = f.read(29)
@@ -37,10 +38,11 @@ def _png_header(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def _pil_array(path: Path) -> np.ndarray:
-    """Decodes with Pillow, fully (a truncated file fails here, not later), keeping 16 bits."""
+def _pil_array(path: Path, palette_indices: bool) -> np.ndarray:
+    """Decodes with Pillow, fully (a truncated file fails here, not later), keeping 16 bits.
+    palette_indices: a palette PNG gives its indices (class-index masks), else its colours."""
     if path.suffix.lower() == ".png":
-        header = _png_header(path)
+        header = png_header(path)
         if header is None:
             raise FileProblem("not a valid PNG file (bad signature or header: corrupt, truncated "
                               "or misnamed)")
@@ -51,7 +53,7 @@ def _pil_array(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "P":
+            if im.mode == "P" and not palette_indices:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode == "1":
                 im = im.convert("L")  # 0/255
@@ -78,14 +80,14 @@ def _tiff_array(path: Path) -> np.ndarray:
     return arr
 
 
-def read_raw(path: str | Path) -> np.ndarray:
+def read_raw(path: str | Path, palette_indices: bool = False) -> np.ndarray:
     """The file's pixels as stored: uint8 / uint16, (H, W) or (H, W, C)."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext in (".tif", ".tiff"):
         arr = _tiff_array(path)
     elif ext in (".png", ".jpg", ".jpeg"):
-        arr = _pil_array(path)
+        arr = _pil_array(path, palette_indices)
     else:
         raise FileProblem(f"unsupported extension '{path.suffix}'")
     if arr.dtype == bool:
@@ -103,7 +105,11 @@ def read_raw(path: str | Path) -> np.ndarray:
 
 def read_image(path: str | Path, channels: int) -> tuple[np.ndarray, float]:
     """Image file -> (float32 (channels, H, W) raw values, dtype maximum 255 or 65535)."""
-    arr = read_raw(path)
+    return as_channels(read_raw(path), channels)
+
+
+def as_channels(arr: np.ndarray, channels: int) -> tuple[np.ndarray, float]:
+    """Raw (H, W) or (H, W, C) pixels -> (float32 (channels, H, W), dtype maximum)."""
     dtype_max = float(np.iinfo(arr.dtype).max)
     x = arr.astype(np.float32)
     if x.ndim == 3:
@@ -123,7 +129,7 @@ def read_image(path: str | Path, channels: int) -> tuple[np.ndarray, float]:
 def read_mask(path: str | Path, mask_format: str) -> np.ndarray:
     """Mask file -> int32 (H, W) labels. binary255: 0 -> 0, 255 -> 1, others left as they are
     (the caller reports them). A colour mask is accepted only if its channels are equal."""
-    arr = read_raw(path)
+    arr = read_raw(path, palette_indices=True)
     if arr.ndim == 3:
         colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
         if not (colour == colour[..., :1]).all():
@@ -156,16 +162,35 @@ def _fmt(values: np.ndarray, limit: int = 8) -> str:
     return f"[{shown}{', ...' if values.size > limit else ''}]"
 
 
-def normalize(x: np.ndarray, how: str, dtype_max: float) -> np.ndarray:
-    """Raw values -> roughly [-1, 1], float32.
-    percentile: the image's own 0.5 / 99.5 percentiles map to -1 / +1, clipped to [-1.5, 1.5]
+@dataclass(frozen=True)
+class NormParams:
+    """y = (x - offset) * scale + shift, in float32, then clipped to [-clip, clip] (clip=0: none).
+    One set per image; the DALI pipeline applies the same four numbers."""
+    offset: float
+    scale: float
+    shift: float
+    clip: float
+
+
+def norm_params(x: np.ndarray, how: str, dtype_max: float) -> NormParams:
+    """percentile: the image's own 0.5 / 99.5 percentiles map to -1 / +1, clipped to [-1.5, 1.5]
     (robust to the 16-bit microscope range, where the signal uses a small part of 0..65535);
     dtype: x / dtype_max * 2 - 1."""
     if how == "dtype":
-        return (x * np.float32(2.0 / dtype_max) - np.float32(1.0)).astype(np.float32)
+        return NormParams(0.0, float(np.float32(2.0 / dtype_max)), -1.0, 0.0)
     lo, hi = np.percentile(x, PERCENTILES)
-    if hi - lo < 1e-6:  # a flat image: no contrast to stretch
-        return np.zeros_like(x, dtype=np.float32)
-    scale = np.float32(2.0 / (hi - lo))
-    y = (x - np.float32(lo)) * scale - np.float32(1.0)
-    return np.clip(y, -CLIP, CLIP).astype(np.float32)
+    if hi - lo < 1e-6:  # a flat image: no contrast to stretch, all zeros
+        return NormParams(float(np.float32(lo)), 0.0, 0.0, CLIP)
+    return NormParams(float(np.float32(lo)), float(np.float32(2.0 / (hi - lo))), -1.0, CLIP)
+
+
+def apply_norm(x: np.ndarray, p: NormParams) -> np.ndarray:
+    y = (x - np.float32(p.offset)) * np.float32(p.scale) + np.float32(p.shift)
+    if p.clip:
+        y = np.clip(y, -np.float32(p.clip), np.float32(p.clip))
+    return y.astype(np.float32, copy=False)
+
+
+def normalize(x: np.ndarray, how: str, dtype_max: float) -> np.ndarray:
+    """Raw values -> roughly [-1, 1], float32 (see `norm_params`)."""
+    return apply_norm(x, norm_params(x, how, dtype_max))

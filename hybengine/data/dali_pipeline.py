@@ -1,0 +1,217 @@
+"""DALI training pipeline over the same folder datasets, with the torch path's exact semantics.
+
+What DALI does: decode (`fn.decoders.image`, `mixed` = GPU on a GPU, else `cpu`), crop, the
+dihedral transform (conditional transpose, then flips), normalisation and intensity jitter on the
+image, the same geometry on the mask, layout to (B, I, c, c) float32 and (B, c, c) int64, through
+the PyTorch plugin iterator.
+
+What Python does: the per-batch plan, fed through one `fn.external_source`: which files (the
+shared `ShardedEpochStream`: same seeded epochs, rank shards, no partial batch, resume by
+arithmetic as the torch loader; `rank`/`world_size` play the role of DALI's `shard_id`/
+`num_shards`), their encoded bytes, and their random parameters, drawn by the SAME
+`sample_params(sample_rng(seed, epoch, index), ...)` as the torch path. So image and mask get the
+same parameters by construction, and for the same files DALI and torch give the same tensors
+(bit-identical where the decoders agree; see `plan_problems` for when they cannot).
+
+Bits: images are decoded as uint16 when any image is 16-bit (DALI keeps all 16 bits then; 8-bit
+files are scaled by 257 and their normalisation by 1/257), else as uint8. Masks must be plain
+8-bit grayscale PNG (DALI would turn palette indices into colours and scale 16-bit labels).
+DALI has no reflect padding: files smaller than the crop stay on the torch path.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from hybengine.config import DataConfig
+from hybengine.data.augment import as_transpose_flips, sample_params, sample_rng
+from hybengine.data.epoch_stream import BatchCounter, ShardedEpochStream
+from hybengine.data.errors import DatasetError
+from hybengine.data.folder_dataset import FolderScan
+from hybengine.data.image_io import LUMA, FileProblem, read_mask, read_raw
+
+log = logging.getLogger("hybengine.data")
+_OUTPUTS = ("image", "mask")
+
+
+def dali_installed() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def plan_problems(scan: FolderScan, cfg: DataConfig) -> list[str]:
+    """Why DALI cannot reproduce the torch path on these files (empty list: it can)."""
+    def some(stems: list[str]) -> str:
+        return ", ".join(stems[:3]) + (f" and {len(stems) - 3} more" if len(stems) > 3 else "")
+
+    problems = []
+    small = [s for s, i in scan.info.items() if min(i.height, i.width) < cfg.crop]
+    if small:
+        problems.append(f"{len(small)} image(s) smaller than data.crop={cfg.crop} need reflect padding, "
+                        f"which DALI lacks: {some(small)}")
+    masks = [s for s, i in scan.info.items() if not i.mask_gray8_png]
+    if masks:
+        problems.append(f"{len(masks)} mask(s) are not plain 8-bit grayscale PNG (palette, 1- or 16-bit "
+                        f"or colour), which DALI would not decode as class indices: {some(masks)}")
+    alpha = [s for s, i in scan.info.items() if i.file_channels in (2, 4)]
+    if alpha:
+        problems.append(f"{len(alpha)} image(s) have an alpha channel: {some(alpha)}")
+    return problems
+
+
+class _BatchPlan:
+    """The external source: called once per batch (in order, ahead of use when DALI prefetches),
+    returns the encoded files and the per-sample parameters of the next batch of this rank."""
+
+    def __init__(self, scan: FolderScan, cfg: DataConfig, batch_size: int, seed: int, rank: int,
+                 world_size: int, start_batch: int, decode_bits: int):
+        self.scan, self.cfg, self.seed, self.decode_bits = scan, cfg, seed, decode_bits
+        self.batch_size = batch_size
+        self.items = iter(ShardedEpochStream(len(scan.stems), batch_size, seed, rank, world_size, start_batch))
+        self.next_batch = start_batch
+        self.recent: OrderedDict[int, list[str]] = OrderedDict()  # batch -> stems, for error messages
+
+    def __call__(self):
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in
+                                             ("img", "msk", "anchor", "t", "h", "v", "norm", "jit")}
+        stems = []
+        c = self.cfg
+        for _ in range(self.batch_size):
+            epoch, i = next(self.items)
+            stem = self.scan.stems[i]
+            info = self.scan.info[stem]
+            stems.append(stem)
+            p = sample_params(sample_rng(self.seed, epoch, i), info.height, info.width, c.crop, c.augment,
+                              c.intensity_jitter)
+            t, h, v = as_transpose_flips(p)
+            n = info.norm
+            if self.decode_bits == 16 and info.bits == 8:  # decoded as x * 257
+                n = type(n)(n.offset * 257.0, float(np.float32(n.scale / 257.0)), n.shift, n.clip)
+            cols["img"].append(np.fromfile(self.scan.images[stem], np.uint8))
+            cols["msk"].append(np.fromfile(self.scan.masks[stem], np.uint8))
+            cols["anchor"].append(np.array([p.top, p.left], np.int32))
+            cols["t"].append(np.array(t, np.bool_))
+            cols["h"].append(np.array(h, np.int32))
+            cols["v"].append(np.array(v, np.int32))
+            cols["norm"].append(np.array([n.offset, n.scale, n.shift], np.float32))
+            cols["jit"].append(np.array([p.contrast, p.brightness], np.float32))
+        self.recent[self.next_batch] = stems
+        while len(self.recent) > 8:
+            self.recent.popitem(last=False)
+        self.next_batch += 1
+        return tuple(cols.values())
+
+
+def build_pipeline(plan: _BatchPlan, cfg: DataConfig, file_channels: set[int], device: str,
+                   device_id: int | None, num_threads: int):
+    """The DALI pipeline: `device` "cpu" (device_id None works without a GPU) or "mixed" (GPU)."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
+
+    luma = cfg.image_channels == 1 and file_channels != {1}
+    out_type = types.GRAY if cfg.image_channels == 1 and not luma else types.RGB
+    img_dtype = types.UINT16 if plan.decode_bits == 16 else types.UINT8
+    crop = np.array([cfg.crop, cfg.crop], np.int32)
+
+    @pipeline_def(batch_size=plan.batch_size, num_threads=num_threads, device_id=device_id,
+                  enable_conditionals=True, prefetch_queue_depth=2, seed=plan.seed % 2**31)
+    def pipeline():
+        img, msk, anchor, t, h, v, norm, jit = fn.external_source(source=plan, num_outputs=8, batch=True)
+        x = fn.decoders.image(img, device=device, output_type=out_type, dtype=img_dtype)
+        m = fn.decoders.image(msk, device=device, output_type=types.GRAY, dtype=types.UINT8)
+        if device == "mixed":  # arithmetic operands on the GPU with the data
+            norm, jit = norm.gpu(), jit.gpu()
+        x = fn.slice(x, anchor, crop, axes=[0, 1])  # absolute window: exact, as numpy slicing
+        m = fn.slice(m, anchor, crop, axes=[0, 1])
+        if luma:  # RGB -> luma with the torch path's weights, before normalisation
+            x = x[:, :, 0:1] * float(LUMA[0]) + x[:, :, 1:2] * float(LUMA[1]) + x[:, :, 2:3] * float(LUMA[2])
+        x = (x - norm[0]) * norm[1] + norm[2]
+        if cfg.normalize == "percentile":
+            x = dmath.clamp(x, -1.5, 1.5)
+        if t:
+            x = fn.transpose(x, perm=[1, 0, 2], transpose_layout=False)
+            m = fn.transpose(m, perm=[1, 0, 2], transpose_layout=False)
+        x = fn.flip(x, horizontal=h, vertical=v)
+        m = fn.flip(m, horizontal=h, vertical=v)
+        x = x * jit[0] + jit[1]  # intensity jitter: image only
+        x = fn.transpose(x, perm=[2, 0, 1])
+        if cfg.mask_format == "binary255":
+            m = m // 255
+        m = fn.cast(m[:, :, 0], dtype=types.INT64)
+        return fn.cast(x, dtype=types.FLOAT), m
+
+    return pipeline()
+
+
+class DaliTrainLoader(BatchCounter):
+    """DALI counterpart of `TrainLoader`: same items, order, parameters, state_dict and policy."""
+
+    def __init__(self, scan: FolderScan, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, device: str = "cpu", num_threads: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is outside 0..world_size-1 (world_size={world_size})")
+        problems = plan_problems(scan, cfg)
+        if problems:
+            raise DatasetError.listing(
+                f"data.loader=dali cannot read {cfg.root}/{cfg.train_split} as the torch path does", problems,
+                "Use data.loader=torch (or auto), or convert the files as described.")
+        self.scan, self.cfg, self.batch_size, self.seed = scan, cfg, batch_size, seed
+        self.rank, self.world_size, self.device, self.num_threads = rank, world_size, device, num_threads
+        self.num_items = len(scan.stems)
+        self.decode_bits = 16 if any(i.bits == 16 for i in scan.info.values()) else 8
+        self.device_id = torch.cuda.current_device() if device == "mixed" else None
+        self._batch = 0
+        self._it = None
+        self._plan: _BatchPlan | None = None
+
+    def _iterator(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self._plan = _BatchPlan(self.scan, self.cfg, self.batch_size, self.seed, self.rank, self.world_size,
+                                self._batch, self.decode_bits)
+        channels = {i.file_channels for i in self.scan.info.values()}
+        pipe = build_pipeline(self._plan, self.cfg, channels, self.device, self.device_id, self.num_threads)
+        return DALIGenericIterator([pipe], list(_OUTPUTS), auto_reset=False)
+
+    def __iter__(self) -> DaliTrainLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            if self._it is None:
+                self._it = self._iterator()
+            out = next(self._it)[0]
+        except (RuntimeError, ValueError) as e:
+            self.close()
+            raise self._explain(e) from e
+        self._batch += 1
+        return out["image"], out["mask"]
+
+    def _explain(self, err: Exception) -> DatasetError:
+        """DALI's error names no file: name the files of the batches in flight, and the ones that
+        fail to read here."""
+        stems = [] if self._plan is None else [
+            s for b, ss in self._plan.recent.items() if b >= self._batch for s in ss]
+        bad = []
+        for stem in dict.fromkeys(stems):
+            for path, reader in ((self.scan.images[stem], read_raw),
+                                 (self.scan.masks[stem], lambda p: read_mask(p, self.cfg.mask_format))):
+                try:
+                    reader(path)
+                except (FileProblem, OSError) as e:
+                    bad.append(f"{path}: {e}")
+        dali_msg = next((ln.strip() for ln in str(err).splitlines() if "rror" in ln and ln.strip()), str(err))
+        if bad:
+            return DatasetError.listing("DALI pipeline failed on unreadable files", bad,
+                                       f"Replace or remove these files. (DALI said: {dali_msg[:300]})")
+        files = ", ".join(str(self.scan.images[s].name) for s in dict.fromkeys(stems))
+        return DatasetError(f"DALI pipeline failed on a batch holding {files or 'unknown files'} of "
+                            f"{self.cfg.root}/{self.cfg.train_split}: {dali_msg[:500]}\n"
+                            "These files read fine with Pillow/tifffile: use data.loader=torch.")
+
+    def close(self) -> None:
+        self._it = None  # the pipeline and its threads go with the iterator
+        self._plan = None
