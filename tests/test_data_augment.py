@@ -96,3 +96,17 @@ def test_workers_0_and_2_give_the_same_batches(tmp_path):
         loader.close()
     for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+def test_transpose_flips_form_equals_rotations():
+    """The (transpose, flip_h, flip_v) form the DALI pipeline uses is the same transform as the
+    torch path's flips + quarter turns, for all 16 parameter combinations."""
+    from hybengine.data.augment import as_transpose_flips
+    a = np.arange(49).reshape(7, 7)
+    for fh, fv, k in itertools.product((False, True), (False, True), range(4)):
+        p = AugParams(0, 0, fh, fv, k, 1.0, 0.0)
+        t, h, v = as_transpose_flips(p)
+        b = a.T if t else a
+        b = b[:, ::-1] if h else b
+        b = b[::-1] if v else b
+        np.testing.assert_array_equal(apply_geometry(a, p, 7), b, err_msg=str((fh, fv, k)))

@@ -102,3 +102,12 @@ def test_percentile_normalisation():
     assert z[0, 0, 0] == 1.5 and z[0, 50, 50] == pytest.approx(0.0, abs=0.02)
     assert np.array_equal(normalize(np.full((1, 4, 4), 7, np.float32), "percentile", 255), np.zeros((1, 4, 4)))
     np.testing.assert_allclose(normalize(np.array([[0, 255]], np.float32), "dtype", 255), [[-1, 1]])
+
+
+def test_palette_mask_keeps_indices(tmp_path):
+    """A palette ('P') class-index mask is read as its indices, not its colours."""
+    m = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8)).convert("P")
+    m.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * (256 * 3 - 9))
+    m.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png", "index"), [[0, 1], [2, 1]])

@@ -146,6 +146,15 @@ def build_pipeline(plan: _BatchPlan, cfg: DataConfig, file_channels: set[int], d
     return pipeline()
 
 
+def _dali_summary(text: str) -> str:
+    """'Error in CPU operator `fn.decoders.image` ... encountered: <cause>' -> one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    where = next((ln for ln in lines if ln.startswith("Error in")), "")
+    after = lines.index("encountered:") + 1 if "encountered:" in lines else len(lines)
+    cause = lines[after] if after < len(lines) else (lines[0] if lines else "unknown error")
+    return f"{where.rstrip(',')}: {cause}" if where else cause
+
+
 class DaliTrainLoader(BatchCounter):
     """DALI counterpart of `TrainLoader`: same items, order, parameters, state_dict and policy."""
 
@@ -185,8 +194,9 @@ class DaliTrainLoader(BatchCounter):
                 self._it = self._iterator()
             out = next(self._it)[0]
         except (RuntimeError, ValueError) as e:
-            self.close()
-            raise self._explain(e) from e
+            explained = self._explain(e)
+            self.close()  # a DALI pipeline that failed is no longer usable
+            raise explained from e
         self._batch += 1
         return out["image"], out["mask"]
 
@@ -203,7 +213,7 @@ class DaliTrainLoader(BatchCounter):
                     reader(path)
                 except (FileProblem, OSError) as e:
                     bad.append(f"{path}: {e}")
-        dali_msg = next((ln.strip() for ln in str(err).splitlines() if "rror" in ln and ln.strip()), str(err))
+        dali_msg = _dali_summary(str(err))
         if bad:
             return DatasetError.listing("DALI pipeline failed on unreadable files", bad,
                                        f"Replace or remove these files. (DALI said: {dali_msg[:300]})")
