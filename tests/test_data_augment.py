@@ -110,3 +110,12 @@ def test_transpose_flips_form_equals_rotations():
         b = b[:, ::-1] if h else b
         b = b[::-1] if v else b
         np.testing.assert_array_equal(apply_geometry(a, p, 7), b, err_msg=str((fh, fv, k)))
+
+
+def test_uncached_dataset_gives_the_cached_samples(tmp_path):
+    cfg = threshold_folder(tmp_path, 3, 20, 20)
+    cfg.crop, cfg.normalize = 12, "percentile"
+    cached, uncached = FolderDataset(cfg, "train", True), FolderDataset(cfg, "train", True, cache_limit=0)
+    assert uncached._cache is None
+    for key in [(0, 0), (1, 2), (4, 1)]:
+        assert all(torch.equal(a, b) for a, b in zip(cached[key], uncached[key], strict=True))

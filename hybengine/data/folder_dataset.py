@@ -29,7 +29,6 @@ from hybengine.data.image_io import (
     as_channels,
     label_problems,
     norm_params,
-    normalize,
     png_header,
     read_image,
     read_mask,
@@ -157,10 +156,11 @@ class FolderDataset(torch.utils.data.Dataset):
     train=False: item `i` -> (image (I, H, W), mask (H, W), name), whole and unaugmented.
     """
 
-    def __init__(self, cfg: DataConfig, split: str, train: bool, seed: int = 0):
+    def __init__(self, cfg: DataConfig, split: str, train: bool, seed: int = 0,
+                 cache_limit: int = CACHE_LIMIT_BYTES):
         self.cfg, self.split, self.train, self.seed = cfg, split, train, seed
         self.epoch = 0
-        scan = scan_folder(cfg.root, split, cfg, cache_limit=CACHE_LIMIT_BYTES)
+        scan = scan_folder(cfg.root, split, cfg, cache_limit=cache_limit)
         self.names: list[str] = scan.stems
         self.scan = scan
         self._images, self._masks, self._cache = scan.images, scan.masks, scan.cache
@@ -176,10 +176,10 @@ class FolderDataset(torch.utils.data.Dataset):
         stem = self.names[i]
         if self._cache is not None:
             return self._cache[stem]
-        try:
-            raw, dtype_max = read_image(self._images[stem], self.cfg.image_channels)
+        try:  # normalised with the parameters the start-up scan measured (no percentiles again)
+            raw, _ = read_image(self._images[stem], self.cfg.image_channels)
             mask = read_mask(self._masks[stem], self.cfg.mask_format)
-            return normalize(raw, self.cfg.normalize, dtype_max), mask
+            return apply_norm(raw, self.scan.info[stem].norm), mask
         except FileProblem as e:  # the file changed after the start-up check
             raise DatasetError(f"{self._images[stem]} or its mask: {e}") from None
 
