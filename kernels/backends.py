@@ -12,8 +12,9 @@ module for an implementation, chosen per call from the tensor's device type:
            "math"                plain PyTorch that computes the same forward and backward
                                  formulas explicitly (no autograd); runs wherever Triton cannot
 
-On CPU the order above is the default; `HYBENGINE_CPU_BACKEND=<name>` or `set_cpu_backend(name)`
-forces one. float64 inputs always take "math" (the Triton kernels compute in fp32).
+On CPU the order above is the default; `set_cpu_backend(name, ops)` forces one (an error if it
+cannot run), and `HYBENGINE_CPU_BACKEND=<name>` forces it for every op where it is available.
+float64 inputs always take "math" (the Triton kernels compute in fp32).
 
 Triton is optional: when it does not import, `triton` and `tl` below are stand-ins that let the
 kernel files define their kernels (calling one raises) so `import hybengine.kernels` still works.
@@ -70,7 +71,8 @@ class Impl:
 
 
 _impls: dict[str, dict[str, Impl]] = {op: {} for op in OPS}
-_cpu_forced: str | None = os.environ.get("HYBENGINE_CPU_BACKEND") or None
+_cpu_forced: dict[str, str] = {}  # op -> CPU implementation, set by set_cpu_backend
+_cpu_env = os.environ.get("HYBENGINE_CPU_BACKEND") or None  # every op, where available
 
 
 def register_impl(op: str, name: str, fwd: Callable, bwd: Callable) -> None:
@@ -88,12 +90,18 @@ def register_native(op: str, fwd: Callable, bwd: Callable) -> None:
     register_impl(op, "native", fwd, bwd)
 
 
-def set_cpu_backend(name: str | None) -> None:
-    """Force the CPU implementation of every op ("triton-interpreter", "native", "math"); None: default."""
-    global _cpu_forced
+def set_cpu_backend(name: str | None, ops: tuple[str, ...] = OPS) -> None:
+    """Force the CPU implementation of `ops` ("triton-interpreter", "native", "math"); None: default."""
     if name is not None and name not in CPU_BACKENDS:
         raise ValueError(f"unknown CPU backend {name!r}; expected one of {CPU_BACKENDS}")
-    _cpu_forced = name
+    missing = [op for op in ops if name is not None and not _available(op, name)]
+    if missing:
+        raise RuntimeError(f"CPU backend {name!r} is not available for {', '.join(missing)}")
+    for op in ops:
+        if name is None:
+            _cpu_forced.pop(op, None)
+        else:
+            _cpu_forced[op] = name
 
 
 def _available(op: str, name: str) -> bool:
@@ -108,14 +116,14 @@ def select(op: str, device_type: str) -> str:
         if HAS_TRITON and "triton" in _impls[op]:
             return "triton-interpreter" if INTERPRET else "triton"
         return "math"
-    if device_type == "cpu" and _cpu_forced is not None:
-        if not _available(op, _cpu_forced):
-            raise RuntimeError(f"CPU backend {_cpu_forced!r} was forced but is not available for {op}")
-        return _cpu_forced
-    if device_type == "cpu" and _available(op, "triton-interpreter"):
-        return "triton-interpreter"
-    if "native" in _impls[op] and device_type == "cpu":
-        return "native"
+    if device_type != "cpu":
+        return "math"
+    forced = _cpu_forced.get(op, _cpu_env)
+    if forced is not None and _available(op, forced):
+        return forced
+    for name in CPU_BACKENDS:  # the default order
+        if _available(op, name):
+            return name
     return "math"
 
 

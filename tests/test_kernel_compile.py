@@ -1,0 +1,123 @@
+"""A tiny U-Net style block with both fused ops compiles with fullgraph=True (no graph break) and
+its forward and backward match eager; plus the backend selection and the native-kernel hook."""
+import pytest
+import torch
+
+from hybengine.kernels import backends, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
+from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_math, group_norm_silu_fwd_math
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+class TinyBlock(torch.nn.Module):
+    """conv -> GroupNorm-SiLU modulated by a noise embedding -> conv to I+K channels -> joint loss."""
+
+    def __init__(self, n_img: int = 3, k: int = 2, width: int = 6, groups: int = 3, emb: int = 4):
+        super().__init__()
+        self.groups = groups
+        self.conv_in = torch.nn.Conv2d(n_img, width, 3, padding=1)
+        self.norm_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(width))
+        self.norm_bias = torch.nn.Parameter(0.1 * torch.randn(width))
+        self.emb = torch.nn.Linear(emb, 2 * width)
+        self.conv_out = torch.nn.Conv2d(width, n_img + k, 3, padding=1)
+
+    def forward(self, x_n, x, y, c_skip, c_out, lam, noise_emb):
+        scale, shift = self.emb(noise_emb).chunk(2, dim=1)
+        h = group_norm_silu(self.conv_in(x_n), self.norm_weight, self.norm_bias, self.groups, 1e-5, scale, shift)
+        out = self.conv_out(h)
+        denoise, mask = hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, 0.5)
+        return (denoise + mask).mean(), out
+
+
+def batch(b=2, n_img=3, k=2, h=7, w=9):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n_img, h, w, generator=g)
+    x_n = x + torch.randn(b, n_img, h, w, generator=g)
+    y = torch.randint(0, k, (b, h, w), generator=g)
+    coeffs = [0.5 + torch.rand(b, generator=g) for _ in range(3)]
+    return x_n, x, y, *coeffs, torch.randn(b, 4, generator=g)
+
+
+def loss_and_grads(model, inputs):
+    model.zero_grad()
+    loss, out = model(*inputs)
+    loss.backward()
+    return loss.detach(), out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_fullgraph_compile_matches_eager():
+    torch.manual_seed(0)
+    model, inputs = TinyBlock(), batch()
+    eager = loss_and_grads(model, inputs)
+    compiled = loss_and_grads(torch.compile(model, fullgraph=True), inputs)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
+    for name, (a, b) in zip([n for n, _ in model.named_parameters()], zip(compiled[2], eager[2], strict=True),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_compiled_graph_holds_the_fused_ops():
+    """The ops are traced as single nodes (not decomposed, not broken out of the graph)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    model, inputs = TinyBlock(), batch()
+    torch.compile(model, backend=counter, fullgraph=True)(*inputs)[0].backward()
+    assert counter.frame_count == 1
+    targets = {str(node.target) for gm in counter.graphs for node in gm.graph.nodes}
+    assert "hybengine.group_norm_silu_fwd.default" in targets
+    assert "hybengine.hybrid_loss_fwd.default" in targets
+
+
+def test_op_backends_reports_every_op_and_device():
+    table = op_backends()
+    assert set(table) == set(backends.OPS)
+    for op, per_device in table.items():
+        assert set(per_device) == {"cpu", "cuda"}
+        assert per_device["cpu"] in backends.CPU_BACKENDS, op
+        assert per_device["cuda"] in ("triton", "triton-interpreter", "math"), op
+    if backends.INTERPRET:
+        assert table["group_norm_silu"]["cpu"] == "triton-interpreter"
+
+
+def test_forcing_an_unknown_backend_fails():
+    with pytest.raises(ValueError, match="unknown CPU backend"):
+        backends.set_cpu_backend("cuda-graphs")
+
+
+def test_native_hook_is_used_when_registered(monkeypatch):
+    """Issue 7's C++ kernels plug in through register_native: selected, and called by the op."""
+    calls = []
+
+    def fwd(*args):
+        calls.append("fwd")
+        return group_norm_silu_fwd_math(*args)
+
+    def bwd(*args):
+        calls.append("bwd")
+        return group_norm_silu_bwd_math(*args)
+
+    monkeypatch.setitem(backends._impls, "group_norm_silu", dict(backends._impls["group_norm_silu"]))
+    backends.register_native("group_norm_silu", fwd, bwd)
+    with pytest.raises(RuntimeError, match="not available for hybrid_loss"):
+        backends.set_cpu_backend("native")
+    backends.set_cpu_backend("native", ops=("group_norm_silu",))
+    try:
+        assert op_backends()["group_norm_silu"]["cpu"] == "native"
+        x = torch.randn(1, 4, 3, 3, requires_grad=True)
+        group_norm_silu(x, torch.ones(4), torch.zeros(4), 2).sum().backward()
+        assert calls == ["fwd", "bwd"]
+    finally:
+        backends.set_cpu_backend(None)
+
+
+def test_math_backend_in_compiled_loss(monkeypatch):
+    """The math path also runs inside a compiled graph and matches the reference."""
+    monkeypatch.setattr(backends, "_cpu_forced", {"hybrid_loss": "math"})
+    assert op_backends()["hybrid_loss"]["cpu"] == "math"
+    x_n, x, y, c_skip, c_out, lam, _ = batch()
+    out = torch.randn(2, 5, 7, 9)
+    fn = torch.compile(lambda *a: hybrid_loss(*a, 0.5), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(fn(out, x_n, x, y, c_skip, c_out, lam),
+                               hybrid_loss_reference(out, x_n, x, y, c_skip, c_out, lam, 0.5))
