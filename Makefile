@@ -1,0 +1,29 @@
+# Two commands (README): `make demo` sets up and runs the demo job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# CPU machines: torch 2.13.0 CPU from the constraints file, not a multi-GB CUDA build.
+# DS_BUILD_OPS=0: DeepSpeed compiles nothing at install; its CPU comm op builds once on first use.
+$(STAMP): setup.py pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,dali]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m hybengine.demo
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
