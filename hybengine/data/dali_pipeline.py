@@ -124,8 +124,8 @@ def build_pipeline(plan: _BatchPlan, cfg: DataConfig, file_channels: set[int], d
         m = fn.decoders.image(msk, device=device, output_type=types.GRAY, dtype=types.UINT8)
         if device == "mixed":  # arithmetic operands on the GPU with the data
             norm, jit = norm.gpu(), jit.gpu()
-        x = fn.slice(x, anchor, crop, axes=[0, 1])  # absolute window: exact, as numpy slicing
-        m = fn.slice(m, anchor, crop, axes=[0, 1])
+        x = fn.slice(x, start=anchor, shape=crop, axes=[0, 1])  # absolute window: exact, as numpy slicing
+        m = fn.slice(m, start=anchor, shape=crop, axes=[0, 1])
         if luma:  # RGB -> luma with the torch path's weights, before normalisation
             x = x[:, :, 0:1] * float(LUMA[0]) + x[:, :, 1:2] * float(LUMA[1]) + x[:, :, 2:3] * float(LUMA[2])
         x = (x - norm[0]) * norm[1] + norm[2]
