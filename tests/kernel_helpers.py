@@ -1,13 +1,20 @@
-"""Helpers for the kernel tests (no tests here): judging low-precision results against float64.
+"""Helpers for the kernel tests and the GPU check (no tests here, no pytest import).
 
-A result passes when its max error against the float64 reference is within a few times the error
-PyTorch itself makes on the same rounded inputs (its reference run in that dtype), with a floor of
-a few units in the last place at the reference's scale.
+Judging rule: a result computed in some dtype passes when its max error against the float64
+reference (run on the same rounded inputs) is within a few times the error PyTorch itself makes
+on those inputs (the reference run in that dtype), with a floor of a few ulps at the reference's
+scale. Used by tests/test_kernel_*.py (CPU, Triton interpreter) and by benchmarks/check_kernels.py
+(GPU, bf16 included), so both judge the same way.
 """
 import torch
 
+from hybengine.kernels import group_norm_silu, group_norm_silu_reference, hybrid_loss, hybrid_loss_reference
+
 FLOOR_ULPS = 8  # ulps at the reference's largest magnitude
 TORCH_FACTOR = 4  # times PyTorch's own error on the same inputs
+GN_NAMES = ("y", "dx", "dweight", "dbias", "dscale", "dshift")
+LOSS_NAMES = ("denoise", "mask", "dF")
+W_MASK = 0.3
 
 
 def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -15,8 +22,8 @@ def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def assert_matches(name: str, ours: torch.Tensor, ref64: torch.Tensor, torch_lowp: torch.Tensor | None,
-                   dtype: torch.dtype) -> None:
-    """ours (computed in `dtype`) against the float64 reference, allowing PyTorch's own error."""
+                   dtype: torch.dtype) -> float:
+    """ours (computed in `dtype`) against the float64 reference; returns the error."""
     assert ours.shape == ref64.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
     assert torch.isfinite(ours).all(), f"{name}: non-finite values"
     scale = ref64.abs().max().item() if ref64.numel() else 0.0
@@ -25,8 +32,145 @@ def assert_matches(name: str, ours: torch.Tensor, ref64: torch.Tensor, torch_low
         tol = max(tol, TORCH_FACTOR * max_err(torch_lowp, ref64))
     err = max_err(ours, ref64)
     assert err <= tol, f"{name}: max error {err:.3e} > tolerance {tol:.3e} (reference max |.| {scale:.3e})"
+    return err
 
 
 def shifted(*shape: int, generator: torch.Generator) -> torch.Tensor:
     """-2.3 + 0.5*randn in float64: a large mean exposes E[x^2]-E[x]^2 cancellation."""
     return -2.3 + 0.5 * torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- group_norm_silu
+
+
+def gn_inputs(n, c, h, w, *, scale=True, shift=True, channels_last=False, seed=0, device="cpu"):
+    """float64 x (shifted), weight, bias, scale, shift and an upstream gradient dy."""
+    g = torch.Generator().manual_seed(seed)
+    x = shifted(n, c, h, w, generator=g)
+    weight = 1 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
+    bias = 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
+    s = 0.3 * torch.randn(n, c, generator=g, dtype=torch.float64) if scale else None
+    t = 0.5 * torch.randn(n, c, generator=g, dtype=torch.float64) if shift else None
+    dy = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    x, weight, bias, s, t, dy = (v.to(device) if v is not None else None for v in (x, weight, bias, s, t, dy))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, s, t, dy
+
+
+def gn_outputs_and_grads(fn, x, weight, bias, s, t, dy, groups):
+    """(y, dx, dweight, dbias, dscale, dshift) of fn by autograd; None where an input is None."""
+    leaves = [v.detach().clone().requires_grad_() if v is not None else None for v in (x, weight, bias, s, t)]
+    y = fn(leaves[0], leaves[1], leaves[2], groups, 1e-5, leaves[3], leaves[4])
+    y.backward(dy.to(y.dtype))
+    return (y.detach(), *[v.grad if v is not None else None for v in leaves])
+
+
+def check_group_norm_silu(inputs, groups, dtype, fn=group_norm_silu) -> dict[str, float]:
+    """fn in `dtype` vs the float64 reference on the same rounded inputs; returns errors by name."""
+    x, weight, bias, s, t, dy = inputs
+    rounded = [v.to(dtype) if v is not None else None for v in (x, weight, bias, s, t)]
+    dy = dy.to(dtype)
+    as64 = [v.double() if v is not None else None for v in rounded]
+    ref = gn_outputs_and_grads(group_norm_silu_reference, *as64, dy.double(), groups)
+    lowp = gn_outputs_and_grads(group_norm_silu_reference, *rounded, dy, groups)
+    ours = gn_outputs_and_grads(fn, *rounded, dy, groups)
+    assert ours[0].dtype == dtype and ours[0].stride() == rounded[0].stride(), "y keeps dtype and layout"
+    assert ours[1].stride() == rounded[0].stride(), "dx keeps the layout"
+    errors = {}
+    for name, o, r, lp in zip(GN_NAMES, ours, ref, lowp, strict=True):
+        if r is None:
+            assert o is None, f"{name}: expected no gradient"
+            continue
+        assert o.dtype == lp.dtype, f"{name}: dtype {o.dtype} != {lp.dtype}"
+        errors[name] = assert_matches(name, o, r, lp, dtype)
+    return errors
+
+
+# ----------------------------------------------------------------------------- hybrid_loss
+
+
+def loss_inputs(b, n_img, k, h, w, *, channels_last=False, ignore_index=-100, seed=0, device="cpu"):
+    """float64 (out, x_n, x, y, c_skip, c_out, lam) with EDM coefficients, and upstream grads.
+
+    A quarter of the pixels are ignored, and with b >= 3 the last sample entirely (n_valid = 0).
+    """
+    g = torch.Generator().manual_seed(seed)
+    f = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    out = 2 * f(b, n_img + k, h, w)
+    x = f(b, n_img, h, w)
+    x_n = x + 1.5 * f(b, n_img, h, w)
+    y = torch.randint(0, k, (b, h, w), generator=g)
+    y[torch.rand(b, h, w, generator=g) < 0.25] = ignore_index
+    if b >= 3:
+        y[-1] = ignore_index
+    sigma = torch.exp(-1.2 + 1.2 * f(b))
+    c_skip = 0.25 / (sigma**2 + 0.25)
+    c_out = sigma * 0.5 / (sigma**2 + 0.25).sqrt()
+    lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+    tensors = [v.to(device) for v in (out, x_n, x, y, c_skip, c_out, lam)]
+    if channels_last:
+        tensors[0], tensors[1] = (v.contiguous(memory_format=torch.channels_last) for v in tensors[:2])
+    return tuple(tensors), (f(b).to(device), f(b).to(device))
+
+
+def loss_terms_and_grad(fn, inputs, upstream, ignore_index=-100):
+    """(denoise, mask, dF) by autograd with the given upstream grads."""
+    out, *rest = inputs
+    out = out.detach().clone().requires_grad_()
+    denoise, mask = fn(out, *rest, W_MASK, ignore_index)
+    ((denoise * upstream[0].to(denoise.dtype)).sum() + (mask * upstream[1].to(mask.dtype)).sum()).backward()
+    return denoise.detach(), mask.detach(), out.grad
+
+
+def check_hybrid_loss(inputs, upstream, dtype, ignore_index=-100, fn=hybrid_loss) -> dict[str, float]:
+    """out, x_n in `dtype` (x stays fp32, as data often does) vs the float64 reference."""
+    out, x_n, x, y, c_skip, c_out, lam = inputs
+    rounded = (out.to(dtype), x_n.to(dtype), x.float(), y, c_skip.float(), c_out.float(), lam.float())
+    as64 = [t.double() if t.is_floating_point() else t for t in rounded]
+    ref = loss_terms_and_grad(hybrid_loss_reference, as64, upstream, ignore_index)
+    lowp = loss_terms_and_grad(hybrid_loss_reference, rounded, upstream, ignore_index)
+    ours = loss_terms_and_grad(fn, rounded, upstream, ignore_index)
+    assert ours[0].dtype == ours[1].dtype == torch.float32
+    assert ours[2].dtype == dtype and ours[2].stride() == rounded[0].stride(), "dF keeps dtype and layout"
+    return {name: assert_matches(name, o, r, lp, dtype)
+            for name, o, r, lp in zip(LOSS_NAMES, ours, ref, lowp, strict=True)}
+
+
+# ----------------------------------------------------------------------------- a tiny U-Net block
+
+
+class TinyBlock(torch.nn.Module):
+    """conv -> GroupNorm-SiLU modulated by a noise embedding -> conv to I+K channels -> joint loss."""
+
+    def __init__(self, n_img: int = 3, k: int = 2, width: int = 6, groups: int = 3, emb: int = 4):
+        super().__init__()
+        self.groups = groups
+        self.conv_in = torch.nn.Conv2d(n_img, width, 3, padding=1)
+        self.norm_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(width))
+        self.norm_bias = torch.nn.Parameter(0.1 * torch.randn(width))
+        self.emb = torch.nn.Linear(emb, 2 * width)
+        self.conv_out = torch.nn.Conv2d(width, n_img + k, 3, padding=1)
+
+    def forward(self, x_n, x, y, c_skip, c_out, lam, noise_emb):
+        scale, shift = self.emb(noise_emb).chunk(2, dim=1)
+        h = group_norm_silu(self.conv_in(x_n), self.norm_weight, self.norm_bias, self.groups, 1e-5, scale, shift)
+        out = self.conv_out(h)
+        denoise, mask = hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, 0.5)
+        return (denoise + mask).mean(), out
+
+
+def tiny_batch(b=2, n_img=3, k=2, h=7, w=9, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n_img, h, w, generator=g)
+    x_n = x + torch.randn(b, n_img, h, w, generator=g)
+    y = torch.randint(0, k, (b, h, w), generator=g)
+    coeffs = [0.5 + torch.rand(b, generator=g) for _ in range(3)]
+    return tuple(v.to(device) for v in (x_n, x, y, *coeffs, torch.randn(b, 4, generator=g)))
+
+
+def loss_and_grads(model, inputs):
+    model.zero_grad()
+    loss, out = model(*inputs)
+    loss.backward()
+    return loss.detach(), out.detach(), [p.grad.clone() for p in model.parameters()]

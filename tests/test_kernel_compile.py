@@ -2,6 +2,7 @@
 its forward and backward match eager; plus the backend selection and the native-kernel hook."""
 import pytest
 import torch
+from kernel_helpers import TinyBlock, loss_and_grads, tiny_batch
 
 from hybengine.kernels import backends, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
 from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_math, group_norm_silu_fwd_math
@@ -9,51 +10,14 @@ from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_math, group_no
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 
-class TinyBlock(torch.nn.Module):
-    """conv -> GroupNorm-SiLU modulated by a noise embedding -> conv to I+K channels -> joint loss."""
-
-    def __init__(self, n_img: int = 3, k: int = 2, width: int = 6, groups: int = 3, emb: int = 4):
-        super().__init__()
-        self.groups = groups
-        self.conv_in = torch.nn.Conv2d(n_img, width, 3, padding=1)
-        self.norm_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(width))
-        self.norm_bias = torch.nn.Parameter(0.1 * torch.randn(width))
-        self.emb = torch.nn.Linear(emb, 2 * width)
-        self.conv_out = torch.nn.Conv2d(width, n_img + k, 3, padding=1)
-
-    def forward(self, x_n, x, y, c_skip, c_out, lam, noise_emb):
-        scale, shift = self.emb(noise_emb).chunk(2, dim=1)
-        h = group_norm_silu(self.conv_in(x_n), self.norm_weight, self.norm_bias, self.groups, 1e-5, scale, shift)
-        out = self.conv_out(h)
-        denoise, mask = hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, 0.5)
-        return (denoise + mask).mean(), out
-
-
-def batch(b=2, n_img=3, k=2, h=7, w=9):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, n_img, h, w, generator=g)
-    x_n = x + torch.randn(b, n_img, h, w, generator=g)
-    y = torch.randint(0, k, (b, h, w), generator=g)
-    coeffs = [0.5 + torch.rand(b, generator=g) for _ in range(3)]
-    return x_n, x, y, *coeffs, torch.randn(b, 4, generator=g)
-
-
-def loss_and_grads(model, inputs):
-    model.zero_grad()
-    loss, out = model(*inputs)
-    loss.backward()
-    return loss.detach(), out.detach(), [p.grad.clone() for p in model.parameters()]
-
-
 def test_fullgraph_compile_matches_eager():
     torch.manual_seed(0)
-    model, inputs = TinyBlock(), batch()
+    model, inputs = TinyBlock(), tiny_batch()
     eager = loss_and_grads(model, inputs)
     compiled = loss_and_grads(torch.compile(model, fullgraph=True), inputs)
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
-    for name, (a, b) in zip([n for n, _ in model.named_parameters()], zip(compiled[2], eager[2], strict=True),
-                            strict=True):
+    for (name, _), a, b in zip(model.named_parameters(), compiled[2], eager[2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -62,8 +26,7 @@ def test_compiled_graph_holds_the_fused_ops():
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend("aot_eager")
-    model, inputs = TinyBlock(), batch()
-    torch.compile(model, backend=counter, fullgraph=True)(*inputs)[0].backward()
+    torch.compile(TinyBlock(), backend=counter, fullgraph=True)(*tiny_batch())[0].backward()
     assert counter.frame_count == 1
     targets = {str(node.target) for gm in counter.graphs for node in gm.graph.nodes}
     assert "hybengine.group_norm_silu_fwd.default" in targets
@@ -116,7 +79,7 @@ def test_math_backend_in_compiled_loss(monkeypatch):
     """The math path also runs inside a compiled graph and matches the reference."""
     monkeypatch.setattr(backends, "_cpu_forced", {"hybrid_loss": "math"})
     assert op_backends()["hybrid_loss"]["cpu"] == "math"
-    x_n, x, y, c_skip, c_out, lam, _ = batch()
+    x_n, x, y, c_skip, c_out, lam, _ = tiny_batch()
     out = torch.randn(2, 5, 7, 9)
     fn = torch.compile(lambda *a: hybrid_loss(*a, 0.5), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(fn(out, x_n, x, y, c_skip, c_out, lam),

@@ -1,14 +1,14 @@
 """Fused GroupNorm-SiLU (+ modulation) against a float64 reference: every output and gradient.
 
 Runs the Triton kernels through the interpreter on CPU (conftest sets TRITON_INTERPRET=1), so
-tensors stay at hundreds to thousands of elements. bf16 is wrong under the interpreter and is
-covered by benchmarks/gpu_suite.sh on a GPU.
+tensors stay at hundreds to thousands of elements. bf16 is wrong under the interpreter; the GPU
+check (benchmarks/check_kernels.py, run by benchmarks/gpu_suite.sh) covers it with these helpers.
 """
 import random
 
 import pytest
 import torch
-from kernel_helpers import assert_matches, shifted
+from kernel_helpers import GN_NAMES, assert_matches, check_group_norm_silu, gn_inputs, gn_outputs_and_grads
 
 from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference
 from hybengine.kernels.group_norm_silu import (
@@ -19,54 +19,10 @@ from hybengine.kernels.group_norm_silu import (
 )
 from hybengine.kernels.launch import split_plan
 
-# triton 3.6's interpreter converts 1-element arrays to loop bounds (numpy deprecation, harmless < 2.4)
+# triton 3.6's interpreter turns 1-element arrays into loop bounds (a numpy deprecation, fine < 2.4)
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-NAMES = ("y", "dx", "dweight", "dbias", "dscale", "dshift")
 needs_triton = pytest.mark.skipif(backends.select("group_norm_silu", "cpu") != "triton-interpreter",
                                   reason="Triton interpreter not active")
-
-
-def make_inputs(n, c, h, w, *, scale=True, shift=True, channels_last=False, seed=0):
-    """float64 x (shifted), weight, bias, scale, shift and an upstream gradient dy."""
-    g = torch.Generator().manual_seed(seed)
-    x = shifted(n, c, h, w, generator=g)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    weight = 1 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
-    bias = 0.5 * torch.randn(c, generator=g, dtype=torch.float64)
-    s = 0.3 * torch.randn(n, c, generator=g, dtype=torch.float64) if scale else None
-    t = 0.5 * torch.randn(n, c, generator=g, dtype=torch.float64) if shift else None
-    dy = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
-    return x, weight, bias, s, t, dy
-
-
-def outputs_and_grads(fn, x, weight, bias, s, t, dy, groups):
-    """(y, dx, dweight, dbias, dscale, dshift) of fn by autograd; None where an input is None."""
-    leaves = [v.detach().clone().requires_grad_() if v is not None else None for v in (x, weight, bias, s, t)]
-    y = fn(leaves[0], leaves[1], leaves[2], groups, 1e-5, leaves[3], leaves[4])
-    y.backward(dy.to(y.dtype))
-    return (y.detach(), *[v.grad if v is not None else None for v in leaves])
-
-
-def check_op(inputs, groups, dtype, fn=group_norm_silu):
-    """fn in `dtype` vs the float64 reference on the same rounded inputs, allowing torch's own error."""
-    x, weight, bias, s, t, dy = inputs
-    rounded = [v.to(dtype) if v is not None else None for v in (x, weight, bias, s, t)]
-    dy = dy.to(dtype)
-    ref = outputs_and_grads(group_norm_silu_reference, *[v.double() if v is not None else None for v in rounded],
-                            dy.double(), groups)
-    lowp = outputs_and_grads(group_norm_silu_reference, *rounded, dy, groups)
-    ours = outputs_and_grads(fn, *rounded, dy, groups)
-    assert ours[0].dtype == dtype and ours[0].stride() == rounded[0].stride(), "y keeps dtype and layout"
-    assert ours[1].stride() == rounded[0].stride(), "dx keeps the layout"
-    for name, o, r, lp in zip(NAMES, ours, ref, lowp, strict=True):
-        if r is None:
-            assert o is None
-            continue
-        assert o.dtype == lp.dtype, f"{name}: dtype {o.dtype} != {lp.dtype}"
-        assert_matches(name, o, r, lp, dtype)
-
 
 # (n, c, h, w, groups): C not a power of two, H*W = 7*9, N = 1, one group, many groups, and a
 # shape that the CPU launch plan splits over several programs per group.
@@ -89,35 +45,38 @@ def test_split_shape_is_split():
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(shape, channels_last, dtype):
     n, c, h, w, g = SHAPES[shape]
-    check_op(make_inputs(n, c, h, w, channels_last=channels_last), g, dtype)
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=channels_last), g, dtype)
 
 
 @needs_triton
 @pytest.mark.parametrize("scale,shift", [(False, False), (True, False), (False, True)])
 def test_modulation_variants(scale, shift):
-    check_op(make_inputs(2, 6, 7, 9, scale=scale, shift=shift), 3, torch.float32)
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift), 3, torch.float32)
+
+
+def run_split(inputs, groups, hw_per_split):
+    """The launchers directly, with a forced split size: (y, dx, dweight, dbias, dscale, dshift), mean, rstd."""
+    x, weight, bias, s, t, dy = inputs
+    y, mean, rstd = group_norm_silu_fwd_triton(x, weight, bias, s, t, groups, 1e-5, hw_per_split=hw_per_split)
+    grads = group_norm_silu_bwd_triton(dy, x, weight, bias, s, t, mean, rstd, groups, 1e-5,
+                                       hw_per_split=hw_per_split)
+    return (y, *grads), mean, rstd
 
 
 @needs_triton
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_forced_split_reduction(channels_last, dtype):
-    """Several programs per group (statistics partials and S1/S2 partials), chunks not dividing HW."""
-    x, weight, bias, s, t, dy = make_inputs(1, 6, 7, 9, channels_last=channels_last)
-    lo = [v.to(dtype) for v in (x, weight, bias, s, t, dy)]
-
-    def split_fn(x, weight, bias, groups, eps, scale, shift):  # autograd-free: call the launchers
-        return group_norm_silu_fwd_triton(x, weight, bias, scale, shift, groups, eps, hw_per_split=16)
-
-    y, mean, rstd = split_fn(*lo[:3], 2, 1e-5, lo[3], lo[4])
-    grads = group_norm_silu_bwd_triton(lo[5], *lo[:3], lo[3], lo[4], mean, rstd, 2, 1e-5, hw_per_split=16)
-    y_full, mean_full, rstd_full = group_norm_silu_fwd_triton(*lo[:3], lo[3], lo[4], 2, 1e-5, hw_per_split=64)
-    ref = outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), 2)
-    lowp = outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], 2)
-    for name, o, r, lp in zip(NAMES, (y, *grads), ref, lowp, strict=True):
+    """Several programs per group (statistics and S1/S2 partials), chunks not dividing HW = 63."""
+    lo = [v.to(dtype) for v in gn_inputs(1, 6, 7, 9, channels_last=channels_last)]
+    split, mean, rstd = run_split(lo, 2, 16)
+    _, mean_whole, rstd_whole = run_split(lo, 2, 64)
+    ref = gn_outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), 2)
+    lowp = gn_outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], 2)
+    for name, o, r, lp in zip(GN_NAMES, split, ref, lowp, strict=True):
         assert_matches(name, o, r, lp, dtype)
-    torch.testing.assert_close(mean, mean_full, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rstd, rstd_full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mean, mean_whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd, rstd_whole, rtol=1e-6, atol=1e-6)
 
 
 @needs_triton
@@ -139,32 +98,28 @@ def test_randomized_shapes():
     for i in range(6):
         groups, cg = rng.randint(1, 4), rng.randint(1, 5)
         n, h, w = rng.randint(1, 3), rng.randint(1, 11), rng.randint(1, 11)
-        inputs = make_inputs(n, groups * cg, h, w, scale=rng.random() < 0.5, shift=rng.random() < 0.5,
-                             channels_last=rng.random() < 0.5, seed=i)
-        check_op(inputs, groups, torch.float32)
+        inputs = gn_inputs(n, groups * cg, h, w, scale=rng.random() < 0.5, shift=rng.random() < 0.5,
+                           channels_last=rng.random() < 0.5, seed=i)
+        check_group_norm_silu(inputs, groups, torch.float32)
 
 
 @needs_triton
-def test_gradients_are_deterministic():
-    """Same inputs twice (split path included): every gradient has the same bits."""
-    x, weight, bias, s, t, dy = [v.float() for v in make_inputs(1, 6, 7, 9, channels_last=True)]
-
-    def grads():
-        y, mean, rstd = group_norm_silu_fwd_triton(x, weight, bias, s, t, 2, 1e-5, hw_per_split=16)
-        return (y, *group_norm_silu_bwd_triton(dy, x, weight, bias, s, t, mean, rstd, 2, 1e-5, hw_per_split=16))
-
-    for a, b in zip(grads(), grads(), strict=True):
+@pytest.mark.parametrize("hw_per_split", [None, 16], ids=["whole", "split"])
+def test_gradients_are_deterministic(hw_per_split):
+    """Same inputs twice: the output and every gradient have the same bits."""
+    inputs = [v.float() for v in gn_inputs(1, 6, 7, 9, channels_last=True)]
+    for a, b in zip(run_split(inputs, 2, hw_per_split)[0], run_split(inputs, 2, hw_per_split)[0], strict=True):
         assert torch.equal(a, b)
 
 
 @needs_triton
 def test_opcheck():
-    x, weight, bias, s, t, _ = [v.float() if v is not None else None for v in make_inputs(2, 4, 3, 5)]
+    x, weight, bias, s, t, _ = [v.float() for v in gn_inputs(2, 4, 3, 5)]
     x.requires_grad_(), weight.requires_grad_(), s.requires_grad_()
     op = torch.ops.hybengine.group_norm_silu_fwd.default
     torch.library.opcheck(op, (x, weight, bias, s, t, 2, 1e-5))
-    torch.library.opcheck(op, (x.detach().contiguous(memory_format=torch.channels_last), weight, bias, None, None,
-                               2, 1e-5))
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(op, (x_cl, weight, bias, None, None, 2, 1e-5))
 
 
 @pytest.fixture
@@ -178,22 +133,22 @@ def math_backend():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_math_path(math_backend, channels_last, dtype):
     assert backends.op_backends()["group_norm_silu"]["cpu"] == "math"
-    check_op(make_inputs(2, 6, 7, 9, channels_last=channels_last), 3, dtype)
-    check_op(make_inputs(1, 5, 7, 9, scale=False), 1, dtype)
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9, channels_last=channels_last), 3, dtype)
+    check_group_norm_silu(gn_inputs(1, 5, 7, 9, scale=False), 1, dtype)
 
 
 def test_math_backward_gradcheck():
     """The explicit backward formulas (float64 always takes the math path) against finite differences."""
-    x, weight, bias, s, t, _ = make_inputs(2, 4, 3, 3)
+    x, weight, bias, s, t, _ = gn_inputs(2, 4, 3, 3)
     leaves = [v.requires_grad_() for v in (x, weight, bias, s, t)]
     fn = lambda x, w, b, s, t: group_norm_silu(x, w, b, 2, 1e-5, s, t)
     assert torch.autograd.gradcheck(fn, leaves)
     assert backends.implementation("group_norm_silu", x).name == "math"
 
 
-def test_math_matches_triton_launcher_contract():
+def test_math_functions_keep_the_launcher_contract():
     """fwd/bwd math functions return what the launchers return: shapes, dtypes, layouts."""
-    x, weight, bias, s, t, dy = [v.half() for v in make_inputs(1, 4, 5, 3, channels_last=True)]
+    x, weight, bias, s, t, dy = [v.half() for v in gn_inputs(1, 4, 5, 3, channels_last=True)]
     y, mean, rstd = group_norm_silu_fwd_math(x, weight, bias, s, t, 2, 1e-5)
     assert y.dtype == torch.float16 and y.stride() == x.stride() and mean.shape == rstd.shape == (1, 2)
     dx, dw, db, ds, dt = group_norm_silu_bwd_math(dy, x, weight, bias, s, t, mean, rstd, 2, 1e-5)
@@ -202,7 +157,7 @@ def test_math_matches_triton_launcher_contract():
 
 @pytest.mark.parametrize("bad", ["groups", "weight", "scale"])
 def test_bad_inputs_are_rejected(bad):
-    x, weight, bias, s, t, _ = [v.float() for v in make_inputs(1, 4, 3, 3)]
+    x, weight, bias, s, t, _ = [v.float() for v in gn_inputs(1, 4, 3, 3)]
     kwargs = dict(groups=3 if bad == "groups" else 2, scale=s[:, :2] if bad == "scale" else s, shift=t)
     with pytest.raises(ValueError):
         group_norm_silu(x, weight[:3] if bad == "weight" else weight, bias, **kwargs)
