@@ -111,6 +111,19 @@ class FinetuneConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A label-budget sweep (hybengine/sweep.py): every init x budget x seed is one fine-tune."""
+    budgets: list[int] = field(default_factory=list)  # labeled target images per run; empty = one fine-tune
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # label subsets and fine-tune randomness
+    inits: list[str] = field(default_factory=list)  # "name=checkpoint folder"; "scratch" (or "name=") = none
+    runner: str = choice("auto", "sequential", "batched")  # auto: measured per device (hybengine/sweep.py)
+    batch_runs: int = 12  # R: most fine-tunes trained at once by the batched runner
+    out_dir: str = "runs/sweep"  # runs/<init>_b<budget>_s<seed>/, per_image.csv, table.{md,csv}, plot.png
+    keep_checkpoints: bool = False  # keep each fine-tune's final snapshot (predict needs one)
+    class_names: list[str] = field(default_factory=list)  # report labels for classes 0..K-1; empty = numbers
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,6 +132,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     kernels: KernelConfig = field(default_factory=KernelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +268,8 @@ def validate(cfg: Config) -> None:
     _check(d.image_channels in (1, 3), f"data.image_channels={d.image_channels}: must be 1 or 3")
     _check(not (0 <= d.ignore_index < d.num_classes),
            f"data.ignore_index={d.ignore_index} collides with a class in 0..{d.num_classes - 1}")
+    _check(d.mask_format != "binary255" or d.num_classes == 2,
+           f"data.mask_format=binary255 gives 2 classes, but data.num_classes={d.num_classes}; set it to 2")
     _check(d.crop >= 8, f"data.crop={d.crop}: must be at least 8")
     _check(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0")
     _check(0 <= d.intensity_jitter < 1, f"data.intensity_jitter={d.intensity_jitter}: must be in [0, 1)")

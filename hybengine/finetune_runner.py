@@ -1,7 +1,10 @@
-"""One fine-tune: pretrained (or scratch) U-Net -> N labeled target images -> Dice/IoU on the target test split.
+"""One fine-tune: pretrained (or scratch) U-Net -> N labeled target images -> Dice/IoU/HD95/ASSD on the
+target test split.
 
 Fine-tuning is vanilla (DESIGN.md): all weights, mask loss only, clean input at `sigma_clean`. It is
-the training loop in `supervised` mode on the labeled subset; a sweep is a loop over `run_finetune`.
+the training loop in `supervised` mode on the labeled subset. `prepare_finetune` resolves what a run
+trains (its config, start weights and labeled subset) and `write_result` records what it scored, so the
+sequential path here and the batched runner (hybengine/batched_finetune.py) share both ends.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from .config import Config, config_from_dict
 from .data import FolderDataset, labeled_subset, validate_folder
 from .engine.atomic import atomic_write_text
 from .engine.checkpoint import load_weights
-from .metrics import confusion_counts, dice_iou, summarize
+from .metrics import image_metrics, summarize
 from .objective import predict_logits
 from .training_loop import run_training
 from .unet import UNet
@@ -42,19 +45,19 @@ def pretrained_init(cfg: Config) -> tuple[Config, dict | None]:
 
 
 @torch.no_grad()
-def evaluate(net: UNet, cfg: Config, split: str) -> dict:
-    """Per-image and mean Dice/IoU of argmax predictions on a whole split (images padded to fit the net)."""
-    data_cfg = dataclasses.replace(cfg.data, labeled_subset=[])
-    ds = FolderDataset(data_cfg, split, train=False)
+def evaluate(net: UNet, cfg: Config, split: str, dataset: FolderDataset | None = None) -> dict:
+    """Per-image and mean Dice/IoU/HD95/ASSD (per class; hybengine/metrics.py) of argmax predictions on a
+    whole split (images padded to fit the net). `dataset`: the split already loaded (sweeps reuse it)."""
+    if dataset is None:
+        dataset = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), split, train=False)
     device = next(net.parameters()).device
     net.eval()
     per_image = []
-    for i in range(len(ds)):
-        image, mask, name = ds[i]
+    for i in range(len(dataset)):
+        image, mask, name = dataset[i]
         logits = predict_padded(net, image[None].to(device), cfg.objective.sigma_clean, cfg.objective.sigma_data)
-        tp, fp, fn = confusion_counts(logits[0].argmax(0).cpu(), mask, cfg.data.num_classes, cfg.data.ignore_index)
-        dice, iou = dice_iou(tp, fp, fn)
-        per_image.append({"name": name, "dice": dice.tolist(), "iou": iou.tolist()})
+        pred = logits[0].argmax(0).cpu()
+        per_image.append({"name": name, **image_metrics(pred, mask, cfg.data.num_classes, cfg.data.ignore_index)})
     net.train()
     return {"per_image": per_image, **summarize(per_image, cfg.data.num_classes)}
 
@@ -68,11 +71,14 @@ def predict_padded(net: UNet, x: torch.Tensor, sigma_clean: float, sigma_data: f
     return predict_logits(net, xp, sigma_clean, sigma_data)[..., :H, :W].float()
 
 
-def run_finetune(cfg: Config, *, console_logging: bool = True) -> dict:
-    """Fine-tunes per cfg.finetune and writes `<train.out_dir>/result.json`; returns the result."""
+def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config, dict | None]:
+    """(run config, start weights or None) of the fine-tune that cfg.finetune describes: the checkpoint's
+    architecture, the seed's nested labeled subset of `pool` (the train split's stems; scanned if None),
+    supervised mode, the plain engine, train.seed = finetune.seed."""
     ft = cfg.finetune
     cfg, init = pretrained_init(cfg)
-    pool = validate_folder(cfg.data.root, cfg.data.train_split, dataclasses.replace(cfg.data, labeled_subset=[]))
+    if pool is None:
+        pool = validate_folder(cfg.data.root, cfg.data.train_split, dataclasses.replace(cfg.data, labeled_subset=[]))
     subset = labeled_subset(pool, ft.budget, ft.seed)
     run_cfg = dataclasses.replace(
         cfg,
@@ -80,16 +86,30 @@ def run_finetune(cfg: Config, *, console_logging: bool = True) -> dict:
         objective=dataclasses.replace(cfg.objective, mode="supervised"),
         train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain"),
     )
-    result = run_training(run_cfg, init_weights=init, console_logging=console_logging)
-    metrics = evaluate(result.best_net, run_cfg, cfg.data.test_split)
+    return run_cfg, init
+
+
+def write_result(run_cfg: Config, metrics: dict, steps: int, init_name: str | None = None) -> dict:
+    """Writes `<train.out_dir>/result.json` (atomically: a sweep treats its presence as "done")."""
+    ft, d = run_cfg.finetune, run_cfg.data
     record = {
-        "init": ft.checkpoint or "scratch", "budget": ft.budget, "seed": ft.seed, "labeled": subset,
-        "steps": result.step, "test_split": str(Path(cfg.data.root) / cfg.data.test_split), **metrics,
+        "init": init_name or ft.checkpoint or "scratch", "checkpoint": ft.checkpoint, "budget": ft.budget,
+        "seed": ft.seed, "labeled": d.labeled_subset, "steps": steps,
+        "test_split": str(Path(d.root) / d.test_split), **metrics,
     }
-    out = Path(cfg.train.out_dir) / "result.json"
+    out = Path(run_cfg.train.out_dir) / "result.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(record, indent=2))
     log.info("fine-tune %s, budget %d, seed %d: mean foreground Dice %.4f (per class %s) -> %s",
              record["init"], ft.budget, ft.seed, record["mean_fg_dice"],
-             [round(d, 4) for d in record["dice"]], out)
+             [round(v, 4) for v in record["dice"]], out)
     return record
+
+
+def run_finetune(cfg: Config, *, console_logging: bool = True, init_name: str | None = None,
+                 pool: list[str] | None = None, test_set: FolderDataset | None = None) -> dict:
+    """Fine-tunes per cfg.finetune and writes `<train.out_dir>/result.json`; returns the result."""
+    run_cfg, init = prepare_finetune(cfg, pool)
+    result = run_training(run_cfg, init_weights=init, console_logging=console_logging)
+    metrics = evaluate(result.best_net, run_cfg, run_cfg.data.test_split, test_set)
+    return write_result(run_cfg, metrics, result.step, init_name)

@@ -1,13 +1,30 @@
-"""Segmentation metrics per image and class: Dice and IoU from confusion counts.
+"""Segmentation metrics per image and class: Dice and IoU from confusion counts, HD95 and ASSD from
+boundary distances (in pixels).
 
     Dice_k = 2 TP_k / (2 TP_k + FP_k + FN_k)        IoU_k = TP_k / (TP_k + FP_k + FN_k)
-Empty-mask rules (per image, per class): prediction and truth both empty -> 1.0 (nothing to find,
-nothing wrongly found); exactly one empty -> 0.0 (falls out of the formulas). Pixels labelled
-`ignore_index` count nowhere. Aggregates are means over images; `mean_fg` averages classes 1..K-1.
+
+Boundary distances (the MedPy conventions). For class k, P = predicted pixels of k, T = true pixels
+of k. The boundary of a set is its pixels with at least one 4-neighbour outside the set or outside
+the image. d(P->T) lists, for every boundary pixel of P, the Euclidean distance to the nearest
+boundary pixel of T (and d(T->P) the other way round). Then
+    HD95_k = 95th percentile (linear interpolation) of d(P->T) and d(T->P) pooled
+    ASSD_k = (mean d(P->T) + mean d(T->P)) / 2
+
+Empty-mask rules (per image, per class), all written down here and tested by hand:
+- both empty: Dice = IoU = 1.0 and HD95 = ASSD = 0.0 (nothing to find, nothing wrongly found);
+- exactly one empty: Dice = IoU = 0.0 (falls out of the formulas) and HD95 = ASSD = the image
+  diagonal sqrt(H^2 + W^2), the largest distance the image allows, so that means stay finite and a
+  missed or hallucinated structure scores worst, never better than a poor outline.
+Pixels labelled `ignore_index` count nowhere: they are removed from the prediction as well as
+the truth. Aggregates are means over images; `mean_fg` averages classes 1..K-1.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+HD_PERCENTILE = 95.0
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -30,10 +47,60 @@ def dice_iou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torc
     return dice, iou
 
 
+def boundary(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool -> (H, W) bool: pixels of `mask` with a 4-neighbour outside it or off the image."""
+    m = torch.nn.functional.pad(mask[None, None].float(), (1, 1, 1, 1))[0, 0].bool()
+    inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]  # up, down, left, right all inside
+    return mask & ~inner
+
+
+def directed_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """a: (N, 2), b: (M, 2) pixel coordinates -> (N,) float64 distance from each a to its nearest b.
+    Exact brute force in chunks (boundaries are thin: a few thousand pixels even at 1024^2)."""
+    a, b = a.double(), b.double()
+    return torch.cat([torch.cdist(a[i:i + chunk], b).min(dim=1).values for i in range(0, len(a), chunk)])
+
+
+def surface_distances(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                      ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pred, target: (H, W) integer maps. Returns per-class (HD95, ASSD), each (K,) float64, in pixels,
+    with the empty-mask rules of the module docstring."""
+    valid = target != ignore_index
+    H, W = target.shape
+    diagonal = math.hypot(H, W)
+    hd95 = torch.zeros(num_classes, dtype=torch.float64)
+    assd = torch.zeros(num_classes, dtype=torch.float64)
+    for k in range(num_classes):
+        p, t = (pred == k) & valid, target == k
+        p_any, t_any = bool(p.any()), bool(t.any())
+        if not p_any and not t_any:
+            continue  # both empty: 0.0
+        if p_any != t_any:
+            hd95[k] = assd[k] = diagonal  # exactly one empty: the worst distance the image allows
+            continue
+        bp, bt = boundary(p).nonzero(), boundary(t).nonzero()
+        d_pt, d_tp = directed_distances(bp, bt), directed_distances(bt, bp)
+        hd95[k] = torch.quantile(torch.cat([d_pt, d_tp]), HD_PERCENTILE / 100)  # linear, as numpy
+        assd[k] = (d_pt.mean() + d_tp.mean()) / 2
+    return hd95, assd
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> dict:
+    """All per-class metrics of one (H, W) prediction: {'dice', 'iou', 'hd95', 'assd'} -> lists of K floats."""
+    dice, iou = dice_iou(*confusion_counts(pred, target, num_classes, ignore_index))
+    hd95, assd = surface_distances(pred, target, num_classes, ignore_index)
+    return {"dice": dice.tolist(), "iou": iou.tolist(), "hd95": hd95.tolist(), "assd": assd.tolist()}
+
+
 def summarize(per_image: list[dict], num_classes: int) -> dict:
-    """Means over images of the per-class Dice/IoU lists in `per_image` records."""
-    dice = torch.tensor([r["dice"] for r in per_image], dtype=torch.float64).mean(0)
-    iou = torch.tensor([r["iou"] for r in per_image], dtype=torch.float64).mean(0)
+    """Means over images of the per-class metric lists in `per_image` records (Dice, IoU, and HD95 /
+    ASSD where the records have them), plus the foreground means `mean_fg_<metric>`."""
     fg = slice(1, num_classes)
-    return {"dice": dice.tolist(), "iou": iou.tolist(),
-            "mean_fg_dice": dice[fg].mean().item(), "mean_fg_iou": iou[fg].mean().item()}
+    out: dict = {}
+    for key in ("dice", "iou", "hd95", "assd"):
+        if not per_image or key not in per_image[0]:
+            continue
+        mean = torch.tensor([r[key] for r in per_image], dtype=torch.float64).mean(0)
+        out[key] = mean.tolist()
+        out[f"mean_fg_{key}"] = mean[fg].mean().item()
+    return out
