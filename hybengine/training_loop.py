@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,11 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         (out_dir / "config.yaml").write_text(dumps(cfg))
     chosen_ops = ops.configure(cfg.kernels, dist.device)
 
-    loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size)
     net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
+    if cfg.data.crop % net.downsample_factor:
+        raise ValueError(f"data.crop={cfg.data.crop} must be a multiple of {net.downsample_factor} "
+                         f"(2 ** (levels - 1) for model.channel_mult={net.cfg.channel_mult})")
+    loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size)
     if init_weights is not None:
         net.load_state_dict(init_weights)
     if cfg.model.channels_last:
@@ -184,7 +188,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                 if not all(math.isfinite(v) for v in means):
                     log.warning("non-finite running mean at step %d", step)
                 metrics.write({"step": step, "loss": means[0], "denoise": means[1], "mask": means[2],
-                               "images_per_s": ips, "lr": _lr(cfg, step)})
+                               "images_per_s": ips, "lr": _lr(cfg, step), "peak_mem_mb": _peak_mem_mb(dist.device)})
                 sums.zero_()
                 n_sum, t_last, step_last = 0, now, step
 
@@ -202,13 +206,21 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     return TrainResult(net, ema_net, step, out_dir, chosen_ops)
 
 
+def _peak_mem_mb(device: torch.device) -> float:
+    """Peak device memory (CUDA allocator) or peak resident set of this process (CPU), MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def _lr(cfg: Config, step: int) -> float:
     """Linear warm-up over optim.warmup_steps, then constant; `step` counts from 1."""
     return cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
 
 
 _RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",
-                "train.out_dir", "train.threads", "train.max_bad_steps", "data.num_workers"}
+                "train.out_dir", "train.threads", "train.max_bad_steps", "data.num_workers",
+                "data.loader"}  # both loaders yield identical batches (tests/test_data_dali.py)
 
 
 def _check_resume_config(cfg: Config, saved: dict) -> None:

@@ -1,0 +1,136 @@
+"""End-to-end training throughput: plain vs strong vs engine, same U-Net, batch and data, one run.
+
+    python benchmarks/bench_train.py                     # CPU: tiny preset, a few minutes
+    python benchmarks/bench_train.py --preset base --batch 64 --crop 128 --steps 60   # GPU
+
+Configurations (DESIGN.md, "What fast means"):
+  plain   eager, fp32, NCHW, reference GroupNorm+SiLU and loss (nn.GroupNorm/SiLU math), torch
+          DataLoader, plain optimizer loop (no ZeRO)
+  strong  the same model under bf16 autocast + channels-last + torch.compile, no custom kernels
+  engine  the engine's fast path for this device: configs/engine/<cpu|cuda>.yaml (kernels, loader,
+          compile, precision and back-end as measured for that device)
+Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
+Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
+is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
+`--rounds` rounds; the figure is the median over all timed intervals. Rows go to
+benchmarks/results/train.csv with device, versions, date and commit.
+
+On a GPU the script also reports the model FLOPs per image (counted with
+torch.utils.flop_counter on one forward; training step = 3x forward) and MFU against the assumed
+dense bf16 peak `--peak-tflops` (H100 SXM: 989 TFLOP/s datasheet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RESULTS, append_rows, environment  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference"]
+CONFIGS = {
+    "plain": ["model.compile=false", "model.channels_last=false", "train.precision=fp32", *REFERENCE_OPS,
+              "data.loader=torch", "train.engine=plain"],
+    "strong": ["model.compile=true", "model.channels_last=true", "train.precision=bf16", *REFERENCE_OPS,
+               "data.loader=torch", "train.engine=plain"],
+}
+
+
+def engine_config(device: str) -> str:
+    return str(REPO / "configs" / "engine" / f"{device}.yaml")
+
+
+def run_one(name: str, common: list[str], device: str, out: Path, env: dict) -> list[dict]:
+    args = [sys.executable, str(REPO / "hybengine" / "train.py")]
+    if name == "engine":
+        args += ["--config", engine_config(device)]
+    args += [*common, *CONFIGS.get(name, []), f"train.out_dir={out}"]
+    r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{r.stderr[-4000:]}")
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def model_flops_per_image(preset: str, image_channels: int, crop: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hybengine.config import ModelConfig
+    from hybengine.unet import build_unet
+
+    net = build_unet(ModelConfig(preset=preset), image_channels, 3)
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(1, image_channels, crop, crop), torch.zeros(1))
+    return 3.0 * counter.get_total_flops()  # forward + backward (~2x forward)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
+    p.add_argument("--log-every", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"])
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--csv", default=str(RESULTS / "train.csv"))
+    p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
+    args = p.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
+              f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={args.log_every}",
+              "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
+              "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ips: dict[str, list[float]] = {c: [] for c in args.configs}
+    warm: dict[str, list[float]] = {c: [] for c in args.configs}
+    mem: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for name in args.configs:
+                recs = run_one(name, common, device, Path(tmp) / f"{name}{rnd}", env)
+                timed = [r["images_per_s"] for r in recs[1:]]
+                ips[name] += timed
+                step_s = args.log_every * args.batch / statistics.median(timed)
+                warm[name].append(recs[0]["time"] - step_s)
+                mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
+                print(f"round {rnd} {name:7s} {statistics.median(timed):8.1f} img/s", flush=True)
+
+    med = {c: statistics.median(v) for c, v in ips.items()}
+    env_row = environment(torch.device(device))
+    flops = model_flops_per_image(args.preset, 1, args.crop) if device == "cuda" else None
+    rows = []
+    for name in args.configs:
+        row = {"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
+               "images_per_s": round(med[name], 2), "p20": round(statistics.quantiles(ips[name], n=5)[0], 2),
+               "p80": round(statistics.quantiles(ips[name], n=5)[3], 2), "intervals": len(ips[name]),
+               "warmup_s": round(statistics.median(warm[name]), 2), "peak_mem_mb": round(mem[name], 1),
+               "vs_plain": round(med[name] / med["plain"], 3) if "plain" in med else "",
+               "vs_strong": round(med[name] / med["strong"], 3) if "strong" in med else "",
+               "mfu": round(flops * med[name] / (args.peak_tflops * 1e12), 4) if flops else "",
+               "engine_config": Path(engine_config(device)).read_text().replace("\n", " | ") if name == "engine" else "",
+               **env_row}
+        rows.append(row)
+    append_rows(Path(args.csv), rows)
+    print(f"\n{'config':8s} {'img/s':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'x plain':>8s} {'x strong':>9s}")
+    for r in rows:
+        print(f"{r['config']:8s} {r['images_per_s']:9.1f} {r['warmup_s']:10.1f} {r['peak_mem_mb']:9.0f} "
+              f"{r['vs_plain']!s:>8s} {r['vs_strong']!s:>9s}")
+    if flops:
+        print(f"model FLOPs per training image: {flops / 1e9:.2f} GFLOP (3x forward, flop_counter); "
+              f"MFU against {args.peak_tflops} TFLOP/s: " + ", ".join(f"{r['config']} {r['mfu']}" for r in rows))
+    print(f"{len(rows)} rows appended to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
