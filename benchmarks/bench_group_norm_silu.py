@@ -1,0 +1,204 @@
+"""GroupNorm-SiLU with modulation: the fused op against its baselines, fwd / bwd / fwd+bwd.
+
+Providers (same inputs, same run):
+    fused      hybengine.kernels.group_norm_silu (Triton on a GPU; on a CPU whatever
+               op_backends() says, recorded in the `impl` column)
+    reference  group_norm_silu_reference in eager mode (computes in fp32 whatever the input dtype)
+    eager      F.group_norm -> modulation -> F.silu in the input dtype (the unfused baseline as a
+               user writes it)
+    compile    torch.compile(group_norm_silu_reference), static shapes
+    apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
+               no modulation: its rows say modulated=False)
+
+Bytes-moved model, per element of x with E its element size (weights, modulation and statistics
+are O(N*C) and ignored):
+    fwd      read x, write y               2 E
+    bwd      read x and dy, write dx       3 E
+    fwd+bwd                                5 E   (torch.compile's schedule moves about 8, eager 13)
+GB/s = model bytes / p50 time; `roofline` is that over the copy bandwidth measured in the same run.
+
+Before timing, each configuration measures the max error of y and dx against a float64 reference,
+for fused (`max_err_*`) and for the reference run in the input dtype (`ref_err_*`). Rows are
+appended, one configuration at a time, to --csv (default benchmarks/results/group_norm_silu.csv).
+
+    python benchmarks/bench_group_norm_silu.py                 # GPU: the U-Net shapes
+    python benchmarks/bench_group_norm_silu.py --quick         # CPU: one small shape
+"""
+import argparse
+import gc
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
+
+from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference
+
+GPU_SHAPES = [(64, 256, 64, 64), (64, 512, 32, 32), (16, 128, 128, 128), (8, 128, 256, 256), (1, 64, 64, 64)]
+CPU_SHAPES = [(8, 64, 32, 32), (2, 128, 32, 32)]
+QUICK_SHAPES = [(4, 64, 16, 16)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("fwd", "bwd", "fwd+bwd")
+ELEMENT_SIZES = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+
+
+def eager_composition(x, weight, bias, groups, eps, scale, shift):
+    h = F.group_norm(x, groups, weight, bias, eps)
+    return F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+
+
+def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device):
+    """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
+    if name == "fused":
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+    if name == "reference":
+        return lambda x, w, b, s, t: group_norm_silu_reference(x, w, b, groups, eps, s, t)
+    if name == "eager":
+        return lambda x, w, b, s, t: eager_composition(x, w, b, groups, eps, s, t)
+    if name == "compile":
+        compiled = torch.compile(group_norm_silu_reference, dynamic=False)
+        return lambda x, w, b, s, t: compiled(x, w, b, groups, eps, s, t)
+    if name == "apex":
+        try:
+            from apex.contrib.group_norm import GroupNorm as ApexGroupNorm
+        except Exception:  # apex is optional and only ever built on CUDA machines
+            return None
+        if device.type != "cuda" or dtype == torch.float32:
+            return None
+        module = ApexGroupNorm(groups, channels, eps, affine=True, act="silu").to(device, dtype)
+        return lambda x, w, b, s, t: module(x)
+    raise ValueError(f"unknown provider {name}")
+
+
+def time_mode(fn, args, dy, mode, leaves, device, rep):
+    if mode == "fwd":
+        return bench(lambda: fn(*args), device, rep=rep, grad_to_none=leaves)
+    if mode == "bwd":
+        y = fn(*args)
+        return bench(lambda: y.backward(dy, retain_graph=True), device, rep=rep, grad_to_none=leaves)
+    return bench(lambda: fn(*args).backward(dy), device, rep=rep, grad_to_none=leaves)
+
+
+def inputs(shape, dtype, channels_last, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype).mul_(0.5).sub_(2.3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = 1 + 0.1 * torch.randn(c, generator=g, device=device, dtype=dtype)
+    bias = 0.1 * torch.randn(c, generator=g, device=device, dtype=dtype)
+    scale = 0.3 * torch.randn(n, c, generator=g, device=device, dtype=dtype)
+    shift = 0.3 * torch.randn(n, c, generator=g, device=device, dtype=dtype)
+    dy = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    if channels_last:
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, scale, shift)]
+    return leaves, dy
+
+
+def check(args, dy, groups, eps):
+    """Max |error| of y and dx against a float64 reference: (fused y, fused dx, reference y, reference dx).
+
+    The reference run in the input dtype shows what PyTorch's own kernels achieve on these inputs.
+    """
+    def run(fn, tensors, dy):
+        leaves = [a.detach().clone().requires_grad_() for a in tensors]
+        y = fn(leaves[0], leaves[1], leaves[2], groups, eps, leaves[3], leaves[4])
+        y.backward(dy)
+        return y.detach(), leaves[0].grad
+
+    y64, dx64 = run(group_norm_silu_reference, [a.double() for a in args], dy.double())
+    err = lambda a, ref: (a.double() - ref).abs().max().item()
+    fused, ref = run(group_norm_silu, args, dy), run(group_norm_silu_reference, args, dy)
+    return err(fused[0], y64), err(fused[1], dx64), err(ref[0], y64), err(ref[1], dx64)
+
+
+def configs(args, device):
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    else:
+        shapes = QUICK_SHAPES if args.quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    out = [(s, d, lay) for s in shapes for d in args.dtypes for lay in args.layouts]
+    if args.fp32_baseline and not args.quick:  # the plain baseline's precision and layout
+        out += [(s, "fp32", "nchw") for s in shapes[: args.fp32_baseline] if (s, "fp32", "nchw") not in out]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="one small shape, few repetitions")
+    p.add_argument("--shapes", nargs="*", help="N,C,H,W ...")
+    p.add_argument("--groups", type=int, default=32)
+    p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
+    p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw", "nhwc"])
+    p.add_argument("--fp32-baseline", type=int, default=2, help="also time the first N shapes in fp32 NCHW")
+    p.add_argument("--providers", nargs="*", default=["fused", "reference", "eager", "compile", "apex"])
+    p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    p.add_argument("--rep", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
+    p.add_argument("--csv", type=Path, default=RESULTS / "group_norm_silu.csv")
+    p.add_argument("--no-csv", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
+    rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
+    torch._dynamo.config.cache_size_limit = 64
+    env = environment(device)
+    copy_gbps = copy_bandwidth_gbps(device)
+    impl = backends.op_backends()["group_norm_silu"][device.type]
+    print(f"{env}  fused impl: {impl}  copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    eps, start = 1e-5, time.perf_counter()
+
+    for shape, dtype_name, layout in configs(args, device):
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            print(f"budget of {args.budget_s:.0f}s spent: stopping before {shape} {dtype_name} {layout}")
+            break
+        dtype, numel = DTYPES[dtype_name], shape[0] * shape[1] * shape[2] * shape[3]
+        torch._dynamo.reset()
+        leaves, dy = inputs(shape, dtype, layout == "nhwc", device)
+        err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, args.groups, eps)
+        rows, p50 = [], {}
+        for provider in args.providers:
+            fn = make_provider(provider, args.groups, eps, shape[1], dtype, device)
+            if fn is None:
+                continue
+            for mode in args.modes:
+                try:
+                    ms, ms20, ms80 = time_mode(fn, leaves, dy, mode, leaves, device, rep)
+                except Exception as e:  # a provider that cannot run this case (apex's channel limits)
+                    print(f"  {provider} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
+                    break
+                gbps = ELEMENT_SIZES[mode] * numel * leaves[0].element_size() / (ms * 1e-3) / 1e9
+                p50[(provider, mode)] = ms
+                rows.append({
+                    "bench": "group_norm_silu", "provider": provider,
+                    "impl": impl if provider == "fused" else provider, "mode": mode,
+                    "shape": "x".join(map(str, shape)), "groups": args.groups, "dtype": dtype_name,
+                    "layout": layout, "modulated": provider != "apex", "ms_p50": f"{ms:.4f}",
+                    "ms_p20": f"{ms20:.4f}", "ms_p80": f"{ms80:.4f}", "gbps": f"{gbps:.1f}",
+                    "roofline": f"{gbps / copy_gbps:.3f}", "bytes_model": f"{ELEMENT_SIZES[mode]}E",
+                    "max_err_y": f"{err_y:.2e}", "max_err_dx": f"{err_dx:.2e}",
+                    "ref_err_y": f"{ref_err_y:.2e}", "ref_err_dx": f"{ref_err_dx:.2e}", **env,
+                })  # fmt: skip
+        if not args.no_csv:
+            append_rows(args.csv, rows)
+        summary = (f"{shape} {dtype_name} {layout}: max error vs fp64 y {err_y:.1e} dx {err_dx:.1e} "
+                   f"(reference in {dtype_name}: {ref_err_y:.1e}, {ref_err_dx:.1e})")
+        for mode in args.modes:
+            if ("fused", mode) in p50:
+                ratios = ", ".join(f"{p50[(q, mode)] / p50[('fused', mode)]:.2f}x vs {q}"
+                                   for (q, m) in p50 if m == mode and q != "fused")
+                gbps = next(r["gbps"] for r in rows if r["provider"] == "fused" and r["mode"] == mode)
+                roof = next(r["roofline"] for r in rows if r["provider"] == "fused" and r["mode"] == mode)
+                summary += f"\n  {mode:8s} fused {p50[('fused', mode)]:.3f} ms {gbps} GB/s ({roof} of copy)  {ratios}"
+        print(summary, flush=True)
+        del leaves, dy
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Shared benchmark harness: timing, the environment of a run, and CSV rows.
+
+Timing: on a GPU, CUDA events around each call with the L2 cache flushed before it (a 256 MiB
+write, as triton.testing.do_bench does), so tensors that would fit in L2 are not flattered; on a
+CPU, perf_counter. Each measurement reports p50, p20 and p80 in milliseconds over `rep` calls.
+
+Every row carries the device, torch and triton versions, the date and the commit, so a speed
+figure in benchmarks/results/ always says where it came from. Ratios are only ever computed
+between rows of the same run.
+
+    python benchmarks/harness.py merge gpu_out/group_norm_silu.csv benchmarks/results/group_norm_silu.csv
+"""
+import csv
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ENV_FIELDS = ["device", "torch", "triton", "date", "commit"]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def commit() -> str:
+    """HYBENGINE_COMMIT if set (machines that get the tree without .git), else git's short HEAD."""
+    if os.environ.get("HYBENGINE_COMMIT"):
+        return os.environ["HYBENGINE_COMMIT"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels", "benchmarks/harness.py"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # host sync: timing boundary
+
+
+def bench(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 5,
+    rep: int = 20,
+    grad_to_none: Iterable[torch.Tensor] = (),
+) -> tuple[float, float, float]:
+    """(p50, p20, p80) milliseconds of fn(); tensors in grad_to_none get .grad = None before each call."""
+    grad_to_none = list(grad_to_none)
+
+    def reset():
+        for t in grad_to_none:
+            t.grad = None
+
+    for _ in range(warmup):
+        reset()
+        fn()
+    synchronize(device)
+    times = []
+    if device.type == "cuda":
+        flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+        for _ in range(rep):
+            reset()
+            flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(rep):
+            reset()
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+    return statistics.median(times), q[1], q[7]
+
+
+def copy_bandwidth_gbps(device: torch.device, mib: int = 1024) -> float:
+    """Measured device-memory copy bandwidth (read + write), the practical roofline of this run."""
+    n = (mib * 2**20) // 4 if device.type == "cuda" else (64 * 2**20) // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms, _, _ = bench(lambda: dst.copy_(src), device, warmup=3, rep=10)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a CSV, writing the header first if the file is new; the header must match."""
+    if not rows:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0])
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f))
+        if header != fields:
+            raise ValueError(f"{path}: header {header} differs from the rows' fields {fields}")
+        mode = "a"
+    else:
+        mode = "w"
+    with path.open(mode, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if mode == "w":
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def merge(src: Path, dst: Path) -> int:
+    """Append the rows of CSV `src` (e.g. fetched from a GPU run) to `dst`; returns how many."""
+    with Path(src).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    append_rows(dst, rows)
+    return len(rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "merge":
+        print(f"appended {merge(Path(sys.argv[2]), Path(sys.argv[3]))} rows to {sys.argv[3]}")
+    else:
+        sys.exit(__doc__)
