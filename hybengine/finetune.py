@@ -1,8 +1,12 @@
-"""Fine-tune entry point: one pretrained (or scratch) model on N labeled target images, for a seed.
+"""Fine-tune entry point: one fine-tune, or a label-budget sweep when `sweep.budgets` is set.
 
     python -m hybengine.finetune --config configs/finetune/scratch_assay_oblique.yaml \
         finetune.checkpoint=runs/pretrain_hybrid finetune.budget=2 finetune.seed=1
-Writes Dice and IoU per class on the target test split to <train.out_dir>/result.json.
+Writes Dice, IoU, HD95 and ASSD per class on the target test split to <train.out_dir>/result.json.
+
+    python -m hybengine.finetune --config configs/finetune/scratch_assay_sweep.yaml
+Runs sweep.inits x sweep.budgets x sweep.seeds fine-tunes (resumable) and writes the per-image CSV,
+the mean +- std table and the plot under sweep.out_dir (hybengine/sweep.py).
 """
 from __future__ import annotations
 
@@ -21,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         print(dumps(cfg), end="")
+        return 0
+    if cfg.sweep.budgets:
+        from hybengine.sweep import SweepError, run_sweep
+
+        try:
+            run_sweep(cfg)
+        except SweepError as e:
+            print(f"sweep error: {e}", file=sys.stderr)
+            return 2
         return 0
     from hybengine.finetune_runner import run_finetune
 

@@ -3,10 +3,10 @@ boundary distances (in pixels).
 
     Dice_k = 2 TP_k / (2 TP_k + FP_k + FN_k)        IoU_k = TP_k / (TP_k + FP_k + FN_k)
 
-Boundary distances (the MedPy conventions). For class k, P = predicted pixels of k, T = true pixels
-of k. The boundary of a set is its pixels with at least one 4-neighbour outside the set or outside
-the image. d(P->T) lists, for every boundary pixel of P, the Euclidean distance to the nearest
-boundary pixel of T (and d(T->P) the other way round). Then
+Boundary distances (the MedPy conventions; exact Euclidean, see `nearest_distances`). For class k,
+P = predicted pixels of k, T = true pixels of k. The boundary of a set is its pixels with at least
+one 4-neighbour outside the set or outside the image. d(P->T) lists, for every boundary pixel of P,
+the Euclidean distance to the nearest boundary pixel of T (and d(T->P) the other way round). Then
     HD95_k = 95th percentile (linear interpolation) of d(P->T) and d(T->P) pooled
     ASSD_k = (mean d(P->T) + mean d(T->P)) / 2
 
@@ -54,11 +54,25 @@ def boundary(mask: torch.Tensor) -> torch.Tensor:
     return mask & ~inner
 
 
-def directed_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """a: (N, 2), b: (M, 2) pixel coordinates -> (N,) float64 distance from each a to its nearest b.
-    Exact brute force in chunks (boundaries are thin: a few thousand pixels even at 1024^2)."""
-    a, b = a.double(), b.double()
-    return torch.cat([torch.cdist(a[i:i + chunk], b).min(dim=1).values for i in range(0, len(a), chunk)])
+def nearest_distances(seeds: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """seeds, queries: (H, W) bool -> (Q,) float64: exact Euclidean distance from each query pixel (row-major
+    order, as `tensor[queries]`) to the nearest seed pixel; there must be a seed.
+    Separable (as a distance transform): D(i, j)^2 = min_i' [(i - i')^2 + g(i', j)] with
+    g(i', j) = min over seeds (i', j') of row i' of (j - j')^2, so the work is (seeds + queries) x (H + W)."""
+    H, W = seeds.shape
+    big = float(4 * (H + W) ** 2)  # larger than any real squared distance
+    # every value is an integer below `big`: float32 holds them exactly up to 2^24, float64 beyond
+    dtype = torch.float32 if 2 * big < 2**24 else torch.float64
+    si, sj = seeds.nonzero(as_tuple=True)
+    cols, rows = torch.arange(W), torch.arange(H)
+    g = torch.full((H, W), big, dtype=dtype)
+    for k in range(0, len(si), chunk):  # row-wise squared distance to that row's nearest seed
+        src = (cols[None, :] - sj[k:k + chunk, None]).square().to(dtype)
+        g.scatter_reduce_(0, si[k:k + chunk, None].expand(-1, W), src, reduce="amin")
+    qi, qj = queries.nonzero(as_tuple=True)
+    d2 = [((qi[k:k + chunk, None] - rows[None, :]).square().to(dtype) + g[:, qj[k:k + chunk]].T).amin(dim=1)
+          for k in range(0, len(qi), chunk)]
+    return torch.cat(d2).double().sqrt() if d2 else torch.zeros(0, dtype=torch.float64)
 
 
 def surface_distances(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -78,8 +92,9 @@ def surface_distances(pred: torch.Tensor, target: torch.Tensor, num_classes: int
         if p_any != t_any:
             hd95[k] = assd[k] = diagonal  # exactly one empty: the worst distance the image allows
             continue
-        bp, bt = boundary(p).nonzero(), boundary(t).nonzero()
-        d_pt, d_tp = directed_distances(bp, bt), directed_distances(bt, bp)
+        bp, bt = boundary(p), boundary(t)
+        d_pt = nearest_distances(bt, bp)  # each boundary pixel of P to the nearest of T
+        d_tp = nearest_distances(bp, bt)
         hd95[k] = torch.quantile(torch.cat([d_pt, d_tp]), HD_PERCENTILE / 100)  # linear, as numpy
         assd[k] = (d_pt.mean() + d_tp.mean()) / 2
     return hd95, assd

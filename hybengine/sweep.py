@@ -1,0 +1,305 @@
+"""Label-budget sweeps: every initialisation x budget x seed is one fine-tune, then the reports.
+
+    python -m hybengine.finetune --config configs/finetune/scratch_assay_sweep.yaml [key=value ...]
+(the fine-tune entry point dispatches here when `sweep.budgets` is set; `python -m hybengine.sweep` is
+the same command). Layout under `sweep.out_dir`:
+
+    runs/<init>_b<budget>_s<seed>/   config.yaml, metrics.jsonl, result.json (written last, atomically)
+    runner.json                      what `sweep.runner=auto` measured and chose, per device
+    per_image.csv, runs.csv, table.csv, table.md, plot.png      (hybengine/reports.py)
+
+Before anything trains, the whole plan is checked: the target train split is scanned once (a pool with
+no labeled image is an error), every budget must fit the pool, every checkpoint must load and match
+data.image_channels / data.num_classes, and the test split must be readable. Label subsets come from
+`labeled_subset(pool, budget, seed)`: deterministic per seed and nested across budgets.
+
+Resuming: a run whose folder holds result.json and the same config.yaml is done and is not redone; a
+folder with a result for another config is an error (use another sweep.out_dir). Run the same command
+again after an interruption. The batched runner writes results per group of `sweep.batch_runs` runs, so
+an interrupted group is redone whole.
+
+Runner: `sequential` loops over `run_finetune`; `batched` trains groups of up to `sweep.batch_runs` runs
+at once (hybengine/batched_finetune.py); `auto` times one training step of R runs both ways on this
+device, with the sweep's model, batch and crop, and picks the faster (batched only if it saves at least
+`AUTO_MARGIN`), logging both times; the measurement is kept in runner.json and reused when the device
+and the step shape are unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .batched_finetune import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
+from .config import Config, ConfigError, SweepConfig, dumps, load_config
+from .data import DatasetError, FolderDataset, validate_folder
+from .engine.atomic import atomic_write_text
+from .engine.distributed import pick_device
+from .engine.run_log import setup_logging
+from .finetune_runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
+from .reports import write_reports
+
+log = logging.getLogger("hybengine.sweep")
+
+AUTO_MARGIN = 0.8  # batched is chosen only when it takes < 80 % of the sequential time (timing noise)
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as configured; raised before anything trains."""
+
+
+@dataclass
+class PlannedRun:
+    init: str  # initialisation name (hybrid, supervised, denoise, scratch, ...)
+    checkpoint: str  # "" = scratch
+    budget: int
+    seed: int
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.init}_b{self.budget}_s{self.seed}"
+
+
+def parse_inits(inits: list[str]) -> list[tuple[str, str]]:
+    """["hybrid=runs/x", "scratch"] -> [("hybrid", "runs/x"), ("scratch", "")]."""
+    out = []
+    for item in inits:
+        name, _, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not _NAME.match(name):
+            raise SweepError(f"sweep.inits entry {item!r}: the name before '=' must be letters, digits, '_', "
+                             "'-' or '.' (it names run folders)")
+        if name == "scratch" and path:
+            raise SweepError(f"sweep.inits entry {item!r}: 'scratch' takes no checkpoint")
+        out.append((name, path))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise SweepError(f"sweep.inits names repeat: {names}; each initialisation needs its own name")
+    return out
+
+
+def run_config(cfg: Config, run: PlannedRun) -> Config:
+    """The single fine-tune config of one planned run (the sweep section reset: it is not the run's)."""
+    return dataclasses.replace(
+        cfg, sweep=SweepConfig(),
+        finetune=dataclasses.replace(cfg.finetune, checkpoint=run.checkpoint, budget=run.budget, seed=run.seed),
+        train=dataclasses.replace(cfg.train, out_dir=str(run.out_dir), progress=False))
+
+
+def plan_sweep(cfg: Config) -> tuple[list[PlannedRun], list[str]]:
+    """Every run of the sweep, checked up front (see module docstring); returns (runs, train pool)."""
+    s = cfg.sweep
+    if not s.budgets:
+        raise SweepError("sweep.budgets is empty: list the label budgets to sweep, e.g. sweep.budgets=[1,2,5]")
+    if not s.seeds:
+        raise SweepError("sweep.seeds is empty: list at least one seed, e.g. sweep.seeds=[0,1,2]")
+    if not s.inits:
+        raise SweepError("sweep.inits is empty: list initialisations as name=checkpoint_folder, or scratch")
+    if len(set(s.budgets)) != len(s.budgets) or len(set(s.seeds)) != len(s.seeds):
+        raise SweepError(f"sweep.budgets={s.budgets} and sweep.seeds={s.seeds} must not repeat values")
+    if min(s.budgets) < 1:
+        raise SweepError(f"sweep.budgets={s.budgets}: every budget must be >= 1 labeled image")
+    if s.batch_runs < 1:
+        raise SweepError(f"sweep.batch_runs={s.batch_runs}: must be >= 1")
+    inits = parse_inits(s.inits)
+
+    plain_data = dataclasses.replace(cfg.data, labeled_subset=[])
+    try:
+        pool = validate_folder(cfg.data.root, cfg.data.train_split, plain_data)
+    except DatasetError as e:
+        raise SweepError(f"the target pool {Path(cfg.data.root) / cfg.data.train_split} is unusable, so no "
+                         f"label budget can be drawn from it:\n{e}") from e
+    if not pool:
+        raise SweepError(f"the target pool {Path(cfg.data.root) / cfg.data.train_split} holds no labeled image")
+    too_big = [b for b in s.budgets if b > len(pool)]
+    if too_big:
+        raise SweepError(f"sweep.budgets {too_big} exceed the {len(pool)} labeled images of "
+                         f"{Path(cfg.data.root) / cfg.data.train_split}; choose budgets in 1..{len(pool)}")
+    validate_folder(cfg.data.root, cfg.data.test_split, plain_data)
+    for name, ckpt in inits:
+        if ckpt:
+            try:
+                pretrained_init(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, checkpoint=ckpt)))
+            except (FileNotFoundError, ValueError) as e:
+                raise SweepError(f"sweep.inits '{name}={ckpt}': {e}") from e
+
+    root = Path(s.out_dir) / "runs"
+    runs = [PlannedRun(name, ckpt, b, seed, root / f"{name}_b{b}_s{seed}")
+            for name, ckpt in inits for b in s.budgets for seed in s.seeds]
+    return runs, pool
+
+
+def is_done(cfg: Config, run: PlannedRun, pool: list[str]) -> bool:
+    """result.json present: done, if its config.yaml is this run's; a foreign result is an error."""
+    result = run.out_dir / "result.json"
+    if not result.is_file():
+        return False
+    saved = run.out_dir / "config.yaml"
+    run_cfg, _ = prepare_finetune(run_config(cfg, run), pool)
+    if not saved.is_file() or saved.read_text() != dumps(run_cfg):
+        raise SweepError(f"{run.out_dir} holds a result for a different config (compare its config.yaml); "
+                         "delete that folder, or point sweep.out_dir somewhere new")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Runner choice
+
+
+def choose_runner(runner: str, run_cfg: Config, R: int, device: torch.device,
+                  record: Path | None = None) -> tuple[str, str]:
+    """(runner, reason) for groups of R runs shaped like `run_cfg` on `device`, given sweep.runner;
+    see the module docstring. `record`: runner.json, read and written."""
+    if runner != "auto":
+        return runner, f"sweep.runner={runner}"
+    if R < 2:
+        return "sequential", "auto: a single run to train, nothing to batch"
+    key = {"device": _device_name(device), "R": R, "model": dataclasses.asdict(run_cfg.model),
+           "batch": run_cfg.train.batch_size, "crop": run_cfg.data.crop, "threads": torch.get_num_threads()}
+    if record is not None and record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            return saved["runner"], saved["reason"] + f" (measured earlier, {record})"
+    seq, bat = time_steps(run_cfg, R, device)
+    ratio = seq * R / bat
+    runner = "batched" if bat < AUTO_MARGIN * seq * R else "sequential"
+    reason = (f"auto on {key['device']}: one step of {R} runs took {seq * R * 1e3:.0f} ms one by one "
+              f"({seq * 1e3:.1f} ms each) and {bat * 1e3:.0f} ms batched, so batching is {ratio:.2f}x "
+              f"{'faster' if ratio >= 1 else 'as fast'}; batched is picked only above {1 / AUTO_MARGIN:.2f}x")
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps({"key": key, "runner": runner, "reason": reason,
+                                              "sequential_step_s": seq, "batched_step_s": bat,
+                                              "speedup": ratio}, indent=2))
+    return runner, reason
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _finish(cfg: Config, run: PlannedRun) -> None:
+    if not cfg.sweep.keep_checkpoints:
+        shutil.rmtree(run.out_dir / "checkpoints", ignore_errors=True)
+
+
+def _run_sequential(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set: FolderDataset) -> None:
+    for i, run in enumerate(runs):
+        t0 = time.perf_counter()
+        run_finetune(run_config(cfg, run), console_logging=False, init_name=run.init, pool=pool, test_set=test_set)
+        _finish(cfg, run)
+        log.info("[%d/%d] %s done in %.1f s (sequential)", i + 1, len(runs), run.name, time.perf_counter() - t0)
+
+
+def _save_member_weights(run_cfg: Config, net, step: int) -> None:
+    """The final weights in the checkpoint layout load_weights reads (for predict), when kept."""
+    from .engine.atomic import atomic_torch_save
+    from .engine.checkpoint import tag_for
+
+    snap = Path(run_cfg.train.out_dir) / "checkpoints" / tag_for(step)
+    snap.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
+    atomic_torch_save({"model": state, "ema": None, "config": dataclasses.asdict(run_cfg), "step": step},
+                      snap / "weights.pt")
+    atomic_write_text(snap.parent / "latest", snap.name + "\n")
+
+
+def _run_batched(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set: FolderDataset) -> None:
+    prepared = [(run, *prepare_finetune(run_config(cfg, run), pool)) for run in runs]
+    groups: dict[str, list] = {}
+    for item in prepared:
+        groups.setdefault(group_key(item[1]), []).append(item)
+    chunks = [g[i:i + cfg.sweep.batch_runs] for g in groups.values() for i in range(0, len(g), cfg.sweep.batch_runs)]
+    done = 0
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        try:
+            check_batchable([c for _, c, _ in chunk])
+            results = run_batched([(c, w) for _, c, w in chunk])
+        except NonFiniteMembersError as e:
+            log.warning("batched group hit a non-finite loss (%s); running its %d runs one by one instead",
+                        e, len(chunk))
+            _run_sequential(cfg, [run for run, _, _ in chunk], pool, test_set)
+            done += len(chunk)
+            continue
+        except ValueError as e:
+            log.warning("%s; running these %d runs one by one instead", e, len(chunk))
+            _run_sequential(cfg, [run for run, _, _ in chunk], pool, test_set)
+            done += len(chunk)
+            continue
+        for (run, run_cfg, _), res in zip(chunk, results, strict=True):
+            metrics = evaluate(res.net, run_cfg, run_cfg.data.test_split, test_set)
+            if cfg.sweep.keep_checkpoints:
+                _save_member_weights(run_cfg, res.net, res.step)
+            write_result(run_cfg, metrics, res.step, run.init)
+        done += len(chunk)
+        log.info("[%d/%d] batched group of %d done in %.1f s", done, len(runs), len(chunk), time.perf_counter() - t0)
+
+
+def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
+    """Runs every planned fine-tune not yet done, then writes the reports; returns the aggregate rows."""
+    s = cfg.sweep
+    out = Path(s.out_dir)
+    if console_logging:
+        setup_logging(out, 0)
+    runs, pool = plan_sweep(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.yaml", dumps(cfg))
+    todo = [r for r in runs if not is_done(cfg, r, pool)]
+    log.info("sweep: %d inits x %d budgets x %d seeds = %d runs; %d done already, %d to run",
+             len(s.inits), len(s.budgets), len(s.seeds), len(runs), len(runs) - len(todo), len(todo))
+    test_set = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), cfg.data.test_split, train=False)
+    t0 = time.perf_counter()
+    if todo:
+        device = pick_device(0)
+        first_cfg, _ = prepare_finetune(run_config(cfg, todo[0]), pool)  # the architecture actually trained
+        runner, reason = choose_runner(s.runner, first_cfg, min(len(todo), s.batch_runs), device,
+                                       out / "runner.json")
+        log.info("sweep runner: %s (%s)", runner, reason)
+        (_run_batched if runner == "batched" else _run_sequential)(cfg, todo, pool, test_set)
+    records = [json.loads((r.out_dir / "result.json").read_text()) for r in runs]
+    log.info("sweep: %d runs trained in %.1f s", len(todo), time.perf_counter() - t0)
+    names = [n for n, _ in parse_inits(s.inits)]
+    return write_reports(records, out, title=f"{cfg.data.root} ({cfg.data.test_split} split): fine-tuned from each "
+                         "initialisation", class_names=s.class_names, inits=names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file of overrides over the typed defaults")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run_sweep(cfg)
+    except (ConfigError, SweepError) as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
