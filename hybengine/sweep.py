@@ -166,7 +166,7 @@ def choose_runner(runner: str, run_cfg: Config, R: int, device: torch.device,
         return runner, f"sweep.runner={runner}"
     if R < 2:
         return "sequential", "auto: a single run to train, nothing to batch"
-    key = {"device": _device_name(device), "R": R, "model": dataclasses.asdict(run_cfg.model),
+    key = {"device": device_name(device), "R": R, "model": dataclasses.asdict(run_cfg.model),
            "batch": run_cfg.train.batch_size, "crop": run_cfg.data.crop, "threads": torch.get_num_threads()}
     if record is not None and record.is_file():
         saved = json.loads(record.read_text())
@@ -186,7 +186,7 @@ def choose_runner(runner: str, run_cfg: Config, R: int, device: torch.device,
     return runner, reason
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
