@@ -29,6 +29,7 @@ import gc
 import time
 from pathlib import Path
 
+import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 import torch.nn.functional as F
 from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment

@@ -24,6 +24,7 @@ import gc
 import time
 from pathlib import Path
 
+import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
 
