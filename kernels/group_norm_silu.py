@@ -102,12 +102,13 @@ def _chunk_stats(
 def _channel_affine(
     W,  # pointer to weight, shape (C,)
     B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C) contiguous
-    SHIFT,  # pointer to shift, shape (N, C) contiguous
+    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1)
+    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1)
     n,  # sample index
     c_abs,  # absolute channel indices, shape (BLOCK_C,)
     cmask,  # valid channels, shape (BLOCK_C,)
-    C,
+    stride_sn,
+    stride_tn,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
 ):
@@ -117,11 +118,11 @@ def _channel_affine(
     a = w
     bb = b
     if HAS_SCALE:
-        s1 = 1.0 + tl.load(SCALE + n * C + c_abs, mask=cmask, other=0.0).to(tl.float32)
+        s1 = 1.0 + tl.load(SCALE + n * stride_sn + c_abs, mask=cmask, other=0.0).to(tl.float32)
         a = w * s1
         bb = b * s1
     if HAS_SHIFT:
-        bb = bb + tl.load(SHIFT + n * C + c_abs, mask=cmask, other=0.0).to(tl.float32)
+        bb = bb + tl.load(SHIFT + n * stride_tn + c_abs, mask=cmask, other=0.0).to(tl.float32)
     return a, bb
 
 
@@ -186,8 +187,8 @@ def _gns_fwd_kernel(
     Y,  # out: pointer to y, shape (N, C, HW), strides (stride_yn, stride_yc, stride_yp)
     W,  # pointer to weight, shape (C,)
     B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
     MEAN,  # out: mean, shape (N*G,) fp32
     RSTD,  # out: rstd, shape (N*G,) fp32
     PART,  # partial statistics, shape (3, N*G, S) fp32; read only if SPLIT
@@ -198,6 +199,8 @@ def _gns_fwd_kernel(
     HW_PER_SPLIT,  # pixels per split program (HW when S == 1)
     S,  # splits per group
     eps,  # float, pinned to fp32 below
+    stride_sn,
+    stride_tn,
     stride_xn,
     stride_xc,
     stride_xp,
@@ -232,7 +235,7 @@ def _gns_fwd_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
@@ -273,8 +276,8 @@ def _gns_bwd_reduce_kernel(
     DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
     W,  # pointer to weight, shape (C,)
     B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
     MEAN,  # pointer to mean, shape (N*G,) fp32
     RSTD,  # pointer to rstd, shape (N*G,) fp32
     PART,  # out: per-split channel sums (S1, S2), shape (2, S, N, C) fp32
@@ -284,6 +287,8 @@ def _gns_bwd_reduce_kernel(
     CG,  # channels per group
     HW,  # pixels per channel
     HW_PER_SPLIT,  # pixels per split program
+    stride_sn,
+    stride_tn,
     stride_xn,
     stride_xc,
     stride_xp,
@@ -310,7 +315,7 @@ def _gns_bwd_reduce_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         acc1 = tl.zeros([BLOCK_C], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
@@ -334,8 +339,8 @@ def _gns_bwd_kernel(
     DX,  # out: pointer to dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
     W,  # pointer to weight, shape (C,)
     B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C) contiguous; read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C) contiguous; read only if HAS_SHIFT
+    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
+    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
     MEAN,  # pointer to mean, shape (N*G,) fp32
     RSTD,  # pointer to rstd, shape (N*G,) fp32
     SUMS,  # channel sums (S1, S2), shape (2, N, C) fp32: written here unless SPLIT, else read
@@ -345,6 +350,8 @@ def _gns_bwd_kernel(
     CG,  # channels per group
     HW,  # pixels per channel
     HW_PER_SPLIT,  # pixels per split program (HW when not SPLIT)
+    stride_sn,
+    stride_tn,
     stride_xn,
     stride_xc,
     stride_xp,
@@ -381,7 +388,7 @@ def _gns_bwd_kernel(
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
         nc = n * C + g * CG + c
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         if SPLIT:
             s1 = tl.load(SUMS + nc, mask=cmask, other=0.0)
             s2 = tl.load(SUMS + NC + nc, mask=cmask, other=0.0)
@@ -408,7 +415,7 @@ def _gns_bwd_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, C, HAS_SCALE, HAS_SHIFT)
+        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
@@ -418,6 +425,58 @@ def _gns_bwd_kernel(
             dx = rstd * (dh * a[:, None] - c1 - xhat * c2)
             dx_offs = dx_base + c[:, None] * stride_gc + hw[None, :] * stride_gp
             tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.heuristics({"BLOCK_C": lambda args: min(64, triton.next_power_of_2(args["C"])), "num_warps": lambda args: 2})
+@triton.jit
+def _gns_param_grads_kernel(
+    PART,  # channel sums (S1, S2) per split, shape (2, S, N, C) fp32
+    SUMS,  # out if SPLIT: (S1, S2) summed over splits, shape (2, N, C) fp32, for _gns_bwd_kernel
+    W,  # pointer to weight, shape (C,)
+    B,  # pointer to bias, shape (C,)
+    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
+    DW,  # out: dweight, shape (C,)
+    DB,  # out: dbias, shape (C,)
+    DSCALE,  # out: dscale, shape (N, C) contiguous
+    DSHIFT,  # out: dshift, shape (N, C) contiguous
+    N,  # samples
+    C,  # channels
+    S,  # splits per group (1 when PART is SUMS)
+    stride_sn,
+    HAS_SCALE: tl.constexpr,
+    SPLIT: tl.constexpr,  # S > 1: write the split-summed S1, S2 to SUMS
+    BLOCK_C: tl.constexpr,
+):
+    """dweight, dbias, dscale, dshift from S1, S2; splits then samples summed in a fixed order.
+
+    Grid (cdiv(C, BLOCK_C),): one program per block of channels, no atomics.
+    """
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
+    b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    NC = N * C
+    for n in range(0, N):
+        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for s in range(0, S):
+            s1 += tl.load(PART + s * NC + n * C + c, mask=cmask, other=0.0)
+            s2 += tl.load(PART + (S + s) * NC + n * C + c, mask=cmask, other=0.0)
+        if SPLIT:
+            tl.store(SUMS + n * C + c, s1, mask=cmask)
+            tl.store(SUMS + NC + n * C + c, s2, mask=cmask)
+        tl.store(DSHIFT + n * C + c, s1.to(DSHIFT.dtype.element_ty), mask=cmask)
+        tl.store(DSCALE + n * C + c, (w * s2 + b * s1).to(DSCALE.dtype.element_ty), mask=cmask)
+        if HAS_SCALE:
+            one_plus_s = 1.0 + tl.load(SCALE + n * stride_sn + c, mask=cmask, other=0.0).to(tl.float32)
+            s1 = s1 * one_plus_s
+            s2 = s2 * one_plus_s
+        dw += s2
+        db += s1
+    tl.store(DW + c, dw.to(DW.dtype.element_ty), mask=cmask)
+    tl.store(DB + c, db.to(DB.dtype.element_ty), mask=cmask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -430,8 +489,12 @@ def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int,
     return split_plan(n * groups, hw, c // groups, x3.device)
 
 
-def _modulation(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
-    return fallback if t is None else t.contiguous()
+def _modulation(t: torch.Tensor | None, fallback: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(tensor, sample stride) for a kernel: channels must be unit-stride (a chunk() view is)."""
+    if t is None:
+        return fallback, 0
+    t = t if t.stride(1) == 1 else t.contiguous()
+    return t, t.stride(0)
 
 
 def group_norm_silu_fwd_triton(
@@ -450,14 +513,15 @@ def group_norm_silu_fwd_triton(
     n, c, hw = x3.shape
     cg = c // groups
     s, chunk = _plan(x3, groups, hw_per_split)
+    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
     mean = torch.empty((n, groups), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     part = torch.empty((3, n * groups, s), device=x.device, dtype=torch.float32)
     if s > 1:
         _gns_stats_kernel[(n * groups, s)](x3, part, groups, cg, hw, chunk, s, *x3.stride())
     _gns_fwd_kernel[(n * groups, s)](
-        x3, y3, weight, bias, _modulation(scale, weight), _modulation(shift, weight), mean, rstd, part,
-        c, groups, cg, hw, chunk, s, float(eps), *x3.stride(), *y3.stride(),
+        x3, y3, weight, bias, scale_t, shift_t, mean, rstd, part,
+        c, groups, cg, hw, chunk, s, float(eps), stride_sn, stride_tn, *x3.stride(), *y3.stride(),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SPLIT=s > 1,
     )  # fmt: skip
     return write_back(y, y3), mean, rstd
@@ -476,32 +540,49 @@ def group_norm_silu_bwd_triton(
     eps: float,
     hw_per_split: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `_param_grads`)."""
+    """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `_param_grads`).
+
+    Whole groups: dx kernel (writes S1, S2) -> parameter kernel. Split groups: S1/S2 partials ->
+    parameter kernel (also sums the partials) -> dx kernel.
+    """
     dx = torch.empty_like(x)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
     cg = c // groups
     s, chunk = _plan(x3, groups, hw_per_split)
-    mod = (_modulation(scale, weight), _modulation(shift, weight))
+    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
     flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
     mean, rstd = mean.contiguous(), rstd.contiguous()
-    if s > 1:
-        part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32)
-        _gns_bwd_reduce_kernel[(n * groups, s)](
-            x3, dy3, weight, bias, *mod, mean, rstd, part, n, c, groups, cg, hw, chunk,
-            *x3.stride(), *dy3.stride(), **flags,
+    sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
+    part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32) if s > 1 else sums
+    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
+    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    dscale = torch.empty((n, c), device=x.device, dtype=mod_dtype(scale))
+    dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
+
+    def param_grads():
+        grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)
+        _gns_param_grads_kernel[grid](
+            part, sums, weight, bias, scale_t, dweight, dbias, dscale, dshift, n, c, s, stride_sn,
+            HAS_SCALE=scale is not None, SPLIT=s > 1,
         )  # fmt: skip
-        sums = part.sum(dim=1)  # over splits: a fixed-order reduction, no atomics
-    else:
-        sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
+
+    if s > 1:
+        _gns_bwd_reduce_kernel[(n * groups, s)](
+            x3, dy3, weight, bias, scale_t, shift_t, mean, rstd, part, n, c, groups, cg, hw, chunk,
+            stride_sn, stride_tn, *x3.stride(), *dy3.stride(), **flags,
+        )  # fmt: skip
+        param_grads()
     _gns_bwd_kernel[(n * groups, s)](
-        x3, dy3, dx3, weight, bias, *mod, mean, rstd, sums, n, c, groups, cg, hw, chunk,
-        *x3.stride(), *dy3.stride(), *dx3.stride(), SPLIT=s > 1, **flags,
+        x3, dy3, dx3, weight, bias, scale_t, shift_t, mean, rstd, sums, n, c, groups, cg, hw, chunk,
+        stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), SPLIT=s > 1, **flags,
     )  # fmt: skip
-    return (write_back(dx, dx3), *_param_grads(sums[0], sums[1], weight, bias, scale, shift))
+    if s == 1:
+        param_grads()
+    return write_back(dx, dx3), dweight, dbias, dscale, dshift
 
 
-def _param_grads(
+def _param_grads(  # the math path's version of _gns_param_grads_kernel
     s1: torch.Tensor,  # (N, C) sum_hw dh
     s2: torch.Tensor,  # (N, C) sum_hw dh * xhat
     weight: torch.Tensor,

@@ -89,6 +89,11 @@ def variants(everything: bool):
                     yield f"_gns_bwd_reduce_kernel {label}", gns._gns_bwd_reduce_kernel, io, sizes, flags, unit
             if split:
                 yield f"_gns_stats_kernel {dt} {layout}", gns._gns_stats_kernel, io, sizes, {}, unit
+            params = {"PART": "fp32", "SUMS": "fp32", "W": dt, "B": dt, "SCALE": dt, "DW": dt, "DB": dt,
+                      "DSCALE": dt, "DSHIFT": dt}
+            if layout == "nchw":  # no strided tensor in it
+                yield (f"_gns_param_grads_kernel {dt} split={split}", gns._gns_param_grads_kernel, params,
+                       {"C": 128}, {"HAS_SCALE": True, "SPLIT": split}, ())
     # Loss: F (B, 3+K, H, W) in the run's dtype, x and x_n fp32, y int64
     data_unit = ("stride_np", "stride_xp", "stride_yp")  # x_n, x NCHW and y contiguous in both cases
     loss_layouts = {"nchw": ("stride_op", "stride_gp", "stride_fp", *data_unit),
