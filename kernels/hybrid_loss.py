@@ -52,9 +52,9 @@ def _hybrid_loss_fwd_kernel(
     XN,  # pointer to x_n, shape (B, I, P), strides (stride_nb, stride_nc, stride_np)
     X,  # pointer to x, shape (B, I, P), strides (stride_xb, stride_xc, stride_xp)
     Y,  # pointer to y (any integer dtype), shape (B, P), strides (stride_yb, stride_yp)
-    C_SKIP,  # pointer to c_skip, shape (B,) fp32
-    C_OUT,  # pointer to c_out, shape (B,) fp32
-    LAM,  # pointer to lam, shape (B,) fp32
+    C_SKIP,  # pointer to c_skip, shape (B,), stride stride_cs
+    C_OUT,  # pointer to c_out, shape (B,), stride stride_co
+    LAM,  # pointer to lam, shape (B,), stride stride_lam
     DOUT,  # out: pointer to dF, shape (B, I+K, P), strides (stride_gb, stride_gc, stride_gp)
     PART,  # out: partial (sum r^2, sum ce, n_valid), shape (3, B, S) fp32
     NC,  # I + K channels of F
@@ -62,6 +62,9 @@ def _hybrid_loss_fwd_kernel(
     P_PER_PROG,  # pixels per program (P when S == 1)
     w_mask,  # float, pinned to fp32 below
     ignore_index,  # int
+    stride_cs,
+    stride_co,
+    stride_lam,
     stride_ob,
     stride_oc,
     stride_op,
@@ -88,9 +91,10 @@ def _hybrid_loss_fwd_kernel(
     S = tl.num_programs(1)
     w_mask = tl.cast(w_mask, tl.float32)
     b64 = b.to(tl.int64)
-    c_skip = tl.load(C_SKIP + b)
-    c_out = tl.load(C_OUT + b)
-    coef = 2.0 * tl.load(LAM + b) * c_out / (N_IMG * P).to(tl.float32)  # d denoise / d F[:I] = coef*r
+    c_skip = tl.load(C_SKIP + b * stride_cs).to(tl.float32)
+    c_out = tl.load(C_OUT + b * stride_co).to(tl.float32)
+    lam = tl.load(LAM + b * stride_lam).to(tl.float32)
+    coef = 2.0 * lam * c_out / (N_IMG * P * 1.0)  # d denoise / d F[:I] = coef * r
     k = tl.arange(0, BLOCK_C)
     kmask = (k >= N_IMG) & (k < NC)
     p_lo = pid_s * P_PER_PROG
@@ -137,16 +141,53 @@ def _hybrid_loss_fwd_kernel(
     tl.store(PART + 2 * B * S + part, tl.sum(n_valid))
 
 
+@triton.heuristics({"BLOCK_B": lambda args: min(128, triton.next_power_of_2(args["B"])), "num_warps": lambda args: 1})
+@triton.jit
+def _hybrid_loss_finish_kernel(
+    PART,  # partial (sum r^2, sum ce, n_valid), shape (3, B, S) fp32, from _hybrid_loss_fwd_kernel
+    LAM,  # pointer to lam, shape (B,), stride stride_lam
+    DENOISE,  # out: denoise, shape (B,) fp32
+    MASK,  # out: mask, shape (B,) fp32
+    MASK_SCALE,  # out: 1 / n_valid, shape (B,) fp32
+    B,  # samples
+    S,  # programs per sample in the forward
+    P,  # pixels per sample
+    w_mask,  # float, pinned to fp32 below
+    stride_lam,
+    N_IMG: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """Per-sample terms from the partials, summed over programs in a fixed order. Grid (cdiv(B, BLOCK_B),)."""
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = b < B
+    w_mask = tl.cast(w_mask, tl.float32)
+    sq = tl.zeros([BLOCK_B], dtype=tl.float32)
+    ce = tl.zeros([BLOCK_B], dtype=tl.float32)
+    n_valid = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for s in range(0, S):
+        sq += tl.load(PART + b * S + s, mask=bmask, other=0.0)
+        ce += tl.load(PART + (B + b) * S + s, mask=bmask, other=0.0)
+        n_valid += tl.load(PART + (2 * B + b) * S + s, mask=bmask, other=0.0)
+    lam = tl.load(LAM + b * stride_lam, mask=bmask, other=0.0).to(tl.float32)
+    n_valid = tl.maximum(n_valid, 1.0)
+    tl.store(DENOISE + b, lam * sq / (N_IMG * P * 1.0), mask=bmask)
+    tl.store(MASK + b, w_mask * ce / n_valid, mask=bmask)
+    tl.store(MASK_SCALE + b, 1.0 / n_valid, mask=bmask)
+
+
 @triton.heuristics(_heuristics("DF"))
 @triton.jit
 def _hybrid_loss_bwd_kernel(
     DF,  # pointer to dF, shape (B, I+K, P), strides (stride_fb, stride_fc, stride_fp)
-    G_DENOISE,  # pointer to the upstream grad of denoise, shape (B,) fp32
-    G_MASK,  # pointer to the upstream grad of mask times mask_scale, shape (B,) fp32
+    G_DENOISE,  # pointer to the upstream grad of denoise, shape (B,), stride stride_gd
+    G_MASK,  # pointer to the upstream grad of mask, shape (B,), stride stride_gm
+    MASK_SCALE,  # pointer to 1 / n_valid from the forward, shape (B,) fp32
     DOUT,  # out: pointer to dout, shape (B, I+K, P), strides (stride_gb, stride_gc, stride_gp)
     NC,  # I + K
     P,  # pixels per sample
     P_PER_PROG,  # pixels per program
+    stride_gd,
+    stride_gm,
     stride_fb,
     stride_fc,
     stride_fp,
@@ -157,11 +198,13 @@ def _hybrid_loss_bwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """dout = (g_denoise or g_mask*mask_scale)[b] * dF for the pixel chunk s of sample b. Grid (B, S)."""
+    """dout = (g_denoise or g_mask * mask_scale)[b] * dF for the pixel chunk s of sample b. Grid (B, S)."""
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
     k = tl.arange(0, BLOCK_C)
-    factor = tl.where(k < N_IMG, tl.load(G_DENOISE + b), tl.load(G_MASK + b))
+    g_denoise = tl.load(G_DENOISE + b * stride_gd).to(tl.float32)
+    g_mask = tl.load(G_MASK + b * stride_gm).to(tl.float32) * tl.load(MASK_SCALE + b)
+    factor = tl.where(k < N_IMG, g_denoise, g_mask)
     p_lo = tl.program_id(1) * P_PER_PROG
     p_hi = tl.minimum(p_lo + P_PER_PROG, P)
     for pb in range(p_lo, p_hi, BLOCK_P):
@@ -178,11 +221,14 @@ def _hybrid_loss_bwd_kernel(
 
 def _plan(o3: torch.Tensor, p_per_prog: int | None) -> tuple[int, int]:
     b, nc, p = o3.shape
-    return forced_plan(p, p_per_prog) if p_per_prog is not None else split_plan(b, p, nc, o3.device)
+    if p_per_prog is not None:
+        return forced_plan(p, p_per_prog)
+    return split_plan(b, p, nc, o3.device, min_elems=2048 if o3.is_cuda else None)
 
 
 def _per_sample(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1).float().contiguous()
+    """(B,) view of a per-sample value, any float dtype and stride (the kernels take its stride)."""
+    return v.reshape(-1)
 
 
 def hybrid_loss_fwd_triton(
@@ -198,31 +244,33 @@ def hybrid_loss_fwd_triton(
     need_grad: bool,
     p_per_prog: int | None = None,  # force the pixels per program (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns denoise, mask, mask_scale ((B,) fp32) and dF (out's dtype and layout; empty if not need_grad)."""
+    """Returns denoise, mask ((B,) fp32), dF (out's dtype and layout; empty if not need_grad), mask_scale."""
     o3, xn3, x3, y2 = as_n_c_p(out), as_n_c_p(x_n), as_n_c_p(x), as_n_p(y)
     b, nc, p = o3.shape
     n_img = x3.shape[1]
     s, chunk = _plan(o3, p_per_prog)
+    c_skip, c_out, lam = _per_sample(c_skip), _per_sample(c_out), _per_sample(lam)
     dF = torch.empty_like(out) if need_grad else out.new_empty(0)
     g3 = as_n_c_p(dF) if need_grad else o3  # not written when not need_grad
     part = torch.empty((3, b, s), device=out.device, dtype=torch.float32)
     _hybrid_loss_fwd_kernel[(b, s)](
-        o3, xn3, x3, y2, _per_sample(c_skip), _per_sample(c_out), _per_sample(lam), g3, part,
-        nc, p, chunk, float(w_mask), int(ignore_index),
+        o3, xn3, x3, y2, c_skip, c_out, lam, g3, part, nc, p, chunk, float(w_mask), int(ignore_index),
+        c_skip.stride(0), c_out.stride(0), lam.stride(0),
         *o3.stride(), *xn3.stride(), *x3.stride(), *y2.stride(), *g3.stride(),
         N_IMG=n_img, WRITE_GRAD=need_grad,
     )  # fmt: skip
-    sq_sum, ce_sum, n_valid = part.sum(dim=2)  # over programs: fixed order, no atomics
-    denoise = _per_sample(lam) * sq_sum / (n_img * p)
-    n_valid = n_valid.clamp(min=1)
+    denoise, mask, mask_scale = (torch.empty(b, device=out.device, dtype=torch.float32) for _ in range(3))
+    grid = lambda meta: (triton.cdiv(b, meta["BLOCK_B"]),)
+    _hybrid_loss_finish_kernel[grid](part, lam, denoise, mask, mask_scale, b, s, p, float(w_mask), lam.stride(0),
+                                     N_IMG=n_img)
     if need_grad:
         write_back(dF, g3)
-    return denoise, w_mask * ce_sum / n_valid, dF, 1.0 / n_valid
+    return denoise, mask, dF, mask_scale
 
 
 def hybrid_loss_bwd_triton(
     dF: torch.Tensor,  # (B, I+K, H, W) from the forward
-    g_denoise: torch.Tensor,  # (B,)
+    g_denoise: torch.Tensor,  # (B,) any stride (autograd may hand an expanded tensor)
     g_mask: torch.Tensor,  # (B,)
     mask_scale: torch.Tensor,  # (B,) 1 / n_valid from the forward
     n_img: int,
@@ -233,9 +281,10 @@ def hybrid_loss_bwd_triton(
     f3, g3 = as_n_c_p(dF), as_n_c_p(dout)
     b, nc, p = f3.shape
     s, chunk = _plan(f3, p_per_prog)
+    g_denoise, g_mask = _per_sample(g_denoise), _per_sample(g_mask)
     _hybrid_loss_bwd_kernel[(b, s)](
-        f3, _per_sample(g_denoise), _per_sample(g_mask) * _per_sample(mask_scale), g3,
-        nc, p, chunk, *f3.stride(), *g3.stride(), N_IMG=n_img,
+        f3, g_denoise, g_mask, mask_scale.contiguous(), g3, nc, p, chunk, g_denoise.stride(0), g_mask.stride(0),
+        *f3.stride(), *g3.stride(), N_IMG=n_img,
     )  # fmt: skip
     return write_back(dout, g3)
 

@@ -26,13 +26,16 @@ def target_programs(device: torch.device) -> int:
     return 4 * _SM_COUNT[idx]
 
 
-def split_plan(rows: int, pixels: int, elems_per_pixel: int, device: torch.device) -> tuple[int, int]:
+def split_plan(
+    rows: int, pixels: int, elems_per_pixel: int, device: torch.device, min_elems: int | None = None
+) -> tuple[int, int]:
     """(S, chunk): split each row's `pixels` over S programs of `chunk` pixels when rows are few.
 
     Chunks hold at least `min_elems` elements (pixels * elems_per_pixel) so programs stay worth it.
     """
     target = target_programs(device)
-    min_elems = 8192 if device.type == "cuda" else 256
+    if min_elems is None:
+        min_elems = 4096 if device.type == "cuda" else 256
     if 2 * rows >= target:
         return 1, pixels
     want = math.ceil(target / rows)

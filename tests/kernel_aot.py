@@ -100,7 +100,8 @@ def variants(everything: bool):
                     "nhwc": ("stride_oc", "stride_gc", "stride_fc", *data_unit)}
     for dt, (layout, unit) in itertools.product(dtypes, loss_layouts.items()):
         io = {"OUT": dt, "XN": "fp32", "X": "fp32", "Y": "i64", "C_SKIP": "fp32", "C_OUT": "fp32", "LAM": "fp32",
-              "DOUT": dt, "PART": "fp32", "DF": dt, "G_DENOISE": "fp32", "G_MASK": "fp32"}
+              "DOUT": dt, "PART": "fp32", "DF": dt, "G_DENOISE": "fp32", "G_MASK": "fp32", "MASK_SCALE": "fp32",
+              "DENOISE": "fp32", "MASK": "fp32"}
         for n_img, write_grad in [(3, True), (1, False)] if everything else [(3, True)]:
             flags = {"N_IMG": n_img, "WRITE_GRAD": write_grad}
             sizes = {"NC": n_img + 2, "P_PER_PROG": 4096}
@@ -108,6 +109,8 @@ def variants(everything: bool):
                    io, sizes, flags, unit)
         yield (f"_hybrid_loss_bwd_kernel {dt} {layout}", hl._hybrid_loss_bwd_kernel, io,
                {"NC": 5, "P_PER_PROG": 4096}, {"N_IMG": 3}, unit)
+        if layout == "nchw" and dt == dtypes[0]:
+            yield "_hybrid_loss_finish_kernel", hl._hybrid_loss_finish_kernel, io, {"B": 64}, {"N_IMG": 3}, ()
 
 
 def main() -> int:
