@@ -4,8 +4,8 @@ Timing: on a GPU, CUDA events around each call with the L2 cache flushed before 
 write, as triton.testing.do_bench does), so tensors that would fit in L2 are not flattered; on a
 CPU, perf_counter. Each measurement reports p50, p20 and p80 in milliseconds over `rep` calls.
 
-Every row carries the device, torch and triton versions, the date and the commit, so a speed
-figure in benchmarks/results/ always says where it came from. Ratios are only ever computed
+Every row carries the device, torch and triton versions, the date, the commit and the host's load
+average, so a speed figure in benchmarks/results/ always says where it came from. Ratios are only ever computed
 between rows of the same run.
 
     python benchmarks/harness.py merge gpu_out/group_norm_silu.csv benchmarks/results/group_norm_silu.csv
@@ -25,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ENV_FIELDS = ["device", "torch", "triton", "date", "commit"]
+ENV_FIELDS = ["device", "torch", "triton", "date", "commit", "load_avg"]
 
 
 def device_name(device: torch.device) -> str:
@@ -66,6 +66,8 @@ def environment(device: torch.device) -> dict[str, str]:
         "triton": triton_version,
         "date": datetime.date.today().isoformat(),
         "commit": commit(),
+        # 1-minute load average at the start: CPU timings on a busy machine are not comparable
+        "load_avg": f"{os.getloadavg()[0]:.1f}",
     }
 
 

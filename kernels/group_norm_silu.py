@@ -508,6 +508,7 @@ def group_norm_silu_fwd_triton(
     hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
+    weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
     y = torch.empty_like(x)
     x3, y3 = as_n_c_p(x), as_n_c_p(y)
     n, c, hw = x3.shape
@@ -545,6 +546,7 @@ def group_norm_silu_bwd_triton(
     Whole groups: dx kernel (writes S1, S2) -> parameter kernel. Split groups: S1/S2 partials ->
     parameter kernel (also sums the partials) -> dx kernel.
     """
+    weight, bias = weight.contiguous(), bias.contiguous()
     dx = torch.empty_like(x)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
