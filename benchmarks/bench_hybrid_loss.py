@@ -31,7 +31,7 @@ from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environmen
 from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference
 
 # (B, I, K, H, W)
-GPU_SHAPES = [(64, 3, 2, 64, 64), (16, 3, 2, 128, 128), (8, 3, 2, 256, 256), (64, 1, 2, 64, 64), (8, 3, 8, 256, 256)]
+GPU_SHAPES = [(64, 3, 2, 64, 64), (8, 3, 2, 256, 256), (16, 3, 2, 128, 128), (64, 1, 2, 64, 64), (8, 3, 8, 256, 256)]
 CPU_SHAPES = [(8, 3, 2, 64, 64), (4, 1, 4, 64, 64)]
 QUICK_SHAPES = [(4, 3, 2, 32, 32)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -110,7 +110,7 @@ def main() -> None:
     p.add_argument("--shapes", nargs="*", help="B,I,K,H,W ...")
     p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
     p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw"])
-    p.add_argument("--fp32-baseline", type=int, default=2, help="also time the first N shapes with fp32 F")
+    p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes with fp32 F")
     p.add_argument("--providers", nargs="*", default=["fused", "reference", "compile"])
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     p.add_argument("--rep", type=int, default=None)

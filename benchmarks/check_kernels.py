@@ -48,8 +48,11 @@ LOSS_SHAPES = [(2, 3, 2, 7, 9), (1, 1, 5, 7, 9), (3, 3, 3, 8, 8), (8, 3, 2, 64, 
 
 
 class Checker:
-    def __init__(self):
-        self.results = []
+    """Runs named checks, printing one line each; the JSON report is rewritten after every check so
+    a run cut short by a time limit still leaves what it found."""
+
+    def __init__(self, json_path: Path | None, header: dict):
+        self.results, self.json_path, self.header = [], json_path, header
 
     def run(self, name: str, fn) -> None:
         t0 = time.perf_counter()
@@ -64,6 +67,9 @@ class Checker:
                              "seconds": round(time.perf_counter() - t0, 2)})
         shown = detail if isinstance(detail, str) else " ".join(f"{k} {v:.1e}" for k, v in (detail or {}).items())
         print(f"{status:4s} {name}  {shown}", flush=True)
+        if self.json_path:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps({**self.header, "results": self.results}, indent=1))
 
 
 def gn_checks(ck: Checker, device, dtypes, shapes):
@@ -173,8 +179,8 @@ def main() -> int:
     if device.type == "cpu" and not backends.INTERPRET:
         print("note: without TRITON_INTERPRET=1 the CPU runs the math path; the Triton launchers are skipped")
     # bf16 is wrong under the Triton interpreter (CPU); the GPU covers it
-    dtypes = ["fp32", "fp16"] if device.type == "cpu" else ["fp32", "bf16", "fp16"]
-    ck = Checker()
+    dtypes = ["fp32", "fp16"] if device.type == "cpu" else ["bf16", "fp32", "fp16"]
+    ck = Checker(args.json, {"device": str(device), "torch": torch.__version__, "backends": table})
     t0 = time.perf_counter()
     gn_checks(ck, device, dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     if backends.select("group_norm_silu", device.type).startswith("triton"):
@@ -183,10 +189,6 @@ def main() -> int:
     op_checks(ck, device)
     failed = [r for r in ck.results if r["status"] != "ok"]
     print(f"{len(ck.results) - len(failed)} ok, {len(failed)} failed, {time.perf_counter() - t0:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "backends": table,
-                                         "results": ck.results}, indent=1))
     return 1 if failed else 0
 
 
