@@ -3,12 +3,16 @@
 `group_norm_silu` and `hybrid_loss` are `torch.library.custom_op`s (namespace `hybengine`) with
 Triton kernels; `backends.op_backends()` says which implementation runs on each device.
 Set TRITON_INTERPRET=1 before importing this package to run the Triton kernels on CPU.
+`native` loads the C++ CPU kernels (issue 7) where they were built and registers them as "native".
 """
 from .backends import op_backends
 from .group_norm_silu import group_norm_silu
 from .group_norm_silu_reference import group_norm_silu_reference
 from .hybrid_loss import hybrid_loss
 from .hybrid_loss_reference import hybrid_loss_reference
+from .native import load as _load_native
+
+_load_native()
 
 __all__ = [
     "group_norm_silu",

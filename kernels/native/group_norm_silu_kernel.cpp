@@ -1,0 +1,505 @@
+// Fused GroupNorm + affine + per-sample modulation + SiLU on the CPU: forward and backward.
+// Compiled once per CPU capability (see native_kernels.h); the op wrapper is group_norm_silu_cpu.cpp.
+//
+// x is (N, C, HW) (NCHW) or (N, HW, C) (channels-last). Group g of sample n holds the CG = C/G
+// channels g*CG .. g*CG+CG-1 over all HW pixels, M = CG*HW elements; a = w*(1+s), bb = b*(1+s)+t
+// per (n, c) come precomputed in fp32.
+//
+// forward
+//     mean, m2 = statistics of the group in fp32: each tile of the group (kTile elements, or
+//                kTile/C pixels of all channels when channels-last) is two-pass (its mean, then
+//                its centered sums of d = x - mean and d^2, corrected two-pass form, while it sits
+//                in L1), tiles are Chan-combined in order; never E[x^2] - E[x]^2
+//     rstd = 1/sqrt(m2/M + eps)
+//     xhat = (x - mean) * rstd,   h = xhat*a + bb,   y = h * sigmoid(h)
+//
+// backward (recomputes xhat, h from x, mean, rstd; nothing else is saved)
+//     sig = sigmoid(h),   dh = dy * sig * (1 + h*(1 - sig))
+//     S1[n,c] = sum_hw dh,   S2[n,c] = sum_hw dh*xhat                  (fp32, per channel)
+//     c1 = sum_{c in g} a*S1 / M,   c2 = sum_{c in g} a*S2 / M
+//     dx = rstd * (dh*a - c1 - xhat*c2)
+//     (the parameter gradients follow from S1, S2 in group_norm_silu_cpu.cpp)
+//
+// Parallelism (at::parallel_for): NCHW, one task per group (statistics then output while the
+// group is in L2) when there are enough groups, else tasks per tile / per channel plane;
+// channels-last, tasks per (sample, pixel tile) with per-tile partials. Tiles depend only on the
+// shape and partials are combined in a fixed order, so every result is bitwise the same whatever
+// the thread count and whichever schedule ran.
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "vec_utils.h"
+
+namespace hybengine_native {
+namespace CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kTile = 2048;  // statistics tile: 8 KB of fp32, stays in L1 between its two passes
+
+// Enough independent groups to give every thread a few: then one task per group.
+inline bool per_group_tasks(int64_t groups) {
+  return groups >= 4 * static_cast<int64_t>(at::get_num_threads());
+}
+
+// ----------------------------------------------------------------------------- NCHW
+
+// Two-pass moments of the contiguous x[0, len).
+template <typename T>
+Moments tile_moments(const T* x, int64_t len) {
+  fVec acc_lo(0.f), acc_hi(0.f);
+  int64_t i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    fVec lo, hi;
+    load2(x + i, lo, hi);
+    acc_lo += lo;
+    acc_hi += hi;
+  }
+  float sum = hsum(acc_lo + acc_hi);
+  for (; i < len; ++i) sum += to_float(x[i]);
+  const float mean = sum / static_cast<float>(len);
+
+  // second pass: d = x - mean; the corrected two-pass form (Chan, Golub & LeVeque 1983) also
+  // adds sum(d)/len back to the mean, removing the rounding error of the first-pass sum
+  const fVec vmean(mean);
+  fVec m_lo(0.f), m_hi(0.f), d_lo(0.f), d_hi(0.f);
+  i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    fVec lo, hi;
+    load2(x + i, lo, hi);
+    lo = lo - vmean;
+    hi = hi - vmean;
+    d_lo += lo;
+    d_hi += hi;
+    m_lo = at::vec::fmadd(lo, lo, m_lo);
+    m_hi = at::vec::fmadd(hi, hi, m_hi);
+  }
+  float m2 = hsum(m_lo + m_hi), dsum = hsum(d_lo + d_hi);
+  for (; i < len; ++i) {
+    const float d = to_float(x[i]) - mean;
+    dsum += d;
+    m2 += d * d;
+  }
+  const float n = static_cast<float>(len);
+  Moments m;
+  m.combine(n, mean + dsum / n, std::max(0.f, m2 - dsum * dsum / n));
+  return m;
+}
+
+// y = silu((x - mean) * A + B) over one channel plane (A = rstd*a, B = bb).
+template <typename T>
+void silu_affine_plane(const T* x, T* y, int64_t len, float mean, float A, float B) {
+  const fVec vmean(mean), vA(A), vB(B);
+  int64_t i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    fVec lo, hi;
+    load2(x + i, lo, hi);
+    lo = at::vec::fmadd(lo - vmean, vA, vB);
+    hi = at::vec::fmadd(hi - vmean, vA, vB);
+    store2(y + i, lo * sigmoid(lo), hi * sigmoid(hi));
+  }
+  for (; i < len; ++i) {
+    const float h = (to_float(x[i]) - mean) * A + B;
+    y[i] = from_float<T>(h * sigmoid(h));
+  }
+}
+
+// Backward, first pass over one plane: (S1, S2) = sums of dh and dh*xhat.
+template <typename T>
+void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, float a, float bb,
+                float* s1, float* s2) {
+  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), one(1.f);
+  fVec s1_lo(0.f), s1_hi(0.f), s2_lo(0.f), s2_hi(0.f);
+  int64_t i = 0;
+  auto dh_of = [&](const fVec& xv, const fVec& dyv, fVec& xhat) {
+    xhat = (xv - vmean) * vrstd;
+    const fVec h = at::vec::fmadd(xhat, va, vbb);
+    const fVec sig = sigmoid(h);
+    return dyv * sig * at::vec::fmadd(h, one - sig, one);
+  };
+  for (; i + kStep <= len; i += kStep) {
+    fVec x_lo, x_hi, d_lo, d_hi, xh_lo, xh_hi;
+    load2(x + i, x_lo, x_hi);
+    load2(dy + i, d_lo, d_hi);
+    const fVec dh_lo = dh_of(x_lo, d_lo, xh_lo);
+    const fVec dh_hi = dh_of(x_hi, d_hi, xh_hi);
+    s1_lo += dh_lo;
+    s1_hi += dh_hi;
+    s2_lo = at::vec::fmadd(dh_lo, xh_lo, s2_lo);
+    s2_hi = at::vec::fmadd(dh_hi, xh_hi, s2_hi);
+  }
+  float t1 = hsum(s1_lo + s1_hi), t2 = hsum(s2_lo + s2_hi);
+  for (; i < len; ++i) {
+    const float xhat = (to_float(x[i]) - mean) * rstd;
+    const float h = xhat * a + bb;
+    const float sig = sigmoid(h);
+    const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
+    t1 += dh;
+    t2 += dh * xhat;
+  }
+  *s1 = t1;
+  *s2 = t2;
+}
+
+// Backward, second pass over one plane: dx = dh*P - R - xhat*Q  (P = rstd*a, R = rstd*c1, Q = rstd*c2).
+template <typename T>
+void plane_dx(const T* x, const T* dy, T* dx, int64_t len, float mean, float rstd, float a, float bb,
+              float P, float Q, float R) {
+  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), one(1.f), vP(P), vQ(Q), vR(R);
+  auto dx_of = [&](const fVec& xv, const fVec& dyv) {
+    const fVec xhat = (xv - vmean) * vrstd;
+    const fVec h = at::vec::fmadd(xhat, va, vbb);
+    const fVec sig = sigmoid(h);
+    const fVec dh = dyv * sig * at::vec::fmadd(h, one - sig, one);
+    return at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR));
+  };
+  int64_t i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    fVec x_lo, x_hi, d_lo, d_hi;
+    load2(x + i, x_lo, x_hi);
+    load2(dy + i, d_lo, d_hi);
+    store2(dx + i, dx_of(x_lo, d_lo), dx_of(x_hi, d_hi));
+  }
+  for (; i < len; ++i) {
+    const float xhat = (to_float(x[i]) - mean) * rstd;
+    const float h = xhat * a + bb;
+    const float sig = sigmoid(h);
+    const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
+    dx[i] = from_float<T>(dh * P - (xhat * Q + R));
+  }
+}
+
+template <typename T>
+void forward_nchw(const GnsArgs& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const int64_t C = p.C, HW = p.HW, G = p.G, CG = C / G, M = CG * HW, NG = p.N * G;
+  const int64_t tiles = (M + kTile - 1) / kTile;
+
+  auto finish_stats = [&](int64_t ng, const Moments& m) {
+    p.mean[ng] = m.mean;
+    p.rstd[ng] = 1.f / std::sqrt(m.m2 / static_cast<float>(M) + p.eps);
+  };
+  auto output_plane = [&](int64_t ng, int64_t c_in_group) {
+    const int64_t n = ng / G, c = (ng % G) * CG + c_in_group, nc = n * C + c;
+    silu_affine_plane(x + nc * HW, y + nc * HW, HW, p.mean[ng], p.rstd[ng] * p.a[nc], p.bb[nc]);
+  };
+
+  if (per_group_tasks(NG)) {
+    at::parallel_for(0, NG, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const T* xg = x + ng * M;
+        Moments m;
+        for (int64_t t = 0; t < tiles; ++t) {
+          const Moments tm = tile_moments(xg + t * kTile, std::min(kTile, M - t * kTile));
+          m.combine(tm.count, tm.mean, tm.m2);
+        }
+        finish_stats(ng, m);
+        for (int64_t c = 0; c < CG; ++c) output_plane(ng, c);
+      }
+    });
+    return;
+  }
+  // Few groups: tiles in parallel, combined in order (same arithmetic as above), then planes.
+  std::vector<Moments> part(NG * tiles);
+  at::parallel_for(0, NG * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t ng = i / tiles, t = i % tiles;
+      part[i] = tile_moments(x + ng * M + t * kTile, std::min(kTile, M - t * kTile));
+    }
+  });
+  for (int64_t ng = 0; ng < NG; ++ng) {
+    Moments m;
+    for (int64_t t = 0; t < tiles; ++t) m.combine(part[ng * tiles + t].count, part[ng * tiles + t].mean, part[ng * tiles + t].m2);
+    finish_stats(ng, m);
+  }
+  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) output_plane(i / CG, i % CG);
+  });
+}
+
+template <typename T>
+void backward_nchw(const GnsArgs& p) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+  const int64_t C = p.C, HW = p.HW, G = p.G, CG = C / G, NG = p.N * G;
+  const float inv_m = 1.f / static_cast<float>(CG * HW);
+
+  auto sums_plane = [&](int64_t ng, int64_t c_in_group) {
+    const int64_t n = ng / G, nc = n * C + (ng % G) * CG + c_in_group;
+    plane_sums(x + nc * HW, dy + nc * HW, HW, p.mean[ng], p.rstd[ng], p.a[nc], p.bb[nc], p.s1 + nc, p.s2 + nc);
+  };
+  auto c1c2 = [&](int64_t ng, float& c1, float& c2) {
+    const int64_t nc0 = (ng / G) * C + (ng % G) * CG;
+    c1 = 0.f;
+    c2 = 0.f;
+    for (int64_t c = 0; c < CG; ++c) {
+      c1 += p.a[nc0 + c] * p.s1[nc0 + c];
+      c2 += p.a[nc0 + c] * p.s2[nc0 + c];
+    }
+    c1 *= inv_m;
+    c2 *= inv_m;
+  };
+  auto dx_plane = [&](int64_t ng, int64_t c_in_group, float c1, float c2) {
+    const int64_t n = ng / G, nc = n * C + (ng % G) * CG + c_in_group;
+    const float rstd = p.rstd[ng], a = p.a[nc];
+    plane_dx(x + nc * HW, dy + nc * HW, dx + nc * HW, HW, p.mean[ng], rstd, a, p.bb[nc], rstd * a, rstd * c2,
+             rstd * c1);
+  };
+
+  if (per_group_tasks(NG)) {
+    at::parallel_for(0, NG, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ng = begin; ng < end; ++ng) {
+        for (int64_t c = 0; c < CG; ++c) sums_plane(ng, c);
+        float c1, c2;
+        c1c2(ng, c1, c2);
+        for (int64_t c = 0; c < CG; ++c) dx_plane(ng, c, c1, c2);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) sums_plane(i / CG, i % CG);
+  });
+  std::vector<float> c12(2 * NG);
+  for (int64_t ng = 0; ng < NG; ++ng) c1c2(ng, c12[2 * ng], c12[2 * ng + 1]);
+  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dx_plane(i / CG, i % CG, c12[2 * (i / CG)], c12[2 * (i / CG) + 1]);
+  });
+}
+
+// ----------------------------------------------------------------------------- channels-last
+
+// Rows of C contiguous channels: per-channel vector work, channels C0.. in steps of kLanes.
+// `fn(c, n_lanes)` handles channels [c, c + n_lanes) with n_lanes == kLanes except at the end.
+template <typename Fn>
+inline void for_channel_blocks(int64_t C, Fn&& fn) {
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) fn(c, kLanes);
+  if (c < C) fn(c, C - c);
+}
+
+template <typename T>
+inline fVec load_ch(const T* p, int64_t n) {
+  return n == kLanes ? load1(p) : load_partial(p, n);
+}
+
+template <typename T>
+inline void store_ch(T* p, const fVec& v, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<T>(v, v).store(p, n);
+  }
+}
+
+inline int64_t cl_tile_pixels(int64_t C) {
+  return std::max<int64_t>(1, kTile / C);
+}
+
+// Per-group two-pass moments of pixels [p0, p1) of one sample (rows of C), into part[g].
+template <typename T>
+void cl_tile_moments(const T* xs, int64_t C, int64_t G, int64_t p0, int64_t p1, float* sum, float* dsum, float* m2c,
+                     Moments* part) {
+  const int64_t rows = p1 - p0, CG = C / G;
+  std::fill(sum, sum + C, 0.f);
+  std::fill(m2c, m2c + C, 0.f);
+  for (int64_t r = p0; r < p1; ++r) {
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+      (fVec::loadu(sum + c, nl) + load_ch(xs + r * C + c, nl)).store(sum + c, nl);
+    });
+  }
+  const float inv_rows = 1.f / static_cast<float>(rows);
+  for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
+  std::fill(dsum, dsum + C, 0.f);
+  for (int64_t r = p0; r < p1; ++r) {
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+      const fVec d = load_ch(xs + r * C + c, nl) - fVec::loadu(sum + c, nl);
+      (fVec::loadu(dsum + c, nl) + d).store(dsum + c, nl);
+      at::vec::fmadd(d, d, fVec::loadu(m2c + c, nl)).store(m2c + c, nl);
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {  // corrected two-pass, as in tile_moments
+    sum[c] += dsum[c] * inv_rows;
+    m2c[c] = std::max(0.f, m2c[c] - dsum[c] * dsum[c] * inv_rows);
+  }
+  // channels -> group: equal counts, so mean_g = mean of channel means and
+  // m2_g = sum m2_c + rows * sum (mean_c - mean_g)^2
+  for (int64_t g = 0; g < G; ++g) {
+    float mg = 0.f;
+    for (int64_t c = g * CG; c < (g + 1) * CG; ++c) mg += sum[c];
+    mg /= static_cast<float>(CG);
+    float m2 = 0.f, spread = 0.f;
+    for (int64_t c = g * CG; c < (g + 1) * CG; ++c) {
+      m2 += m2c[c];
+      spread += (sum[c] - mg) * (sum[c] - mg);
+    }
+    part[g] = Moments{};
+    part[g].combine(static_cast<float>(rows * CG), mg, m2 + static_cast<float>(rows) * spread);
+  }
+}
+
+template <typename T>
+void forward_cl(const GnsArgs& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
+  const int64_t tp = cl_tile_pixels(C), tiles = (HW + tp - 1) / tp;
+  std::vector<Moments> part(N * tiles * G);
+  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum(C), dsum(C), m2c(C);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / tiles, t = i % tiles;
+      cl_tile_moments(x + n * HW * C, C, G, t * tp, std::min(HW, (t + 1) * tp), sum.data(), dsum.data(), m2c.data(),
+                      part.data() + i * G);
+    }
+  });
+  // per channel: the group's mean, A = rstd*a and B = bb
+  std::vector<float> meanc(N * C), A(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t g = 0; g < G; ++g) {
+      Moments m;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const Moments& pm = part[(n * tiles + t) * G + g];
+        m.combine(pm.count, pm.mean, pm.m2);
+      }
+      const float rstd = 1.f / std::sqrt(m.m2 / static_cast<float>(CG * HW) + p.eps);
+      p.mean[n * G + g] = m.mean;
+      p.rstd[n * G + g] = rstd;
+      for (int64_t c = g * CG; c < (g + 1) * CG; ++c) {
+        meanc[n * C + c] = m.mean;
+        A[n * C + c] = rstd * p.a[n * C + c];
+      }
+    }
+  }
+  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / tiles, t = i % tiles;
+      const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
+      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
+        const T* xr = x + (n * HW + r) * C;
+        T* yr = y + (n * HW + r) * C;
+        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+          const fVec h = at::vec::fmadd(load_ch(xr + c, nl) - fVec::loadu(mc + c, nl), fVec::loadu(Ac + c, nl),
+                                        fVec::loadu(Bc + c, nl));
+          store_ch(yr + c, h * sigmoid(h), nl);
+        });
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_cl(const GnsArgs& p) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+  const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
+  const int64_t tp = cl_tile_pixels(C), tiles = (HW + tp - 1) / tp;
+  // per (n, c): the group's mean and rstd, to recompute xhat with channel vectors
+  std::vector<float> meanc(N * C), rstdc(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      meanc[n * C + c] = p.mean[n * G + c / CG];
+      rstdc[n * C + c] = p.rstd[n * G + c / CG];
+    }
+  }
+  const fVec one(1.f);
+  auto dh_xhat = [&](const fVec& xv, const fVec& dyv, const float* mc, const float* rc, const float* ac,
+                     const float* bc, int64_t c, int64_t nl, fVec& xhat) {
+    xhat = (xv - fVec::loadu(mc + c, nl)) * fVec::loadu(rc + c, nl);
+    const fVec h = at::vec::fmadd(xhat, fVec::loadu(ac + c, nl), fVec::loadu(bc + c, nl));
+    const fVec sig = sigmoid(h);
+    return dyv * sig * at::vec::fmadd(h, one - sig, one);
+  };
+
+  // pass 1: per-tile channel sums S1, S2
+  std::vector<float> part(2 * N * tiles * C);
+  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / tiles, t = i % tiles;
+      float* s1 = part.data() + i * C;
+      float* s2 = part.data() + (N * tiles + i) * C;
+      std::fill(s1, s1 + C, 0.f);
+      std::fill(s2, s2 + C, 0.f);
+      const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
+      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
+        const int64_t off = (n * HW + r) * C;
+        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+          fVec xhat;
+          const fVec dh = dh_xhat(load_ch(x + off + c, nl), load_ch(dy + off + c, nl), mc, rc, ac, bc, c, nl, xhat);
+          (fVec::loadu(s1 + c, nl) + dh).store(s1 + c, nl);
+          at::vec::fmadd(dh, xhat, fVec::loadu(s2 + c, nl)).store(s2 + c, nl);
+        });
+      }
+    }
+  });
+  // tiles summed in order; then per-channel coefficients of dx = dh*P - (xhat*Q + R)
+  const float inv_m = 1.f / static_cast<float>(CG * HW);
+  std::vector<float> P(N * C), Q(N * C), R(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      float t1 = 0.f, t2 = 0.f;
+      for (int64_t t = 0; t < tiles; ++t) {
+        t1 += part[(n * tiles + t) * C + c];
+        t2 += part[(N * tiles + n * tiles + t) * C + c];
+      }
+      p.s1[n * C + c] = t1;
+      p.s2[n * C + c] = t2;
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      float c1 = 0.f, c2 = 0.f;
+      for (int64_t c = g * CG; c < (g + 1) * CG; ++c) {
+        c1 += p.a[n * C + c] * p.s1[n * C + c];
+        c2 += p.a[n * C + c] * p.s2[n * C + c];
+      }
+      const float rstd = p.rstd[n * G + g];
+      for (int64_t c = g * CG; c < (g + 1) * CG; ++c) {
+        P[n * C + c] = rstd * p.a[n * C + c];
+        Q[n * C + c] = rstd * c2 * inv_m;
+        R[n * C + c] = rstd * c1 * inv_m;
+      }
+    }
+  }
+  // pass 2: dx
+  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / tiles, t = i % tiles;
+      const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
+      const float *Pc = P.data() + n * C, *Qc = Q.data() + n * C, *Rc = R.data() + n * C;
+      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
+        const int64_t off = (n * HW + r) * C;
+        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+          fVec xhat;
+          const fVec dh = dh_xhat(load_ch(x + off + c, nl), load_ch(dy + off + c, nl), mc, rc, ac, bc, c, nl, xhat);
+          const fVec g = at::vec::fmsub(dh, fVec::loadu(Pc + c, nl),
+                                        at::vec::fmadd(xhat, fVec::loadu(Qc + c, nl), fVec::loadu(Rc + c, nl)));
+          store_ch(dx + off + c, g, nl);
+        });
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void group_norm_silu_forward(const GnsArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    args.channels_last ? forward_cl<T>(args) : forward_nchw<T>(args);
+  });
+}
+
+void group_norm_silu_backward(const GnsArgs& args) {
+  dispatch_dtype(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    args.channels_last ? backward_cl<T>(args) : backward_nchw<T>(args);
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace hybengine_native
