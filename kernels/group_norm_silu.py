@@ -14,16 +14,16 @@ forward
 
 backward (recomputes xhat, h from x, mean, rstd; nothing else is saved)
     dh     = dy * sig * (1 + h * (1 - sig)),  sig = sigmoid(h)
-    S1[n,c] = sum_hw dh,    S2[n,c] = sum_hw dh * xhat              (fp32, per channel)
-    dshift = S1,   dscale = w*S2 + b*S1,   dbias = sum_n (1+s)*S1,   dweight = sum_n (1+s)*S2
+    s1[n,c] = sum_hw dh,    s2[n,c] = sum_hw dh * xhat              (fp32, per channel)
+    dshift = s1,   dscale = w*s2 + b*s1,   dbias = sum_n (1+s)*s1,   dweight = sum_n (1+s)*s2
     dxhat  = dh * a
-    c1     = sum_{c in g} a*S1 / M  (= mean dxhat),   c2 = sum_{c in g} a*S2 / M  (= mean dxhat*xhat)
+    c1     = sum_{c in g} a*s1 / M  (= mean dxhat),   c2 = sum_{c in g} a*s2 / M  (= mean dxhat*xhat)
     dx     = rstd * (dxhat - c1 - xhat * c2)
 
 Parallelism: one program per (n, g) group, looping over it twice (statistics, then output; the
 second read mostly hits L2). When N*G programs cannot fill the device the group's pixels are split
 over S programs ("split reduction"): a statistics kernel writes per-split (count, mean, m2) and
-every split program combines them in the same fixed order; in the backward, per-split S1/S2 are
+every split program combines them in the same fixed order; in the backward, per-split s1/s2 are
 written and summed over splits in a fixed order. No atomics anywhere, so all gradients are
 bitwise reproducible.
 """
@@ -280,7 +280,7 @@ def _gns_bwd_reduce_kernel(
     SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
     MEAN,  # pointer to mean, shape (N*G,) fp32
     RSTD,  # pointer to rstd, shape (N*G,) fp32
-    PART,  # out: per-split channel sums (S1, S2), shape (2, S, N, C) fp32
+    PART,  # out: per-split channel sums (s1, s2), shape (2, S, N, C) fp32
     N,  # samples
     C,  # channels
     G,  # groups
@@ -300,7 +300,7 @@ def _gns_bwd_reduce_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    """Split reduction of the backward: S1, S2 over chunk (n, g, s). Grid (N*G, S)."""
+    """Split reduction of the backward: s1, s2 over chunk (n, g, s). Grid (N*G, S)."""
     pid_ng = tl.program_id(0)
     pid_s = tl.program_id(1)
     n = pid_ng // G
@@ -316,19 +316,19 @@ def _gns_bwd_reduce_kernel(
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
         a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-        acc1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        acc2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
             dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
             xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-            acc1 += tl.sum(dh, axis=1)
-            acc2 += tl.sum(dh * xhat, axis=1)
+            s1 += tl.sum(dh, axis=1)
+            s2 += tl.sum(dh * xhat, axis=1)
         nc = n * C + g * CG + c
-        tl.store(PART + pid_s * NC + nc, acc1, mask=cmask)
-        tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, acc2, mask=cmask)
+        tl.store(PART + pid_s * NC + nc, s1, mask=cmask)
+        tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, s2, mask=cmask)
 
 
 @triton.heuristics(_HEURISTICS)
@@ -343,7 +343,7 @@ def _gns_bwd_kernel(
     SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
     MEAN,  # pointer to mean, shape (N*G,) fp32
     RSTD,  # pointer to rstd, shape (N*G,) fp32
-    SUMS,  # channel sums (S1, S2), shape (2, N, C) fp32: written here unless SPLIT, else read
+    SUMS,  # channel sums (s1, s2), shape (2, N, C) fp32: written here unless SPLIT, else read
     N,  # samples
     C,  # channels
     G,  # groups
@@ -363,11 +363,11 @@ def _gns_bwd_kernel(
     stride_gp,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
-    SPLIT: tl.constexpr,  # S1, S2 already reduced by _gns_bwd_reduce_kernel + a fixed-order sum
+    SPLIT: tl.constexpr,  # s1, s2 already reduced by _gns_bwd_reduce_kernel + a fixed-order sum
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    """dx for chunk (n, g, s), and S1, S2 when one program owns the group. Grid (N*G, S)."""
+    """dx for chunk (n, g, s), and s1, s2 when one program owns the group. Grid (N*G, S)."""
     pid_ng = tl.program_id(0)
     pid_s = tl.program_id(1)
     n = pid_ng // G
@@ -381,7 +381,7 @@ def _gns_bwd_kernel(
     rstd = tl.load(RSTD + pid_ng)
     NC = N * C
 
-    # c1 * M = sum_c a*S1,  c2 * M = sum_c a*S2  over the group's channels
+    # c1 * M = sum_c a*s1,  c2 * M = sum_c a*s2  over the group's channels
     c1 = 0.0
     c2 = 0.0
     for cb in range(0, CG, BLOCK_C):
@@ -430,8 +430,8 @@ def _gns_bwd_kernel(
 @triton.heuristics({"BLOCK_C": lambda args: min(64, triton.next_power_of_2(args["C"])), "num_warps": lambda args: 2})
 @triton.jit
 def _gns_param_grads_kernel(
-    PART,  # channel sums (S1, S2) per split, shape (2, S, N, C) fp32
-    SUMS,  # out if SPLIT: (S1, S2) summed over splits, shape (2, N, C) fp32, for _gns_bwd_kernel
+    PART,  # channel sums (s1, s2) per split, shape (2, S, N, C) fp32
+    SUMS,  # out if SPLIT: (s1, s2) summed over splits, shape (2, N, C) fp32, for _gns_bwd_kernel
     W,  # pointer to weight, shape (C,)
     B,  # pointer to bias, shape (C,)
     SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
@@ -444,10 +444,10 @@ def _gns_param_grads_kernel(
     S,  # splits per group (1 when PART is SUMS)
     stride_sn,
     HAS_SCALE: tl.constexpr,
-    SPLIT: tl.constexpr,  # S > 1: write the split-summed S1, S2 to SUMS
+    SPLIT: tl.constexpr,  # S > 1: write the split-summed s1, s2 to SUMS
     BLOCK_C: tl.constexpr,
 ):
-    """dweight, dbias, dscale, dshift from S1, S2; splits then samples summed in a fixed order.
+    """dweight, dbias, dscale, dshift from s1, s2; splits then samples summed in a fixed order.
 
     Grid (cdiv(C, BLOCK_C),): one program per block of channels, no atomics.
     """
@@ -543,7 +543,7 @@ def group_norm_silu_bwd_triton(
 ) -> tuple[torch.Tensor, ...]:
     """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `_param_grads`).
 
-    Whole groups: dx kernel (writes S1, S2) -> parameter kernel. Split groups: S1/S2 partials ->
+    Whole groups: dx kernel (writes s1, s2) -> parameter kernel. Split groups: s1/s2 partials ->
     parameter kernel (also sums the partials) -> dx kernel.
     """
     weight, bias = weight.contiguous(), bias.contiguous()
