@@ -10,9 +10,11 @@ setup: $(STAMP)
 
 # CPU machines: torch 2.13.0 CPU from the constraints file, not a multi-GB CUDA build.
 # DS_BUILD_OPS=0: DeepSpeed compiles nothing at install; its CPU comm op builds once on first use.
-$(STAMP): setup.py pyproject.toml constraints/cpu.txt
+$(STAMP): setup.py pyproject.toml constraints/cpu.txt CMakeLists.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# torch before the package: setup.py builds the native CPU kernels (CMakeLists.txt) against it
+	$(BIN)/pip install -q -c constraints/cpu.txt torch
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,dali]"
 	touch $(STAMP)
 
