@@ -106,6 +106,10 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         net.load_state_dict(init_weights)
     if cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if cfg.model.compile:
+        # Compile the forward body only: module hooks (DeepSpeed's timers, ZeRO-3 gathers) stay eager,
+        # the U-Net itself must trace as one graph with the fused ops inside; state_dict keys unchanged.
+        net.forward = torch.compile(net.forward, fullgraph=True)
     backend = _make_backend(cfg, net, dist)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
     objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
@@ -126,8 +130,6 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
             ema.load_state_dict(weights["ema"])
 
     forward_net = backend.module
-    if cfg.model.compile:
-        forward_net = torch.compile(forward_net)
     in_dtype = backend.input_dtype
     batch_images = t.batch_size * dist.world_size * t.grad_accum
 

@@ -46,7 +46,8 @@ class NoiseEmbedding(nn.Module):
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         angles = c_noise.float()[:, None] * 1000.0 * self.freqs[None, :]  # EDM scales c_noise up
-        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+        feats = torch.cat([angles.cos(), angles.sin()], dim=1)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))  # bf16 modules (DeepSpeed bf16) get bf16
 
 
 class ResBlock(nn.Module):
@@ -139,7 +140,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """x: (B, I, H, W) preconditioned input c_in * x_n; c_noise: (B,). Returns F (B, I+K, H, W)."""
         emb = self.embed(c_noise)
-        h = self.conv_in(x)
+        h = self.conv_in(x.to(self.conv_in.weight.dtype))
         hs = [h]
         for stage in self.down:
             h = stage(h, emb) if isinstance(stage, EmbSequential) else stage(h)
