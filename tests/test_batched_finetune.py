@@ -72,7 +72,7 @@ def test_batched_equals_one_by_one(members, full_fp32):
         assert mb["dice"] == pytest.approx(ma["dice"], abs=1e-3)
     # training moved the weights (a comparison of untouched weights would prove nothing)
     w0 = members[1][1]
-    assert max((one_by_one[1].state_dict()[k] - w0[k]).abs().max().item() for k in w0) > 1e-4
+    assert max((one_by_one[1].state_dict()[k].cpu() - w0[k]).abs().max().item() for k in w0) > 1e-4
 
 
 def test_only_like_runs_batch_together(members):
