@@ -56,8 +56,18 @@ def run_one(name: str, common: list[str], device: str, out: Path, env: dict) -> 
     args += [*common, *CONFIGS.get(name, []), f"train.out_dir={out}"]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{r.stderr[-4000:]}")
+        raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-4000:]}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _quantile(values: list[float], k: int) -> float:
+    """k-th of the 4 cut points between quintiles (0: p20, 3: p80); a single value is its own quantile."""
+    return statistics.quantiles(values, n=5)[k] if len(values) > 1 else values[0]
+
+
+def _engine_summary(device: str) -> str:
+    lines = Path(engine_config(device)).read_text().splitlines()
+    return " | ".join(ln.split("#")[0].rstrip() for ln in lines if ln.split("#")[0].strip())
 
 
 def model_flops_per_image(preset: str, image_channels: int, crop: int) -> float:
@@ -98,7 +108,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for name in args.configs:
-                recs = run_one(name, common, device, Path(tmp) / f"{name}{rnd}", env)
+                try:
+                    recs = run_one(name, common, device, Path(tmp) / f"{name}{rnd}", env)
+                except RuntimeError as e:  # keep the other configurations' rows
+                    print(f"round {rnd} {name}: FAILED\n{e}", flush=True)
+                    continue
                 timed = [r["images_per_s"] for r in recs[1:]]
                 ips[name] += timed
                 step_s = args.log_every * args.batch / statistics.median(timed)
@@ -106,19 +120,19 @@ def main() -> None:
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
                 print(f"round {rnd} {name:7s} {statistics.median(timed):8.1f} img/s", flush=True)
 
-    med = {c: statistics.median(v) for c, v in ips.items()}
+    med = {c: statistics.median(v) for c, v in ips.items() if v}
     env_row = environment(torch.device(device))
     flops = model_flops_per_image(args.preset, 1, args.crop) if device == "cuda" else None
     rows = []
-    for name in args.configs:
+    for name in med:
         row = {"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
-               "images_per_s": round(med[name], 2), "p20": round(statistics.quantiles(ips[name], n=5)[0], 2),
-               "p80": round(statistics.quantiles(ips[name], n=5)[3], 2), "intervals": len(ips[name]),
+               "images_per_s": round(med[name], 2), "p20": round(_quantile(ips[name], 0), 2),
+               "p80": round(_quantile(ips[name], 3), 2), "intervals": len(ips[name]),
                "warmup_s": round(statistics.median(warm[name]), 2), "peak_mem_mb": round(mem[name], 1),
                "vs_plain": round(med[name] / med["plain"], 3) if "plain" in med else "",
                "vs_strong": round(med[name] / med["strong"], 3) if "strong" in med else "",
                "mfu": round(flops * med[name] / (args.peak_tflops * 1e12), 4) if flops else "",
-               "engine_config": Path(engine_config(device)).read_text().replace("\n", " | ") if name == "engine" else "",
+               "engine_config": _engine_summary(device) if name == "engine" else "",
                **env_row}
         rows.append(row)
     append_rows(Path(args.csv), rows)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# GPU suite for the fused kernels (issue 3), one run, under 8 minutes on an H100 (the stage limits
-# below add up to 480 s; the benches stop starting new shapes when their budget is spent):
+# GPU suite (issues 3 and 6), one run, under 10 minutes on an H100 (the stage limits below add up
+# to about 610 s worst case; the benches stop starting new shapes when their budget is spent):
 #   1. env      GPU, versions, which implementation each op takes
 #   2. install  pip install --no-deps --no-build-isolation -e . (the scripts also work without it:
 #               benchmarks/repo_imports.py maps hybengine.kernels to this checkout)
 #   3. check    every op against the float64 reference: fp32, bf16, fp16; NCHW and channels-last;
 #               every output and gradient; split paths; determinism; opcheck; fullgraph compile
 #   4. bench    group_norm_silu and hybrid_loss: fused vs eager, reference, torch.compile (+ apex)
-#   5. pytest   the CPU kernel tests, only with RUN_PYTEST=1 and pytest installed
+#   5. train    end-to-end training steps, plain vs strong vs engine (bench_train.py), base + tiny
+#   6. pytest   the CPU kernel tests, only with RUN_PYTEST=1 and pytest installed
 # A stage that fails or times out is logged and the next stage still runs. Everything lands in
 # $OUT (default ./gpu_out): <stage>.log, summary.txt, check.json, group_norm_silu.csv,
 # hybrid_loss.csv. Merge the CSVs into the committed results afterwards with
@@ -87,17 +88,25 @@ elif [ "$QUICK" = "1" ]; then
   GN_ARGS=(--shapes 16,128,128,128 --fp32-baseline 0 --rep 10)
   LOSS_ARGS=(--shapes 16,3,2,128,128 --fp32-baseline 0 --rep 10)
 else
-  GN_ARGS=(--budget-s 140)  # a configuration started before the budget runs to its end
-  LOSS_ARGS=(--budget-s 45)
+  GN_ARGS=(--budget-s 75)  # a configuration started before the budget runs to its end
+  LOSS_ARGS=(--budget-s 30)
 fi
 
 stage env 30 env_info
 stage install 45 install
-stage check 150 "$PY" benchmarks/check_kernels.py --device "$DEVICE" --json "$OUT/check.json" "${CHECK_ARGS[@]}"
-stage bench_group_norm_silu 180 "$PY" benchmarks/bench_group_norm_silu.py --device "$DEVICE" \
+stage check "${CHECK_LIMIT_S:-110}" "$PY" benchmarks/check_kernels.py --device "$DEVICE" --json "$OUT/check.json" "${CHECK_ARGS[@]}"
+stage bench_group_norm_silu "${GN_LIMIT_S:-120}" "$PY" benchmarks/bench_group_norm_silu.py --device "$DEVICE" \
   --csv "$OUT/group_norm_silu.csv" "${GN_ARGS[@]}"
-stage bench_hybrid_loss 75 "$PY" benchmarks/bench_hybrid_loss.py --device "$DEVICE" \
+stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss.py --device "$DEVICE" \
   --csv "$OUT/hybrid_loss.csv" "${LOSS_ARGS[@]}"
+# End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
+# (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
+if [ "$DEVICE" = "cuda" ]; then
+  stage bench_train_base "${TRAIN_LIMIT_S:-170}" "$PY" benchmarks/bench_train.py --preset base --batch 32 --crop 128 \
+    --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
+  stage bench_train_tiny "${TRAIN_TINY_LIMIT_S:-80}" "$PY" benchmarks/bench_train.py --preset tiny --batch 128 \
+    --crop 128 --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
+fi
 if [ "${RUN_PYTEST:-0}" = "1" ] && "$PY" -c "import pytest" 2>/dev/null; then
   stage pytest 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_group_norm_silu.py \
     tests/test_kernel_hybrid_loss.py tests/test_kernel_compile.py
