@@ -189,7 +189,7 @@ void forward_nchw(const GnsArgs& p) {
   };
 
   if (per_group_tasks(NG)) {
-    at::parallel_for(0, NG, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, NG, grain_for(M), [&](int64_t begin, int64_t end) {
       for (int64_t ng = begin; ng < end; ++ng) {
         const T* xg = x + ng * M;
         Moments m;
@@ -205,7 +205,7 @@ void forward_nchw(const GnsArgs& p) {
   }
   // Few groups: tiles in parallel, combined in order (same arithmetic as above), then planes.
   std::vector<Moments> part(NG * tiles);
-  at::parallel_for(0, NG * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, NG * tiles, grain_for(kTile), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t ng = i / tiles, t = i % tiles;
       part[i] = tile_moments(x + ng * M + t * kTile, std::min(kTile, M - t * kTile));
@@ -216,7 +216,7 @@ void forward_nchw(const GnsArgs& p) {
     for (int64_t t = 0; t < tiles; ++t) m.combine(part[ng * tiles + t].count, part[ng * tiles + t].mean, part[ng * tiles + t].m2);
     finish_stats(ng, m);
   }
-  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, NG * CG, grain_for(HW), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) output_plane(i / CG, i % CG);
   });
 }
@@ -252,7 +252,7 @@ void backward_nchw(const GnsArgs& p) {
   };
 
   if (per_group_tasks(NG)) {
-    at::parallel_for(0, NG, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, NG, grain_for(2 * CG * HW), [&](int64_t begin, int64_t end) {
       for (int64_t ng = begin; ng < end; ++ng) {
         for (int64_t c = 0; c < CG; ++c) sums_plane(ng, c);
         float c1, c2;
@@ -262,12 +262,12 @@ void backward_nchw(const GnsArgs& p) {
     });
     return;
   }
-  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, NG * CG, grain_for(HW), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) sums_plane(i / CG, i % CG);
   });
   std::vector<float> c12(2 * NG);
   for (int64_t ng = 0; ng < NG; ++ng) c1c2(ng, c12[2 * ng], c12[2 * ng + 1]);
-  at::parallel_for(0, NG * CG, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, NG * CG, grain_for(HW), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dx_plane(i / CG, i % CG, c12[2 * (i / CG)], c12[2 * (i / CG) + 1]);
   });
 }
@@ -350,7 +350,7 @@ void forward_cl(const GnsArgs& p) {
   const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
   const int64_t tp = cl_tile_pixels(C), tiles = (HW + tp - 1) / tp;
   std::vector<Moments> part(N * tiles * G);
-  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
     std::vector<float> sum(C), dsum(C), m2c(C);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiles, t = i % tiles;
@@ -376,7 +376,7 @@ void forward_cl(const GnsArgs& p) {
       }
     }
   }
-  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiles, t = i % tiles;
       const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
@@ -419,7 +419,7 @@ void backward_cl(const GnsArgs& p) {
 
   // pass 1: per-tile channel sums S1, S2
   std::vector<float> part(2 * N * tiles * C);
-  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiles, t = i % tiles;
       float* s1 = part.data() + i * C;
@@ -466,7 +466,7 @@ void backward_cl(const GnsArgs& p) {
     }
   }
   // pass 2: dx
-  at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / tiles, t = i % tiles;
       const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;

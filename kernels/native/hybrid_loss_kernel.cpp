@@ -128,7 +128,7 @@ void backward_impl(const LossBwdArgs& a) {
   T* dst = static_cast<T*>(a.dout);
   const int64_t NC = a.NC, P = a.P;
   if (!a.channels_last) {  // planes (b, c), one factor each
-    at::parallel_for(0, a.B * NC, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, a.B * NC, grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const T* s = src + bc * P;
         T* d = dst + bc * P;
@@ -148,7 +148,7 @@ void backward_impl(const LossBwdArgs& a) {
   // channels-last: sample b is P rows of NC; element j of it takes factor[b, j % NC]. Blocks of
   // L = NC * kStep elements start on a row and hold whole vectors, so one pattern serves them all.
   const int64_t L = NC * kStep, per_sample = P * NC, blocks = (per_sample + L - 1) / L;
-  at::parallel_for(0, a.B * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.B * blocks, grain_for(L), [&](int64_t begin, int64_t end) {
     std::vector<float> pattern(L);
     int64_t pattern_b = -1;
     for (int64_t i = begin; i < end; ++i) {
@@ -176,7 +176,7 @@ void backward_impl(const LossBwdArgs& a) {
 void hybrid_loss_forward(const LossArgs& a) {
   const int64_t chunks = (a.P + kChunk - 1) / kChunk;
   std::vector<float> part(3 * a.B * chunks);
-  at::parallel_for(0, a.B * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.B * chunks, grain_for(kChunk * (a.I * 3 + a.K)), [&](int64_t begin, int64_t end) {
     std::vector<fVec> z(a.K);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / chunks, p0 = (i % chunks) * kChunk;

@@ -112,6 +112,14 @@ struct Moments {
   }
 };
 
+// at::parallel_for grain for tasks of `elems` elements each: at least at::internal::GRAIN_SIZE
+// elements per parallel chunk, so small calls run inline instead of waking (and, on a busy host,
+// waiting for) the other threads.
+inline int64_t grain_for(int64_t elems) {
+  constexpr int64_t kGrainElems = 32768;
+  return std::max<int64_t>(1, (kGrainElems + std::max<int64_t>(1, elems) - 1) / std::max<int64_t>(1, elems));
+}
+
 template <typename Fn>
 inline auto dispatch_dtype(Dtype dtype, Fn&& fn) {
   switch (dtype) {
