@@ -7,6 +7,8 @@ Providers (same inputs, same run):
     eager      F.group_norm -> modulation -> F.silu in the input dtype (the unfused baseline as a
                user writes it)
     compile    torch.compile(group_norm_silu_reference), static shapes
+    native     the fused op with its CPU body forced to the C++ kernels of kernels/native (CPU runs
+               where the library was built; `fused` is then native too unless forced elsewhere)
     apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
                no modulation: its rows say modulated=False)
 
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
 
-from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference
+from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
 
 # the issue's U-Net shapes, most telling first (a time budget may cut the tail)
 GPU_SHAPES = [(64, 256, 64, 64), (16, 128, 128, 128), (8, 128, 256, 256), (64, 512, 32, 32), (1, 64, 64, 64)]
@@ -53,6 +55,12 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
 def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device):
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
     if name == "fused":
+        backends.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+    if name == "native":
+        if device.type != "cpu" or not native.available():
+            return None
+        backends.set_cpu_backend("native", ops=("group_norm_silu",))  # forward and backward bodies
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "reference":
         return lambda x, w, b, s, t: group_norm_silu_reference(x, w, b, groups, eps, s, t)
@@ -136,7 +144,7 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
     p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw", "nhwc"])
     p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes in fp32 NCHW")
-    p.add_argument("--providers", nargs="*", default=["fused", "reference", "eager", "compile", "apex"])
+    p.add_argument("--providers", nargs="*", default=["fused", "reference", "eager", "compile", "apex", "native"])
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     p.add_argument("--rep", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")

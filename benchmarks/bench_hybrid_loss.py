@@ -4,6 +4,8 @@ Providers (same inputs, same run):
     fused      hybengine.kernels.hybrid_loss (one Triton pass writes the per-sample terms and dF)
     reference  hybrid_loss_reference in eager mode (the unfused loss)
     compile    torch.compile(hybrid_loss_reference), static shapes
+    native     the fused op with its CPU body forced to the C++ kernel of kernels/native (CPU runs
+               where the library was built)
 
 Inputs as in training: F = out (B, I+K, H, W) in the run's dtype, x and x_n fp32 data, y int64.
 Bytes-moved model per pixel (E_F, E_x, E_y element sizes; C = I+K; per-sample scalars ignored):
@@ -28,7 +30,7 @@ import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
 
-from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference
+from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference, native
 
 # (B, I, K, H, W)
 GPU_SHAPES = [(64, 3, 2, 64, 64), (8, 3, 2, 256, 256), (16, 3, 2, 128, 128), (64, 1, 2, 64, 64), (8, 3, 8, 256, 256)]
@@ -46,8 +48,14 @@ def bytes_moved(mode: str, b: int, n_img: int, k: int, h: int, w: int, e_f: int,
     return per_pixel * pixels
 
 
-def make_provider(name: str):
+def make_provider(name: str, device=None):
     if name == "fused":
+        backends.set_cpu_backend(None, ops=("hybrid_loss",))  # the default body, as op_backends() says
+        return hybrid_loss
+    if name == "native":
+        if device is None or device.type != "cpu" or not native.available():
+            return None
+        backends.set_cpu_backend("native", ops=("hybrid_loss",))  # forward and backward bodies
         return hybrid_loss
     if name == "reference":
         return hybrid_loss_reference
@@ -111,7 +119,7 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
     p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw"])
     p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes with fp32 F")
-    p.add_argument("--providers", nargs="*", default=["fused", "reference", "compile"])
+    p.add_argument("--providers", nargs="*", default=["fused", "reference", "compile", "native"])
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     p.add_argument("--rep", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
@@ -145,7 +153,9 @@ def main() -> None:
         errs, ref_errs = check(out, data, upstream)
         rows, p50 = [], {}
         for provider in args.providers:
-            fn = make_provider(provider)
+            fn = make_provider(provider, device)
+            if fn is None:
+                continue
             for mode in args.modes:
                 ms, ms20, ms80 = time_mode(fn, out, data, upstream, mode, device, rep)
                 gbps = bytes_moved(mode, *shape, e_f=out.element_size()) / (ms * 1e-3) / 1e9
