@@ -89,10 +89,12 @@ class CMakeBuild(build_ext):
         if ext.name != NATIVE_EXT:
             return super().build_extension(ext)
         mode = os.environ.get("HYBENGINE_BUILD_NATIVE", "1" if os.environ.get("CI") == "true" else "auto")
+        target = Path(self.get_ext_fullpath(ext.name))
+        for stale in (target, target.parent / STAMP):  # a reused build/lib must not ship an old library
+            stale.unlink(missing_ok=True)
         if mode == "0":
             self.warn("hybengine: native CPU kernels skipped (HYBENGINE_BUILD_NATIVE=0)")
             return
-        target = Path(self.get_ext_fullpath(ext.name))
         try:
             lib, torch_version = build_native(ROOT / "build")
         except NativeBuildError as err:
