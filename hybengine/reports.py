@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from pathlib import Path
 
 from rich.console import Console
@@ -132,7 +133,7 @@ def plot(agg: list[dict], path: Path, title: str, metric: str = "dice") -> None:
     ax.minorticks_off()
     ax.set_xlabel("labeled target images (budget)")
     ax.set_ylabel(f"mean foreground {metric.upper() if metric.startswith(('hd', 'as')) else metric.capitalize()}")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

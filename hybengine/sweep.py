@@ -283,8 +283,9 @@ def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
     records = [json.loads((r.out_dir / "result.json").read_text()) for r in runs]
     log.info("sweep: %d runs trained in %.1f s", len(todo), time.perf_counter() - t0)
     names = [n for n, _ in parse_inits(s.inits)]
-    return write_reports(records, out, title=f"{cfg.data.root} ({cfg.data.test_split} split): fine-tuned from each "
-                         "initialisation", class_names=s.class_names, inits=names)
+    title = (f"{cfg.data.root}, {cfg.data.test_split} split: mean foreground Dice after fine-tuning "
+             f"({cfg.train.steps} steps), mean ± std over {len(s.seeds)} seeds")
+    return write_reports(records, out, title=title, class_names=s.class_names, inits=names)
 
 
 def main(argv: list[str] | None = None) -> int:
