@@ -57,20 +57,30 @@ def boundary(mask: torch.Tensor) -> torch.Tensor:
 def nearest_distances(seeds: torch.Tensor, queries: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """seeds, queries: (H, W) bool -> (Q,) float64: exact Euclidean distance from each query pixel (row-major
     order, as `tensor[queries]`) to the nearest seed pixel; there must be a seed.
-    Separable (as a distance transform): D(i, j)^2 = min_i' [(i - i')^2 + g(i', j)] with
-    g(i', j) = min over seeds (i', j') of row i' of (j - j')^2, so the work is (seeds + queries) x (H + W)."""
+
+    Separable, as a distance transform (Felzenszwalb & Huttenlocher 2012, with brute-force 1-D minima):
+        D(i, j)^2 = min_i' [(i - i')^2 + g(i', j)],   g(i', j) = min over seeds (i', j') of row i' of (j - j')^2
+    Sparse boundaries (the usual case) take g from the seed list and D only at the queries, about
+    (seeds + queries) x (H + W) work; dense ones (noisy predictions) take both passes over the whole
+    grid, H x W x (H + W), which is then cheaper."""
     H, W = seeds.shape
     big = float(4 * (H + W) ** 2)  # larger than any real squared distance
     # every value is an integer below `big`: float32 holds them exactly up to 2^24, float64 beyond
     dtype = torch.float32 if 2 * big < 2**24 else torch.float64
-    si, sj = seeds.nonzero(as_tuple=True)
-    cols, rows = torch.arange(W), torch.arange(H)
-    g = torch.full((H, W), big, dtype=dtype)
-    for k in range(0, len(si), chunk):  # row-wise squared distance to that row's nearest seed
-        src = (cols[None, :] - sj[k:k + chunk, None]).square().to(dtype)
-        g.scatter_reduce_(0, si[k:k + chunk, None].expand(-1, W), src, reduce="amin")
+    cols, rows = torch.arange(W, dtype=dtype), torch.arange(H, dtype=dtype)
     qi, qj = queries.nonzero(as_tuple=True)
-    d2 = [((qi[k:k + chunk, None] - rows[None, :]).square().to(dtype) + g[:, qj[k:k + chunk]].T).amin(dim=1)
+    if int(seeds.sum()) + len(qi) > H * W // 8:  # dense: the first pass over every row of the grid
+        f = torch.where(seeds, 0.0, big).to(dtype)
+        d2col = (cols[:, None] - cols[None, :]).square()
+        step = max(1, (1 << 24) // (W * W))
+        g = torch.cat([(f[i:i + step, None, :] + d2col).amin(dim=-1) for i in range(0, H, step)])
+    else:  # sparse: scatter each seed's row-wise squared distances into its row
+        si, sj = seeds.nonzero(as_tuple=True)
+        g = torch.full((H, W), big, dtype=dtype)
+        for k in range(0, len(si), chunk):
+            src = (cols[None, :] - sj[k:k + chunk, None]).square()
+            g.scatter_reduce_(0, si[k:k + chunk, None].expand(-1, W), src, reduce="amin")
+    d2 = [((qi[k:k + chunk, None] - rows[None, :]).square() + g[:, qj[k:k + chunk]].T).amin(dim=1)
           for k in range(0, len(qi), chunk)]
     return torch.cat(d2).double().sqrt() if d2 else torch.zeros(0, dtype=torch.float64)
 

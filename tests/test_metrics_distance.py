@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hybengine.metrics import boundary, image_metrics, summarize, surface_distances
+from hybengine.metrics import boundary, image_metrics, nearest_distances, summarize, surface_distances
 
 
 def _square(shape, rows, cols, label=1):
@@ -80,3 +80,13 @@ def test_summarize_includes_distance_means():
     s = summarize(recs, 2)
     assert s["mean_fg_hd95"] == pytest.approx(3.0) and s["mean_fg_assd"] == pytest.approx((1 + math.sqrt(2)) / 2)
     assert s["mean_fg_dice"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.6])  # sparse path and dense (whole-grid) path
+def test_nearest_distances_match_brute_force(density):
+    g = torch.Generator().manual_seed(1)
+    seeds = torch.rand(37, 53, generator=g) < density
+    seeds[5, 7] = True
+    queries = torch.rand(37, 53, generator=g) < 0.3
+    brute = torch.cdist(queries.nonzero().double(), seeds.nonzero().double()).min(dim=1).values
+    torch.testing.assert_close(nearest_distances(seeds, queries), brute, rtol=0, atol=1e-12)
