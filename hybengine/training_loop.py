@@ -104,7 +104,11 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size)
     if init_weights is not None:
         net.load_state_dict(init_weights)
-    if cfg.model.channels_last:
+    if cfg.model.channels_last and dist.use_deepspeed:
+        # DeepSpeed broadcasts and flattens parameters as contiguous bytes; keep NCHW weights and
+        # feed channels-last inputs, which convolutions follow.
+        log.info("model.channels_last under DeepSpeed: channels-last activations, NCHW weights")
+    elif cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if cfg.model.compile:
         # Compile the forward body only: module hooks (DeepSpeed's timers, ZeRO-3 gathers) stay eager,
