@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .batched_finetune import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
-from .config import Config, ConfigError, SweepConfig, dumps, load_config
+from .config import Config, ConfigError, SweepConfig, dumps, load_config, to_dict
 from .data import DatasetError, FolderDataset, validate_folder
 from .engine.atomic import atomic_write_text
 from .engine.distributed import pick_device
@@ -51,6 +52,9 @@ from .reports import write_reports
 
 log = logging.getLogger("hybengine.sweep")
 
+# Keys that change how a run is watched, not what it trains: a finished run stays finished across them.
+BOOKKEEPING = {"train.progress", "train.log_every", "train.threads", "train.ckpt_every", "train.keep_last",
+               "data.num_workers", "data.loader"}
 AUTO_MARGIN = 0.8  # batched is chosen only when it takes < 80 % of the sequential time (timing noise)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -148,10 +152,20 @@ def is_done(cfg: Config, run: PlannedRun, pool: list[str]) -> bool:
         return False
     saved = run.out_dir / "config.yaml"
     run_cfg, _ = prepare_finetune(run_config(cfg, run), pool)
-    if not saved.is_file() or saved.read_text() != dumps(run_cfg):
-        raise SweepError(f"{run.out_dir} holds a result for a different config (compare its config.yaml); "
+    then = _flat(yaml.safe_load(saved.read_text())) if saved.is_file() else {}
+    now = _flat(to_dict(run_cfg))
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k) and k not in BOOKKEEPING)
+    if changed:
+        raise SweepError(f"{run.out_dir} holds a result for a different config ({', '.join(changed[:6])} differ); "
                          "delete that folder, or point sweep.out_dir somewhere new")
     return True
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,8 +105,14 @@ def test_sweep_outputs_and_resume(tmp_path, monkeypatch):
     assert all(os.stat(p).st_mtime_ns == t for p, t in stamps.items())
     assert [a["dice_mean"] for a in agg2] == pytest.approx([a["dice_mean"] for a in agg])
 
+    # Bookkeeping keys (threads, logging) do not make a finished run stale.
+    calls.clear()
+    run_sweep(_cfg(tmp_path, **{"sweep.inits": f"[pre={pre},scratch]", "sweep.class_names": "[bg,body,nucleus]",
+                                "data.root": target, "train.threads": 1, "train.log_every": 7}), console_logging=False)
+    assert calls == []
+
     # A folder holding a result of another config is refused, not silently reused.
     changed = _cfg(tmp_path, **{"sweep.inits": f"[pre={pre},scratch]", "optim.lr": 0.5, "data.root": target})
-    with pytest.raises(SweepError, match="different config"):
+    with pytest.raises(SweepError, match=r"different config \(optim.lr differ"):
         run_sweep(changed, console_logging=False)
     assert json.loads((out / "runs" / "scratch_b1_s0" / "result.json").read_text())["init"] == "scratch"
