@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import sys
 
-from hybengine.config import ConfigError, dumps, load_config
-from hybengine.train import parse_args
+from hybengine.cli import parse_args, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(dumps(cfg), end="")
-        return 0
+    args = parse_args(__doc__, argv)
+    cfg = resolve(args)
+    if isinstance(cfg, int):
+        return cfg
     if cfg.sweep.budgets:
         from hybengine.sweep import SweepError, run_sweep
 
