@@ -26,3 +26,11 @@ def test_crop_must_fit_the_network(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path, **{"data.crop": 33}))
     with pytest.raises(ValueError, match="data.crop=33"):
         run_training(cfg, console_logging=False)
+
+
+def test_pretraining_runs_on_the_dali_loader(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    cfg = load_config(None, tiny_overrides(tmp_path, steps=2, **{"data.loader": "dali", "train.log_every": 1}))
+    result = run_training(cfg, console_logging=False)
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
