@@ -52,11 +52,10 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
 
     CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
     the reference. Measured on the 2-core dev CPU (Xeon @ 2.5 GHz, AVX-512, torch 2.13.0, fp32,
-    busy host, medians of 40 interleaved fwd+bwd rounds; benchmarks/results/ has the rows):
-    group_norm_silu at the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8:
-    NCHW 3.5-4.5x eager and 1.6-2.5x torch.compile of the reference, channels-last 2.4-2.7x eager
-    and 1.9-2.2x compile; hybrid_loss (8,3+2,64,64) and (8,1+2,64,64): 3.8-8x the eager reference
-    and 2.2-4.9x its compile. The Triton interpreter and the math body never beat eager ATen.
+    quiet host, commit 5a67789; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu
+    fwd+bwd at the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW
+    1.51-1.98x eager and 1.15-1.19x torch.compile of the reference, channels-last 1.17-1.75x eager
+    and 1.63-2.07x compile. The Triton interpreter and the math body never beat eager ATen.
     """
     fused = _fused(name)
     if choice == "reference":
