@@ -13,38 +13,29 @@ date and commit.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import logging
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from hybengine.batched_finetune import run_batched
-from hybengine.config import load_config
-from hybengine.engine.distributed import pick_device
-from hybengine.finetune_runner import prepare_finetune
-from hybengine.sweep import choose_runner, device_name
-from hybengine.training_loop import run_training
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import append_rows, commit  # noqa: E402
+
+from hybengine.batched_finetune import run_batched  # noqa: E402
+from hybengine.config import load_config  # noqa: E402
+from hybengine.engine.distributed import pick_device  # noqa: E402
+from hybengine.finetune_runner import prepare_finetune  # noqa: E402
+from hybengine.sweep import choose_runner, device_name  # noqa: E402
+from hybengine.training_loop import run_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ["bench", "R", "steps", "channels", "channel_mult", "batch", "crop", "sequential_s", "batched_s",
           "speedup", "auto_choice", "auto_reason", "device", "torch", "date", "commit"]
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hybengine", "benchmarks/bench_sweep.py"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -91,14 +82,7 @@ def main() -> None:
            "speedup": f"{sequential / batched:.3f}", "auto_choice": choice, "auto_reason": reason,
            "device": device_name(device), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(), "commit": commit()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.is_file()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_rows(Path(args.out), [{key: row[key] for key in FIELDS}])
     print(f"{args.R} fine-tunes x {args.steps} steps on {row['device']}: sequential {sequential:.2f} s, "
           f"batched {batched:.2f} s, speedup {sequential / batched:.2f}x; auto picks {choice} ({reason})")
 

@@ -46,8 +46,9 @@ def commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels", "benchmarks/harness.py"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        code = ["kernels", "hybengine", "configs", "benchmarks/*.py"]  # what a measured figure depends on
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *code], cwd=REPO, capture_output=True,
+                               text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
