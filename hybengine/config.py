@@ -7,7 +7,6 @@ runs, naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,8 +316,4 @@ def apply_model_preset(m: ModelConfig) -> ModelConfig:
     _check(all(0 <= lv < len(out.channel_mult) for lv in out.attn_levels),
            f"model.attn_levels={out.attn_levels}: levels run 0..{len(out.channel_mult) - 1}")
     return out
-
-
-def save_json(cfg: Config, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(cfg), indent=2))
 

@@ -88,10 +88,6 @@ def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
     return dict(_CHOSEN)
 
 
-def chosen() -> dict[str, str]:
-    return dict(_CHOSEN)
-
-
 def group_norm_silu(x, weight, bias, groups: int, eps: float, scale=None, shift=None) -> torch.Tensor:
     """GroupNorm + affine + optional `h*(1+scale)+shift` + SiLU; x (N,C,H,W), scale/shift (N,C)."""
     return _IMPL["group_norm_silu"](x, weight, bias, groups, eps, scale, shift)

@@ -67,11 +67,3 @@ def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
 
-
-def all_ranks_agree(info: DistInfo, flag: bool) -> bool:
-    """True when `flag` is true on every rank (one tiny all-reduce; used off the hot path)."""
-    if info.world_size == 1:
-        return flag
-    t = torch.tensor([0 if flag else 1], dtype=torch.int32, device=info.device)
-    dist.all_reduce(t)
-    return int(t.item()) == 0
