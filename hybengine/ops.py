@@ -5,8 +5,9 @@ The U-Net and the objective call `group_norm_silu` and `hybrid_loss` from here a
 hot path is a plain dictionary lookup that torch.compile traces through.
 
 `auto` choices, and why (figures: benchmarks/results/, README "Throughput"):
-- CUDA: the fused Triton ops. One H100 run (commit 4eba4c5): the compiled base U-Net trained
-  1.24x faster with them than the same compiled model without them (bf16, batch 32, 128x128).
+- CUDA: the fused Triton ops. On one warm H100 (commit 4eba4c5; two bench_train.py invocations a
+  few minutes apart) the compiled base U-Net trained 1.24x faster with them than the same compiled
+  model without them (bf16, batch 32, 128x128).
 - CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
   reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
   body never beat eager ATen.
