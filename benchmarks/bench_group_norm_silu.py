@@ -34,7 +34,7 @@ from pathlib import Path
 import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 import torch.nn.functional as F
-from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
+from harness import RESULTS, append_rows, bench, bench_graph, copy_bandwidth_gbps, environment, fused_ratios
 
 from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
 
@@ -81,7 +81,13 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
     raise ValueError(f"unknown provider {name}")
 
 
-def time_mode(fn, args, dy, mode, leaves, device, rep):
+def time_mode(fn, args, dy, mode, leaves, device, rep, timing="call"):
+    """(p50, p20, p80) ms; timing "graph" replays a CUDA graph of the call (fwd and fwd+bwd only)."""
+    if timing == "graph":
+        if mode == "bwd":  # a backward alone would replay the forward's graph from outside the capture
+            raise ValueError("graph timing covers fwd and fwd+bwd")
+        call = (lambda: fn(*args)) if mode == "fwd" else (lambda: fn(*args).backward(dy))
+        return bench_graph(call, device, rep=rep, grad_to_none=leaves)
     if mode == "fwd":
         return bench(lambda: fn(*args), device, rep=rep, grad_to_none=leaves)
     if mode == "bwd":
@@ -146,6 +152,8 @@ def main() -> None:
     p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes in fp32 NCHW")
     p.add_argument("--providers", nargs="*", default=["fused", "reference", "eager", "compile", "apex", "native"])
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
+                   help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
     p.add_argument("--rep", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
     p.add_argument("--csv", type=Path, default=RESULTS / "group_norm_silu.csv")
@@ -153,6 +161,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
+    timings = args.timing or (["call", "graph"] if device.type == "cuda" else ["call"])
     rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
     torch._dynamo.config.cache_size_limit = 64
     env = environment(device)
@@ -174,17 +183,17 @@ def main() -> None:
             fn = make_provider(provider, args.groups, eps, shape[1], dtype, device)
             if fn is None:
                 continue
-            for mode in args.modes:
+            for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
-                    ms, ms20, ms80 = time_mode(fn, leaves, dy, mode, leaves, device, rep)
+                    ms, ms20, ms80 = time_mode(fn, leaves, dy, mode, leaves, device, rep, timing)
                 except Exception as e:  # a provider that cannot run this case (apex's channel limits)
-                    print(f"  {provider} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
+                    print(f"  {provider} {timing} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
                     continue  # its other modes may still run (compile: bwd alone fails, fwd+bwd works)
                 gbps = ELEMENT_SIZES[mode] * numel * leaves[0].element_size() / (ms * 1e-3) / 1e9
-                p50[(provider, mode)] = ms
+                p50[(provider, timing, mode)] = ms
                 rows.append({
                     "bench": "group_norm_silu", "provider": provider,
-                    "impl": impl if provider == "fused" else provider, "mode": mode,
+                    "impl": impl if provider == "fused" else provider, "mode": mode, "timing": timing,
                     "shape": "x".join(map(str, shape)), "groups": args.groups, "dtype": dtype_name,
                     "layout": layout, "modulated": provider != "apex", "ms_p50": f"{ms:.4f}",
                     "ms_p20": f"{ms20:.4f}", "ms_p80": f"{ms80:.4f}", "gbps": f"{gbps:.1f}",
@@ -196,13 +205,7 @@ def main() -> None:
             append_rows(args.csv, rows)
         summary = (f"{shape} {dtype_name} {layout}: max error vs fp64 y {err_y:.1e} dx {err_dx:.1e} "
                    f"(reference in {dtype_name}: {ref_err_y:.1e}, {ref_err_dx:.1e})")
-        for mode in args.modes:
-            if ("fused", mode) in p50:
-                ratios = ", ".join(f"{p50[(q, mode)] / p50[('fused', mode)]:.2f}x vs {q}"
-                                   for (q, m) in p50 if m == mode and q != "fused")
-                gbps = next(r["gbps"] for r in rows if r["provider"] == "fused" and r["mode"] == mode)
-                roof = next(r["roofline"] for r in rows if r["provider"] == "fused" and r["mode"] == mode)
-                summary += f"\n  {mode:8s} fused {p50[('fused', mode)]:.3f} ms {gbps} GB/s ({roof} of copy)  {ratios}"
+        summary += fused_ratios(p50, rows, timings, args.modes)
         print(summary, flush=True)
         del leaves, dy
         gc.collect()

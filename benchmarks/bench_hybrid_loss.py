@@ -28,7 +28,7 @@ from pathlib import Path
 
 import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
-from harness import RESULTS, append_rows, bench, copy_bandwidth_gbps, environment
+from harness import RESULTS, append_rows, bench, bench_graph, copy_bandwidth_gbps, environment, fused_ratios
 
 from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference, native
 
@@ -87,7 +87,14 @@ def scalar_loss(fn, out, data, upstream):
     return (denoise * upstream[0]).sum() + (mask * upstream[1]).sum()
 
 
-def time_mode(fn, out, data, upstream, mode, device, rep):
+def time_mode(fn, out, data, upstream, mode, device, rep, timing="call"):
+    """(p50, p20, p80) ms; timing "graph" replays a CUDA graph of the call (fwd and fwd+bwd only)."""
+    if timing == "graph":
+        if mode == "bwd":  # a backward alone would replay the forward's graph from outside the capture
+            raise ValueError("graph timing covers fwd and fwd+bwd")
+        call = (lambda: fn(out, *data, W_MASK)) if mode == "fwd" else (
+            lambda: scalar_loss(fn, out, data, upstream).backward())
+        return bench_graph(call, device, rep=rep, grad_to_none=[out])
     if mode == "fwd":
         return bench(lambda: fn(out, *data, W_MASK), device, rep=rep, grad_to_none=[out])
     if mode == "bwd":
@@ -121,6 +128,8 @@ def main() -> None:
     p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes with fp32 F")
     p.add_argument("--providers", nargs="*", default=["fused", "reference", "compile", "native"])
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
+                   help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
     p.add_argument("--rep", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
     p.add_argument("--csv", type=Path, default=RESULTS / "hybrid_loss.csv")
@@ -128,6 +137,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
+    timings = args.timing or (["call", "graph"] if device.type == "cuda" else ["call"])
     rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
     torch._dynamo.config.cache_size_limit = 64
     env = environment(device)
@@ -156,17 +166,18 @@ def main() -> None:
             fn = make_provider(provider, device)
             if fn is None:
                 continue
-            for mode in args.modes:
+            for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
-                    ms, ms20, ms80 = time_mode(fn, out, data, upstream, mode, device, rep)
+                    ms, ms20, ms80 = time_mode(fn, out, data, upstream, mode, device, rep, timing)
                 except RuntimeError as e:  # compile: bwd alone (retain_graph) meets donated buffers
-                    print(f"  {provider} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
+                    print(f"  {provider} {timing} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
                     continue
                 gbps = bytes_moved(mode, *shape, e_f=out.element_size()) / (ms * 1e-3) / 1e9
-                p50[(provider, mode)] = ms
+                p50[(provider, timing, mode)] = ms
                 rows.append({
                     "bench": "hybrid_loss", "provider": provider, "impl": impl if provider == "fused" else provider,
-                    "mode": mode, "shape": "x".join(map(str, shape)), "dtype": dtype_name, "layout": layout,
+                    "mode": mode, "timing": timing, "shape": "x".join(map(str, shape)), "dtype": dtype_name,
+                    "layout": layout,
                     "ms_p50": f"{ms:.4f}", "ms_p20": f"{ms20:.4f}", "ms_p80": f"{ms80:.4f}", "gbps": f"{gbps:.1f}",
                     "roofline": f"{gbps / copy_gbps:.3f}",
                     **{f"max_err_{n}": f"{e:.2e}" for n, e in zip(("denoise", "mask", "dF"), errs, strict=True)},
@@ -177,13 +188,7 @@ def main() -> None:
             append_rows(args.csv, rows)
         summary = (f"{shape} {dtype_name} {layout}: max error vs fp64 (denoise, mask, dF) "
                    f"{', '.join(f'{e:.1e}' for e in errs)} (reference: {', '.join(f'{e:.1e}' for e in ref_errs)})")
-        for mode in args.modes:
-            if ("fused", mode) in p50:
-                ratios = ", ".join(f"{p50[(q, mode)] / p50[('fused', mode)]:.2f}x vs {q}"
-                                   for (q, m) in p50 if m == mode and q != "fused")
-                row = next(r for r in rows if r["provider"] == "fused" and r["mode"] == mode)
-                summary += (f"\n  {mode:8s} fused {p50[('fused', mode)]:.3f} ms {row['gbps']} GB/s "
-                            f"({row['roofline']} of copy)  {ratios}")
+        summary += fused_ratios(p50, rows, timings, args.modes)
         print(summary, flush=True)
         del out, data
         gc.collect()

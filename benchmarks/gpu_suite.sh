@@ -8,7 +8,14 @@
 #               every output and gradient; split paths; determinism; opcheck; fullgraph compile
 #   4. bench    group_norm_silu and hybrid_loss: fused vs eager, reference, torch.compile (+ apex)
 #   5. train    end-to-end training steps, plain vs strong vs engine (bench_train.py), base + tiny
-#   6. pytest   the CPU kernel tests, only with RUN_PYTEST=1 and pytest installed
+#   6. dali     (issue 5) DALI `mixed` GPU decode (runs before the train stages, whose engine
+#               rows then load through DALI): tests/test_data_dali_gpu.py and
+#               bench_data.py with the dali-mixed row; needs nvidia.dali importable, or the split
+#               DALI bundle in $DALI_BUNDLE (default .dali: part_* of a tar.xz of the unpacked
+#               wheels, deps/*.whl), which is unpacked to /tmp/dali_site first
+#   7. pytest   the CPU kernel tests, only with RUN_PYTEST=1 and pytest installed
+# STAGES picks stages by name (default: all but dali), e.g. STAGES="check bench_group_norm_silu":
+# a lease too short for the whole suite runs it over several calls on the same warm machine.
 # A stage that fails or times out is logged and the next stage still runs. Everything lands in
 # $OUT (default ./gpu_out): <stage>.log, summary.txt, check.json, group_norm_silu.csv,
 # hybrid_loss.csv. Merge the CSVs into the committed results afterwards with
@@ -30,6 +37,7 @@ QUICK="${QUICK:-0}"
 DEVICE="${DEVICE:-cuda}"  # cpu: a dry run of the suite's mechanics on a machine without a GPU
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
+STAGES="${STAGES:-env install check bench_group_norm_silu bench_hybrid_loss bench_train_base bench_train_tiny}"
 FAILED=0
 SUITE_START=$SECONDS
 unset TRITON_INTERPRET  # real kernels on the GPU
@@ -40,6 +48,7 @@ export PYTHONUNBUFFERED=1
 stage() {
   local name=$1 limit=$2
   shift 2
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$SECONDS
   echo "=== $name (limit ${limit}s): $*" | tee -a "$SUMMARY"
   if declare -F "$1" > /dev/null; then  # a function of this script: run it in a child bash
@@ -76,8 +85,34 @@ install() {
   "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import repo_imports; print('hybengine.kernels:', repo_imports.HOW)"
 }
 
-export PY
-export -f env_info install
+# DALI's CUDA wheel (199 MB) is larger than one device call carries: it travels as a repacked,
+# split archive over several calls (benchmarks/dali_bundle.sh packs it) and is unpacked here once.
+DALI_SITE=/tmp/dali_site
+dali_setup() {
+  local bundle="${DALI_BUNDLE:-.dali}"
+  if ! "$PY" -c "import nvidia.dali" 2>/dev/null && [ ! -d "$DALI_SITE/nvidia/dali" ]; then
+    ls -la "$bundle" || return 1
+    (cd "$bundle" && sha256sum -c parts.sha256) || return 1
+    mkdir -p "$DALI_SITE" && cat "$bundle"/part_* | tar -xJ -C "$DALI_SITE" || return 1
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$DALI_SITE" "$bundle"/deps/*.whl || return 1
+  fi
+  return 0
+}
+dali_env() {
+  [ -d "$DALI_SITE/nvidia/dali" ] || return 0
+  export PYTHONPATH="$DALI_SITE${PYTHONPATH:+:$PYTHONPATH}"
+  local libs
+  libs=$(find "$DALI_SITE/nvidia" -maxdepth 3 -type d \( -name lib -o -name lib64 \) | tr '\n' ':')
+  export LD_LIBRARY_PATH="${libs}$DALI_SITE/nvidia/nvimgcodec${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+dali_gpu() {
+  "$PY" -c "import nvidia.dali as d, torch; print('dali', d.__version__, 'cuda', torch.cuda.is_available())" || return 1
+  "$PY" -m pytest -q -s -p no:cacheprovider tests/test_data_dali_gpu.py || return 1
+  "$PY" benchmarks/bench_data.py --threads 4 --batch 32 --crop 128 --batches 20 --repeats 3 --out "$OUT/data.csv"
+}
+
+export PY DALI_SITE OUT
+export -f env_info install dali_gpu
 
 CHECK_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then  # dry run: small shapes only
@@ -92,6 +127,8 @@ else
   LOSS_ARGS=(--budget-s 30)
 fi
 
+case " $STAGES " in *" dali "*) dali_setup > "$OUT/dali_setup.log" 2>&1 || echo "!!! dali setup failed" | tee -a "$SUMMARY" ;; esac
+dali_env  # every later stage sees DALI where it was unpacked (data.loader=auto then picks it)
 stage env 30 env_info
 stage install 45 install
 stage check "${CHECK_LIMIT_S:-110}" "$PY" benchmarks/check_kernels.py --device "$DEVICE" --json "$OUT/check.json" "${CHECK_ARGS[@]}"
@@ -99,12 +136,13 @@ stage bench_group_norm_silu "${GN_LIMIT_S:-120}" "$PY" benchmarks/bench_group_no
   --csv "$OUT/group_norm_silu.csv" "${GN_ARGS[@]}"
 stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss.py --device "$DEVICE" \
   --csv "$OUT/hybrid_loss.csv" "${LOSS_ARGS[@]}"
+stage dali "${DALI_LIMIT_S:-150}" dali_gpu
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then
   stage bench_train_base "${TRAIN_LIMIT_S:-170}" "$PY" benchmarks/bench_train.py --preset base --batch 32 --crop 128 \
     --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
-  stage bench_train_tiny "${TRAIN_TINY_LIMIT_S:-80}" "$PY" benchmarks/bench_train.py --preset tiny --batch 128 \
+  stage bench_train_tiny "${TRAIN_TINY_LIMIT_S:-100}" "$PY" benchmarks/bench_train.py --preset tiny --batch 128 \
     --crop 128 --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
 fi
 if [ "${RUN_PYTEST:-0}" = "1" ] && "$PY" -c "import pytest" 2>/dev/null; then

@@ -3,6 +3,11 @@
 Timing: on a GPU, CUDA events around each call with the L2 cache flushed before it (a 256 MiB
 write, as triton.testing.do_bench does), so tensors that would fit in L2 are not flattered; on a
 CPU, perf_counter. Each measurement reports p50, p20 and p80 in milliseconds over `rep` calls.
+Two kinds of GPU time (the `timing` column of the kernel benches):
+    call   one Python call between the events: the host's launch work (op dispatch, autograd,
+           Triton's launcher) is included whenever it outlasts the GPU work, as in eager code
+    graph  the same call captured once in a CUDA graph and replayed: device time alone, what a
+           compiled model with CUDA graphs (or any GPU-bound step) pays
 
 Every row carries the device, torch and triton versions, the date, the commit and the host's load
 average, so a speed figure in benchmarks/results/ always says where it came from. Ratios are only ever computed
@@ -118,6 +123,57 @@ def bench(
     return statistics.median(times), q[1], q[7]
 
 
+def bench_graph(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    rep: int = 20,
+    grad_to_none: Iterable[torch.Tensor] = (),
+) -> tuple[float, float, float]:
+    """(p50, p20, p80) ms of fn() captured in a CUDA graph and replayed: device time, no host launch work.
+
+    fn runs a few times on a side stream first (allocator and autotuning warm-up, as CUDA graph
+    capture requires), then once under capture with the tensors of grad_to_none at .grad = None,
+    so a captured backward writes fresh gradients on every replay instead of accumulating.
+    """
+    if device.type != "cuda":
+        raise ValueError("graph timing needs a CUDA device")
+    grad_to_none = list(grad_to_none)
+
+    def reset():
+        for t in grad_to_none:
+            t.grad = None
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            reset()
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    synchronize(device)
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    synchronize(device)
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+    times = []
+    for _ in range(rep):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    reset()
+    del graph
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+    return statistics.median(times), q[1], q[7]
+
+
 def copy_bandwidth_gbps(device: torch.device, mib: int = 1024) -> float:
     """Measured device-memory copy bandwidth (read + write), the practical roofline of this run."""
     n = (mib * 2**20) // 4 if device.type == "cuda" else (64 * 2**20) // 4
@@ -125,6 +181,22 @@ def copy_bandwidth_gbps(device: torch.device, mib: int = 1024) -> float:
     dst = torch.empty_like(src)
     ms, _, _ = bench(lambda: dst.copy_(src), device, warmup=3, rep=10)
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def fused_ratios(p50: dict, rows: list[dict], timings: list[str], modes: list[str]) -> str:
+    """Summary lines: per (timing, mode), the fused time and every other provider's time over it.
+
+    p50 maps (provider, timing, mode) to milliseconds; rows are the CSV rows of the same run.
+    """
+    lines = ""
+    for timing, mode in [(t, m) for t in timings for m in modes]:
+        if ("fused", timing, mode) not in p50:
+            continue
+        ms = p50[("fused", timing, mode)]
+        ratios = ", ".join(f"{p50[k] / ms:.2f}x vs {k[0]}" for k in p50 if k[1:] == (timing, mode) and k[0] != "fused")
+        row = next(r for r in rows if (r["provider"], r["timing"], r["mode"]) == ("fused", timing, mode))
+        lines += f"\n  {timing:5s} {mode:8s} fused {ms:.3f} ms {row['gbps']} GB/s ({row['roofline']} of copy)  {ratios}"
+    return lines
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:

@@ -5,8 +5,8 @@ copy). Group g of sample n holds the CG = C/G channels g*CG .. g*CG+CG-1 over al
 M = CG*HW elements. With s = scale[n, c] and t = shift[n, c] (0 when absent):
 
 forward
-    mean, rstd = statistics of the group (fp32; Welford/Chan combination of tile-wise
-                 two-pass (count, mean, m2), never E[x^2] - E[x]^2);  rstd = 1/sqrt(m2/M + eps)
+    mean, rstd = statistics of the group (fp32; per-lane Welford over the tiles, lanes then
+                 combined around the group mean, never E[x^2] - E[x]^2);  rstd = 1/sqrt(m2/M + eps)
     xhat = (x - mean) * rstd
     u    = xhat * w + b                       # GroupNorm affine
     h    = u * (1 + s) + t  = xhat * a + bb,  a = w*(1 + s),  bb = b*(1 + s) + t
@@ -74,27 +74,32 @@ def _chunk_stats(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    """(count, mean, m2) of x[group channels, hw_lo:hw_hi]: two-pass per tile, Chan-combined."""
-    count = 0.0
-    mean = 0.0
-    m2 = 0.0
+    """(count, mean, m2) of x[group channels, hw_lo:hw_hi].
+
+    Every lane of the (BLOCK_C, BLOCK_HW) tile keeps its own Welford (mean, m2, count) over the
+    tiles it sees, so the loop carries no cross-lane reduction (which would serialise the loads);
+    the lanes are combined once at the end with plain (tree) sums, which keeps the mean as accurate
+    as a two-pass one.
+    """
+    mean_v = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    m2_v = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    n_v = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
-        n_c = tl.minimum(CG - cb, BLOCK_C)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = (c < CG)[:, None] & (hw < hw_hi)[None, :]
             offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-            n_t = (n_c * tl.minimum(hw_hi - hb, BLOCK_HW)).to(tl.float32)
-            mean_t = tl.sum(x) / n_t
-            d = tl.where(mask, x - mean_t, 0.0)
-            m2_t = tl.sum(d * d)
-            n_new = count + n_t
-            delta = mean_t - mean
-            mean = mean + delta * (n_t / n_new)
-            m2 = m2 + m2_t + delta * delta * (count * n_t / n_new)
-            count = n_new
+            n_v += mask.to(tl.float32)
+            delta = tl.where(mask, x - mean_v, 0.0)
+            mean_v += delta / tl.maximum(n_v, 1.0)
+            m2_v += tl.where(mask, delta * (x - mean_v), 0.0)
+    # lanes combined exactly: mean = sum n_l mean_l / n,  m2 = sum m2_l + n_l (mean_l - mean)^2
+    count = tl.sum(n_v)
+    mean = tl.sum(n_v * mean_v) / tl.maximum(count, 1.0)
+    d = mean_v - mean
+    m2 = tl.sum(m2_v + n_v * d * d)
     return count, mean, m2
 
 
@@ -316,16 +321,18 @@ def _gns_bwd_reduce_kernel(
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
         a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)  # lane sums: one reduction after the loop
+        acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
             dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
             xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-            s1 += tl.sum(dh, axis=1)
-            s2 += tl.sum(dh * xhat, axis=1)
+            acc1 += dh
+            acc2 += dh * xhat
+        s1 = tl.sum(acc1, axis=1)
+        s2 = tl.sum(acc2, axis=1)
         nc = n * C + g * CG + c
         tl.store(PART + pid_s * NC + nc, s1, mask=cmask)
         tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, s2, mask=cmask)
@@ -393,16 +400,18 @@ def _gns_bwd_kernel(
             s1 = tl.load(SUMS + nc, mask=cmask, other=0.0)
             s2 = tl.load(SUMS + NC + nc, mask=cmask, other=0.0)
         else:
-            s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-            s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+            acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+            acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
             for hb in range(0, HW, BLOCK_HW):
                 hw = hb + tl.arange(0, BLOCK_HW)
                 mask = cmask[:, None] & (hw < HW)[None, :]
                 x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
                 dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
                 xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-                s1 += tl.sum(dh, axis=1)
-                s2 += tl.sum(dh * xhat, axis=1)
+                acc1 += dh
+                acc2 += dh * xhat
+            s1 = tl.sum(acc1, axis=1)
+            s2 = tl.sum(acc2, axis=1)
             tl.store(SUMS + nc, s1, mask=cmask)
             tl.store(SUMS + NC + nc, s2, mask=cmask)
         c1 += tl.sum(a * s1)
@@ -736,6 +745,33 @@ def _backward(ctx, dy, _dmean, _drstd):
 group_norm_silu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _GroupNormSiLUEager(torch.autograd.Function):
+    """The op outside torch.compile: the same bodies as the custom op, called directly.
+
+    A custom op's eager call and its registered backward pass through several Python layers of
+    `torch.library` (default filling, alias checks, a dynamo guard), which cost more host time than
+    the kernels at U-Net sizes. Compiled graphs keep the custom op, whose wrappers are traced away.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, groups, eps):
+        impl = backends.implementation("group_norm_silu", x)
+        y, mean, rstd = impl.fwd(x, weight, bias, scale, shift, groups, eps)
+        ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
+        ctx.impl, ctx.groups, ctx.eps = impl, groups, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias, dscale, dshift = ctx.impl.bwd(
+            dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps
+        )
+        dscale = dscale if scale is not None else None
+        dshift = dshift if shift is not None else None
+        return dx, dweight, dbias, dscale, dshift, None, None
+
+
 def group_norm_silu(
     x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last; fp32, bf16 or fp16
     weight: torch.Tensor,  # (C,)
@@ -757,4 +793,6 @@ def group_norm_silu(
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None and t.shape != (n, c):
             raise ValueError(f"{name} must be ({n}, {c}); got {tuple(t.shape)}")
-    return group_norm_silu_fwd_op(x, weight, bias, scale, shift, groups, float(eps))[0]
+    if torch.compiler.is_compiling():
+        return group_norm_silu_fwd_op(x, weight, bias, scale, shift, groups, float(eps))[0]
+    return _GroupNormSiLUEager.apply(x, weight, bias, scale, shift, groups, float(eps))

@@ -389,6 +389,25 @@ def _backward(ctx, g_denoise, g_mask, _g_dF, _g_mask_scale):
 hybrid_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _HybridLossEager(torch.autograd.Function):
+    """The op outside torch.compile: the custom op's bodies without its eager Python layers
+    (see `group_norm_silu._GroupNormSiLUEager`)."""
+
+    @staticmethod
+    def forward(ctx, out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
+        impl = backends.implementation("hybrid_loss", out)
+        denoise, mask, dF, mask_scale = impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
+        ctx.save_for_backward(dF, mask_scale)
+        ctx.impl, ctx.n_img = impl, x.shape[1]
+        return denoise, mask
+
+    @staticmethod
+    def backward(ctx, g_denoise, g_mask):
+        dF, mask_scale = ctx.saved_tensors
+        dout = ctx.impl.bwd(dF, g_denoise, g_mask, mask_scale, ctx.n_img)
+        return dout, None, None, None, None, None, None, None, None, None
+
+
 def hybrid_loss(
     out: torch.Tensor,  # F: (B, I+K, H, W) network output, NCHW or channels-last
     x_n: torch.Tensor,  # (B, I, H, W) noisy image
@@ -418,7 +437,7 @@ def hybrid_loss(
             raise ValueError(f"{name} must hold one value per sample ({b}); got shape {tuple(v.shape)}")
     need_grad = torch.is_grad_enabled() and out.requires_grad
     c_skip, c_out, lam = (v.reshape(b) for v in (c_skip, c_out, lam))
-    denoise, mask, _, _ = hybrid_loss_fwd_op(
-        out, x_n, x, y, c_skip, c_out, lam, float(w_mask), int(ignore_index), need_grad
-    )
-    return denoise, mask
+    args = (out, x_n, x, y, c_skip, c_out, lam, float(w_mask), int(ignore_index), need_grad)
+    if torch.compiler.is_compiling():
+        return hybrid_loss_fwd_op(*args)[:2]
+    return _HybridLossEager.apply(*args)
