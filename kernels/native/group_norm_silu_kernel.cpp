@@ -13,7 +13,8 @@
 //     rstd = 1/sqrt(m2/M + eps)
 //     xhat = (x - mean) * rstd,   h = xhat*a + bb,   y = h * sigmoid(h)
 //
-// backward (recomputes xhat, h from x, mean, rstd; nothing else is saved)
+// backward (recomputes xhat, h from x, mean, rstd; nothing else is saved; with an fp32 dx the
+// first pass parks dh in dx, so the second pass computes no sigmoid)
 //     sig = sigmoid(h),   dh = dy * sig * (1 + h*(1 - sig))
 //     S1[n,c] = sum_hw dh,   S2[n,c] = sum_hw dh*xhat                  (fp32, per channel)
 //     c1 = sum_{c in g} a*S1 / M,   c2 = sum_{c in g} a*S2 / M
@@ -22,7 +23,8 @@
 //
 // Parallelism (at::parallel_for): NCHW, one task per group (statistics then output while the
 // group is in L2) when there are enough groups, else tasks per tile / per channel plane;
-// channels-last, tasks per (sample, pixel tile) with per-tile partials. Tiles depend only on the
+// channels-last, one task per sample when there are enough samples, else tasks per (sample,
+// pixel tile), with per-tile partials either way. Tiles depend only on the
 // shape and partials are combined in a fixed order, so every result is bitwise the same whatever
 // the thread count and whichever schedule ran.
 
@@ -30,6 +32,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "vec_utils.h"
@@ -107,10 +110,11 @@ void silu_affine_plane(const T* x, T* y, int64_t len, float mean, float A, float
   }
 }
 
-// Backward, first pass over one plane: (S1, S2) = sums of dh and dh*xhat.
+// Backward, first pass over one plane: (S1, S2) = sums of dh and dh*xhat; with dh_out (fp32
+// only), dh is also kept there for the second pass, which then needs no second sigmoid.
 template <typename T>
 void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, float a, float bb,
-                float* s1, float* s2) {
+                float* s1, float* s2, float* dh_out) {
   const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), one(1.f);
   fVec s1_lo(0.f), s1_hi(0.f), s2_lo(0.f), s2_hi(0.f);
   int64_t i = 0;
@@ -126,6 +130,7 @@ void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, fl
     load2(dy + i, d_lo, d_hi);
     const fVec dh_lo = dh_of(x_lo, d_lo, xh_lo);
     const fVec dh_hi = dh_of(x_hi, d_hi, xh_hi);
+    if (dh_out != nullptr) store2(dh_out + i, dh_lo, dh_hi);
     s1_lo += dh_lo;
     s1_hi += dh_hi;
     s2_lo = at::vec::fmadd(dh_lo, xh_lo, s2_lo);
@@ -137,6 +142,7 @@ void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, fl
     const float h = xhat * a + bb;
     const float sig = sigmoid(h);
     const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
+    if (dh_out != nullptr) dh_out[i] = dh;
     t1 += dh;
     t2 += dh * xhat;
   }
@@ -169,6 +175,35 @@ void plane_dx(const T* x, const T* dy, T* dx, int64_t len, float mean, float rst
     const float sig = sigmoid(h);
     const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
     dx[i] = from_float<T>(dh * P - (xhat * Q + R));
+  }
+}
+
+// The second pass when the first kept dh (fp32) in dx: dx = dh*P - R - xhat*Q, in place.
+template <typename T>
+void plane_dx_cached(const T* x, float* dx, int64_t len, float mean, float rstd, float P, float Q, float R) {
+  const fVec vmean(mean), vrstd(rstd), vP(P), vQ(Q), vR(R);
+  int64_t i = 0;
+  for (; i + kStep <= len; i += kStep) {
+    fVec x_lo, x_hi, dh_lo, dh_hi;
+    load2(x + i, x_lo, x_hi);
+    load2(dx + i, dh_lo, dh_hi);
+    const fVec xh_lo = (x_lo - vmean) * vrstd, xh_hi = (x_hi - vmean) * vrstd;
+    store2(dx + i, at::vec::fmsub(dh_lo, vP, at::vec::fmadd(xh_lo, vQ, vR)),
+           at::vec::fmsub(dh_hi, vP, at::vec::fmadd(xh_hi, vQ, vR)));
+  }
+  for (; i < len; ++i) {
+    const float xhat = (to_float(x[i]) - mean) * rstd;
+    dx[i] = dx[i] * P - (xhat * Q + R);
+  }
+}
+
+// dh kept between the backward's passes: only where dx is fp32 (a bf16 dx would round it).
+template <typename T>
+inline float* dh_cache(T* dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    return dx;
+  } else {
+    return nullptr;
   }
 }
 
@@ -231,7 +266,9 @@ void backward_nchw(const GnsArgs& p) {
 
   auto sums_plane = [&](int64_t ng, int64_t c_in_group) {
     const int64_t n = ng / G, nc = n * C + (ng % G) * CG + c_in_group;
-    plane_sums(x + nc * HW, dy + nc * HW, HW, p.mean[ng], p.rstd[ng], p.a[nc], p.bb[nc], p.s1 + nc, p.s2 + nc);
+    float* cache = dh_cache(dx);
+    plane_sums(x + nc * HW, dy + nc * HW, HW, p.mean[ng], p.rstd[ng], p.a[nc], p.bb[nc], p.s1 + nc, p.s2 + nc,
+               cache ? cache + nc * HW : nullptr);
   };
   auto c1c2 = [&](int64_t ng, float& c1, float& c2) {
     const int64_t nc0 = (ng / G) * C + (ng % G) * CG;
@@ -247,8 +284,12 @@ void backward_nchw(const GnsArgs& p) {
   auto dx_plane = [&](int64_t ng, int64_t c_in_group, float c1, float c2) {
     const int64_t n = ng / G, nc = n * C + (ng % G) * CG + c_in_group;
     const float rstd = p.rstd[ng], a = p.a[nc];
-    plane_dx(x + nc * HW, dy + nc * HW, dx + nc * HW, HW, p.mean[ng], rstd, a, p.bb[nc], rstd * a, rstd * c2,
-             rstd * c1);
+    if (float* cache = dh_cache(dx)) {
+      plane_dx_cached(x + nc * HW, cache + nc * HW, HW, p.mean[ng], rstd, rstd * a, rstd * c2, rstd * c1);
+    } else {
+      plane_dx(x + nc * HW, dy + nc * HW, dx + nc * HW, HW, p.mean[ng], rstd, a, p.bb[nc], rstd * a, rstd * c2,
+               rstd * c1);
+    }
   };
 
   if (per_group_tasks(NG)) {
@@ -302,27 +343,27 @@ inline int64_t cl_tile_pixels(int64_t C) {
 }
 
 // Per-group two-pass moments of pixels [p0, p1) of one sample (rows of C), into part[g].
+// Channel blocks outside, rows inside: each block's accumulators stay in registers while the
+// tile's rows (kTile elements, in L1) stream past.
 template <typename T>
 void cl_tile_moments(const T* xs, int64_t C, int64_t G, int64_t p0, int64_t p1, float* sum, float* dsum, float* m2c,
                      Moments* part) {
   const int64_t rows = p1 - p0, CG = C / G;
-  std::fill(sum, sum + C, 0.f);
-  std::fill(m2c, m2c + C, 0.f);
-  for (int64_t r = p0; r < p1; ++r) {
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-      (fVec::loadu(sum + c, nl) + load_ch(xs + r * C + c, nl)).store(sum + c, nl);
-    });
-  }
   const float inv_rows = 1.f / static_cast<float>(rows);
-  for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
-  std::fill(dsum, dsum + C, 0.f);
-  for (int64_t r = p0; r < p1; ++r) {
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-      const fVec d = load_ch(xs + r * C + c, nl) - fVec::loadu(sum + c, nl);
-      (fVec::loadu(dsum + c, nl) + d).store(dsum + c, nl);
-      at::vec::fmadd(d, d, fVec::loadu(m2c + c, nl)).store(m2c + c, nl);
-    });
-  }
+  for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+    fVec acc(0.f);
+    for (int64_t r = p0; r < p1; ++r) acc += load_ch(xs + r * C + c, nl);
+    const fVec mean = acc * fVec(inv_rows);  // first-pass channel means
+    fVec d_acc(0.f), m2_acc(0.f);
+    for (int64_t r = p0; r < p1; ++r) {
+      const fVec d = load_ch(xs + r * C + c, nl) - mean;
+      d_acc += d;
+      m2_acc = at::vec::fmadd(d, d, m2_acc);
+    }
+    mean.store(sum + c, nl);
+    d_acc.store(dsum + c, nl);
+    m2_acc.store(m2c + c, nl);
+  });
   for (int64_t c = 0; c < C; ++c) {  // corrected two-pass, as in tile_moments
     sum[c] += dsum[c] * inv_rows;
     m2c[c] = std::max(0.f, m2c[c] - dsum[c] * dsum[c] * inv_rows);
@@ -343,6 +384,14 @@ void cl_tile_moments(const T* xs, int64_t C, int64_t G, int64_t p0, int64_t p1, 
   }
 }
 
+// Per-sample tasks when there are enough samples: a sample's tiles are read for the statistics
+// and again for the output (or dx) while they are still in this core's caches. Otherwise each
+// phase runs over all (sample, tile) pairs in parallel. Both schedules do the same arithmetic in
+// the same order.
+inline bool per_sample_tasks(int64_t N) {
+  return N >= 2 * static_cast<int64_t>(at::get_num_threads());
+}
+
 template <typename T>
 void forward_cl(const GnsArgs& p) {
   const T* x = static_cast<const T*>(p.x);
@@ -350,17 +399,13 @@ void forward_cl(const GnsArgs& p) {
   const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
   const int64_t tp = cl_tile_pixels(C), tiles = (HW + tp - 1) / tp;
   std::vector<Moments> part(N * tiles * G);
-  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
-    std::vector<float> sum(C), dsum(C), m2c(C);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / tiles, t = i % tiles;
-      cl_tile_moments(x + n * HW * C, C, G, t * tp, std::min(HW, (t + 1) * tp), sum.data(), dsum.data(), m2c.data(),
-                      part.data() + i * G);
-    }
-  });
-  // per channel: the group's mean, A = rstd*a and B = bb
-  std::vector<float> meanc(N * C), A(N * C);
-  for (int64_t n = 0; n < N; ++n) {
+  std::vector<float> meanc(N * C), A(N * C);  // per channel: the group's mean, and A = rstd*a
+
+  auto stats_tile = [&](int64_t i, float* sum, float* dsum, float* m2c) {
+    const int64_t n = i / tiles, t = i % tiles;
+    cl_tile_moments(x + n * HW * C, C, G, t * tp, std::min(HW, (t + 1) * tp), sum, dsum, m2c, part.data() + i * G);
+  };
+  auto finish_sample = [&](int64_t n) {  // tiles combined in order
     for (int64_t g = 0; g < G; ++g) {
       Moments m;
       for (int64_t t = 0; t < tiles; ++t) {
@@ -375,21 +420,39 @@ void forward_cl(const GnsArgs& p) {
         A[n * C + c] = rstd * p.a[n * C + c];
       }
     }
+  };
+  auto output_tile = [&](int64_t i) {
+    const int64_t n = i / tiles, t = i % tiles;
+    const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // per-channel constants in registers
+      const fVec vm = fVec::loadu(mc + c, nl), vA = fVec::loadu(Ac + c, nl), vB = fVec::loadu(Bc + c, nl);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (n * HW + r) * C + c;
+        const fVec h = at::vec::fmadd(load_ch(x + off, nl) - vm, vA, vB);
+        store_ch(y + off, h * sigmoid(h), nl);
+      }
+    });
+  };
+
+  if (per_sample_tasks(N)) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> sum(C), dsum(C), m2c(C);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t t = 0; t < tiles; ++t) stats_tile(n * tiles + t, sum.data(), dsum.data(), m2c.data());
+        finish_sample(n);
+        for (int64_t t = 0; t < tiles; ++t) output_tile(n * tiles + t);
+      }
+    });
+    return;
   }
   at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / tiles, t = i % tiles;
-      const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
-      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
-        const T* xr = x + (n * HW + r) * C;
-        T* yr = y + (n * HW + r) * C;
-        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-          const fVec h = at::vec::fmadd(load_ch(xr + c, nl) - fVec::loadu(mc + c, nl), fVec::loadu(Ac + c, nl),
-                                        fVec::loadu(Bc + c, nl));
-          store_ch(yr + c, h * sigmoid(h), nl);
-        });
-      }
-    }
+    std::vector<float> sum(C), dsum(C), m2c(C);
+    for (int64_t i = begin; i < end; ++i) stats_tile(i, sum.data(), dsum.data(), m2c.data());
+  });
+  for (int64_t n = 0; n < N; ++n) finish_sample(n);
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) output_tile(i);
   });
 }
 
@@ -400,6 +463,8 @@ void backward_cl(const GnsArgs& p) {
   T* dx = static_cast<T*>(p.dx);
   const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
   const int64_t tp = cl_tile_pixels(C), tiles = (HW + tp - 1) / tp;
+  const float inv_m = 1.f / static_cast<float>(CG * HW);
+  float* const cache = dh_cache(dx);  // dh kept in dx between the passes when it is fp32
   // per (n, c): the group's mean and rstd, to recompute xhat with channel vectors
   std::vector<float> meanc(N * C), rstdc(N * C);
   for (int64_t n = 0; n < N; ++n) {
@@ -409,39 +474,40 @@ void backward_cl(const GnsArgs& p) {
     }
   }
   const fVec one(1.f);
-  auto dh_xhat = [&](const fVec& xv, const fVec& dyv, const float* mc, const float* rc, const float* ac,
-                     const float* bc, int64_t c, int64_t nl, fVec& xhat) {
-    xhat = (xv - fVec::loadu(mc + c, nl)) * fVec::loadu(rc + c, nl);
-    const fVec h = at::vec::fmadd(xhat, fVec::loadu(ac + c, nl), fVec::loadu(bc + c, nl));
+  // dh and xhat of one channel vector, with that block's constants already in registers
+  auto dh_xhat = [&](const fVec& xv, const fVec& dyv, const fVec& vm, const fVec& vr, const fVec& va, const fVec& vb,
+                     fVec& xhat) {
+    xhat = (xv - vm) * vr;
+    const fVec h = at::vec::fmadd(xhat, va, vb);
     const fVec sig = sigmoid(h);
     return dyv * sig * at::vec::fmadd(h, one - sig, one);
   };
+  std::vector<float> part(2 * N * tiles * C);  // per-tile channel sums S1, S2
+  std::vector<float> P(N * C), Q(N * C), R(N * C);  // dx = dh*P - (xhat*Q + R)
 
-  // pass 1: per-tile channel sums S1, S2
-  std::vector<float> part(2 * N * tiles * C);
-  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / tiles, t = i % tiles;
-      float* s1 = part.data() + i * C;
-      float* s2 = part.data() + (N * tiles + i) * C;
-      std::fill(s1, s1 + C, 0.f);
-      std::fill(s2, s2 + C, 0.f);
-      const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
-      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
-        const int64_t off = (n * HW + r) * C;
-        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-          fVec xhat;
-          const fVec dh = dh_xhat(load_ch(x + off + c, nl), load_ch(dy + off + c, nl), mc, rc, ac, bc, c, nl, xhat);
-          (fVec::loadu(s1 + c, nl) + dh).store(s1 + c, nl);
-          at::vec::fmadd(dh, xhat, fVec::loadu(s2 + c, nl)).store(s2 + c, nl);
-        });
+  auto sums_tile = [&](int64_t i) {
+    const int64_t n = i / tiles, t = i % tiles;
+    float* s1 = part.data() + i * C;
+    float* s2 = part.data() + (N * tiles + i) * C;
+    const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // accumulators and constants in registers
+      const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
+      const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
+      fVec acc1(0.f), acc2(0.f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (n * HW + r) * C + c;
+        fVec xhat;
+        const fVec dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
+        if (cache != nullptr) dh.store(cache + off, nl);
+        acc1 += dh;
+        acc2 = at::vec::fmadd(dh, xhat, acc2);
       }
-    }
-  });
-  // tiles summed in order; then per-channel coefficients of dx = dh*P - (xhat*Q + R)
-  const float inv_m = 1.f / static_cast<float>(CG * HW);
-  std::vector<float> P(N * C), Q(N * C), R(N * C);
-  for (int64_t n = 0; n < N; ++n) {
+      acc1.store(s1 + c, nl);
+      acc2.store(s2 + c, nl);
+    });
+  };
+  auto finish_sample = [&](int64_t n) {  // tiles summed in order, then the coefficients
     for (int64_t c = 0; c < C; ++c) {
       float t1 = 0.f, t2 = 0.f;
       for (int64_t t = 0; t < tiles; ++t) {
@@ -464,24 +530,46 @@ void backward_cl(const GnsArgs& p) {
         R[n * C + c] = rstd * c1 * inv_m;
       }
     }
-  }
-  // pass 2: dx
-  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / tiles, t = i % tiles;
-      const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
-      const float *Pc = P.data() + n * C, *Qc = Q.data() + n * C, *Rc = R.data() + n * C;
-      for (int64_t r = t * tp; r < std::min(HW, (t + 1) * tp); ++r) {
-        const int64_t off = (n * HW + r) * C;
-        for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-          fVec xhat;
-          const fVec dh = dh_xhat(load_ch(x + off + c, nl), load_ch(dy + off + c, nl), mc, rc, ac, bc, c, nl, xhat);
-          const fVec g = at::vec::fmsub(dh, fVec::loadu(Pc + c, nl),
-                                        at::vec::fmadd(xhat, fVec::loadu(Qc + c, nl), fVec::loadu(Rc + c, nl)));
-          store_ch(dx + off + c, g, nl);
-        });
+  };
+  auto dx_tile = [&](int64_t i) {
+    const int64_t n = i / tiles, t = i % tiles;
+    const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
+    const float *Pc = P.data() + n * C, *Qc = Q.data() + n * C, *Rc = R.data() + n * C;
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+      const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
+      const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
+      const fVec vP = fVec::loadu(Pc + c, nl), vQ = fVec::loadu(Qc + c, nl), vR = fVec::loadu(Rc + c, nl);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t off = (n * HW + r) * C + c;
+        fVec xhat, dh;
+        if (cache != nullptr) {
+          xhat = (load_ch(x + off, nl) - vm) * vr;
+          dh = fVec::loadu(cache + off, nl);
+        } else {
+          dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
+        }
+        store_ch(dx + off, at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR)), nl);
       }
-    }
+    });
+  };
+
+  if (per_sample_tasks(N)) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t t = 0; t < tiles; ++t) sums_tile(n * tiles + t);
+        finish_sample(n);
+        for (int64_t t = 0; t < tiles; ++t) dx_tile(n * tiles + t);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) sums_tile(i);
+  });
+  for (int64_t n = 0; n < N; ++n) finish_sample(n);
+  at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dx_tile(i);
   });
 }
 
