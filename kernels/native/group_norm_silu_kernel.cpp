@@ -427,7 +427,15 @@ void forward_cl(const GnsArgs& p) {
     const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
     for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // per-channel constants in registers
       const fVec vm = fVec::loadu(mc + c, nl), vA = fVec::loadu(Ac + c, nl), vB = fVec::loadu(Bc + c, nl);
-      for (int64_t r = r0; r < r1; ++r) {
+      int64_t r = r0;
+      for (; r + 2 <= r1; r += 2) {  // two independent rows per iteration
+        const int64_t off = (n * HW + r) * C + c;
+        const fVec h0 = at::vec::fmadd(load_ch(x + off, nl) - vm, vA, vB);
+        const fVec h1 = at::vec::fmadd(load_ch(x + off + C, nl) - vm, vA, vB);
+        store_ch(y + off, h0 * sigmoid(h0), nl);
+        store_ch(y + off + C, h1 * sigmoid(h1), nl);
+      }
+      for (; r < r1; ++r) {
         const int64_t off = (n * HW + r) * C + c;
         const fVec h = at::vec::fmadd(load_ch(x + off, nl) - vm, vA, vB);
         store_ch(y + off, h * sigmoid(h), nl);
@@ -494,8 +502,23 @@ void backward_cl(const GnsArgs& p) {
     for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // accumulators and constants in registers
       const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
       const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
-      fVec acc1(0.f), acc2(0.f);
-      for (int64_t r = r0; r < r1; ++r) {
+      fVec acc1(0.f), acc2(0.f), acc1b(0.f), acc2b(0.f);  // even and odd rows: two chains
+      int64_t r = r0;
+      for (; r + 2 <= r1; r += 2) {
+        const int64_t off = (n * HW + r) * C + c;
+        fVec xh0, xh1;
+        const fVec dh0 = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
+        const fVec dh1 = dh_xhat(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
+        if (cache != nullptr) {
+          dh0.store(cache + off, nl);
+          dh1.store(cache + off + C, nl);
+        }
+        acc1 += dh0;
+        acc2 = at::vec::fmadd(dh0, xh0, acc2);
+        acc1b += dh1;
+        acc2b = at::vec::fmadd(dh1, xh1, acc2b);
+      }
+      for (; r < r1; ++r) {
         const int64_t off = (n * HW + r) * C + c;
         fVec xhat;
         const fVec dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
@@ -503,8 +526,8 @@ void backward_cl(const GnsArgs& p) {
         acc1 += dh;
         acc2 = at::vec::fmadd(dh, xhat, acc2);
       }
-      acc1.store(s1 + c, nl);
-      acc2.store(s2 + c, nl);
+      (acc1 + acc1b).store(s1 + c, nl);
+      (acc2 + acc2b).store(s2 + c, nl);
     });
   };
   auto finish_sample = [&](int64_t n) {  // tiles summed in order, then the coefficients
@@ -540,15 +563,27 @@ void backward_cl(const GnsArgs& p) {
       const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
       const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
       const fVec vP = fVec::loadu(Pc + c, nl), vQ = fVec::loadu(Qc + c, nl), vR = fVec::loadu(Rc + c, nl);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t off = (n * HW + r) * C + c;
-        fVec xhat, dh;
-        if (cache != nullptr) {
-          xhat = (load_ch(x + off, nl) - vm) * vr;
-          dh = fVec::loadu(cache + off, nl);
-        } else {
-          dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
+      if (cache != nullptr) {  // dh from pass 1: no sigmoid here
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t off = (n * HW + r) * C + c;
+          const fVec xhat = (load_ch(x + off, nl) - vm) * vr;
+          store_ch(dx + off, at::vec::fmsub(fVec::loadu(cache + off, nl), vP, at::vec::fmadd(xhat, vQ, vR)), nl);
         }
+        return;
+      }
+      int64_t r = r0;
+      for (; r + 2 <= r1; r += 2) {  // two independent rows per iteration
+        const int64_t off = (n * HW + r) * C + c;
+        fVec xh0, xh1;
+        const fVec dh0 = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
+        const fVec dh1 = dh_xhat(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
+        store_ch(dx + off, at::vec::fmsub(dh0, vP, at::vec::fmadd(xh0, vQ, vR)), nl);
+        store_ch(dx + off + C, at::vec::fmsub(dh1, vP, at::vec::fmadd(xh1, vQ, vR)), nl);
+      }
+      for (; r < r1; ++r) {
+        const int64_t off = (n * HW + r) * C + c;
+        fVec xhat;
+        const fVec dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
         store_ch(dx + off, at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR)), nl);
       }
     });
