@@ -5,9 +5,9 @@ The U-Net and the objective call `group_norm_silu` and `hybrid_loss` from here a
 hot path is a plain dictionary lookup that torch.compile traces through.
 
 `auto` choices, and why (figures: benchmarks/results/, README "Throughput"):
-- CUDA: the fused Triton ops. On one warm H100 (commit 4eba4c5; two bench_train.py invocations a
-  few minutes apart) the compiled base U-Net trained 1.24x faster with them than the same compiled
-  model without them (bf16, batch 32, 128x128).
+- CUDA: the fused Triton ops. On one H200 (commit 8a0dcf0, one bench_train.py invocation) the
+  compiled base U-Net trained 1.147x faster with them than the same compiled model without them
+  (bf16, batch 32, 128x128); on one H100 (commit 4eba4c5, two invocations) 1.24x.
 - CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
   reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
   body never beat eager ATen.
@@ -53,10 +53,10 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
 
     CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
     the reference. Measured on the 2-core dev CPU (Xeon @ 2.5 GHz, AVX-512, torch 2.13.0, fp32,
-    quiet host, commit 5a67789; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu
-    fwd+bwd at the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW
-    1.51-1.98x eager and 1.15-1.19x torch.compile of the reference, channels-last 1.17-1.75x eager
-    and 1.63-2.07x compile. The Triton interpreter and the math body never beat eager ATen.
+    commit 7fbf37e; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu fwd+bwd at
+    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 2.10-3.24x
+    eager and 1.53-2.11x torch.compile of the reference, channels-last 1.38-2.30x eager and
+    2.17-3.56x compile. The Triton interpreter and the math body never beat eager ATen.
     """
     fused = _fused(name)
     if choice == "reference":
