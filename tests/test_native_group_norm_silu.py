@@ -19,6 +19,7 @@ SHAPES = {
     "wide_channels": (2, 40, 9, 7, 5),
     "per_group_tiles": (4, 16, 24, 24, 4),
     "few_groups_large": (1, 6, 33, 35, 2),
+    "large_sample": (2, 16, 96, 96, 2),  # several statistics tiles per channel plane
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,18 +70,20 @@ def test_statistics_are_fp32_and_stable():
         torch.testing.assert_close(rstd.double(), (xg.var(-1, correction=0) + 1e-5).rsqrt(), rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 8, 40, 60, 4), (3, 8, 40, 60, 4), (1, 16, 96, 96, 2)],
+                         ids=["one_sample", "three_samples", "large_sample"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_bitwise_deterministic_across_thread_counts(channels_last, n):
-    """1 and 2 threads take different schedules (per group vs per tile/plane; channels-last with
-    n=3: per sample vs per tile): same bits anyway."""
-    inputs = [v.float() if v is not None else None for v in gn_inputs(n, 8, 40, 60, channels_last=channels_last)]
+def test_bitwise_deterministic_across_thread_counts(channels_last, shape):
+    """1 and 2 threads take different schedules (NCHW: per group vs per tile/plane; channels-last:
+    per sample vs per tile with one or three samples): same bits anyway."""
+    n, c, h, w, groups = shape
+    inputs = [v.float() if v is not None else None for v in gn_inputs(n, c, h, w, channels_last=channels_last)]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = gn_outputs_and_grads(group_norm_silu, *inputs[:5], inputs[5], 4)
+        one = gn_outputs_and_grads(group_norm_silu, *inputs[:5], inputs[5], groups)
         torch.set_num_threads(2)
-        two = gn_outputs_and_grads(group_norm_silu, *inputs[:5], inputs[5], 4)
+        two = gn_outputs_and_grads(group_norm_silu, *inputs[:5], inputs[5], groups)
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(one, two, strict=True):
