@@ -2,6 +2,7 @@
 
     python benchmarks/profile_cpu_step.py                 # variants, interleaved, median ms/step
     python benchmarks/profile_cpu_step.py --profile native-fp32-nchw   # torch.profiler top ops
+    python benchmarks/profile_cpu_step.py --profile-loop engine        # top ops of the real loop
 
 One step = the training loop's work on one batch (objective forward through the U-Net and the
 joint loss, backward, AdamW step), on a fixed in-memory batch so that only compute is timed (data
@@ -62,6 +63,29 @@ def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: in
     return step
 
 
+def profile_loop(name: str, preset: str, batch: int, crop: int, steps: int) -> None:
+    """Top ops of `steps` steps of the training loop, as bench_train.py runs configuration `name`."""
+    import tempfile
+
+    from bench_train import CONFIGS, engine_config
+
+    from hybengine.cli import parse_args, resolve
+    from hybengine.training_loop import run_training
+
+    with tempfile.TemporaryDirectory() as out:
+        argv = (["--config", engine_config("cpu")] if name == "engine" else []) + [
+            f"model.preset={preset}", f"train.batch_size={batch}", f"data.crop={crop}",
+            "data.root=demo_data/scratch-assay/fluorescence", f"train.steps={steps}", f"train.log_every={steps}",
+            "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
+            "data.num_workers=0", *CONFIGS.get(name, []), f"train.out_dir={out}"]
+        cfg = resolve(parse_args(None, argv))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run_training(cfg, console_logging=False)
+    print(f"{name}: {steps} steps of run_training ({preset}, batch {batch}, {crop}x{crop}); "
+          f"{environment(torch.device('cpu'))}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
@@ -75,8 +99,14 @@ def main() -> None:
     p.add_argument("--variants", nargs="*", default=None,
                    help="explicit variants <ops>-<precision>-<layout>[-compile], e.g. fused-fp32-nhwc-compile")
     p.add_argument("--profile", default=None, help="variant name, e.g. fused-fp32-nchw: print top ops")
+    p.add_argument("--profile-loop", choices=["plain", "engine"], default=None,
+                   help="torch.profiler over run_training itself (data, EMA, logging included) with the "
+                        "bench_train.py configuration of that name, --steps x 4 steps")
     p.add_argument("--csv", default=str(RESULTS / "cpu_step.csv"))
     args = p.parse_args()
+    if args.profile_loop:
+        profile_loop(args.profile_loop, args.preset, args.batch, args.crop, 4 * args.steps)
+        return
 
     def build(name: str):
         ops_path, precision, layout, *rest = name.split("-")
