@@ -44,6 +44,7 @@ DEVICE="${DEVICE:-cuda}"  # cpu: a dry run of the suite's mechanics on a machine
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 STAGES="${STAGES:-env install check bench_group_norm_silu bench_hybrid_loss bench_train_base bench_train_tiny}"
+[ "${RUN_PYTEST:-0}" = "1" ] && STAGES="$STAGES pytest"
 FAILED=0
 SUITE_START=$SECONDS
 unset TRITON_INTERPRET  # real kernels on the GPU
@@ -94,18 +95,19 @@ install() {
 # DALI's CUDA wheel (199 MB) is larger than one device call carries: it travels as a repacked,
 # split archive over several calls (benchmarks/dali_bundle.sh packs it) and is unpacked here once.
 DALI_SITE=/tmp/dali_site
-dali_setup() {
+dali_setup() {  # unpacks once; the marker is written only after every step succeeded
   local bundle="${DALI_BUNDLE:-.dali}"
-  if ! "$PY" -c "import nvidia.dali" 2>/dev/null && [ ! -d "$DALI_SITE/nvidia/dali" ]; then
-    ls -la "$bundle" || return 1
-    (cd "$bundle" && sha256sum -c parts.sha256) || return 1
-    mkdir -p "$DALI_SITE" && cat "$bundle"/part_* | tar -xJ -C "$DALI_SITE" || return 1
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$DALI_SITE" "$bundle"/deps/*.whl || return 1
-  fi
-  return 0
+  "$PY" -c "import nvidia.dali" 2>/dev/null && return 0
+  [ -f "$DALI_SITE/.complete" ] && return 0
+  rm -rf "$DALI_SITE"
+  ls -la "$bundle" || return 1
+  (cd "$bundle" && sha256sum -c parts.sha256) || return 1
+  mkdir -p "$DALI_SITE" && cat "$bundle"/part_* | tar -xJ -C "$DALI_SITE" || return 1
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$DALI_SITE" "$bundle"/deps/*.whl || return 1
+  touch "$DALI_SITE/.complete"
 }
 dali_env() {
-  [ -d "$DALI_SITE/nvidia/dali" ] || return 0
+  [ -f "$DALI_SITE/.complete" ] || return 0
   export PYTHONPATH="$DALI_SITE${PYTHONPATH:+:$PYTHONPATH}"
   local libs
   libs=$(find "$DALI_SITE/nvidia" -maxdepth 3 -type d \( -name lib -o -name lib64 \) | tr '\n' ':')
@@ -118,7 +120,7 @@ dali_gpu() {
 }
 
 export PY DALI_SITE OUT
-export -f env_info install dali_gpu
+export -f env_info install dali_setup dali_gpu
 
 CHECK_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then  # dry run: small shapes only
@@ -133,8 +135,13 @@ else
   LOSS_ARGS=(--budget-s 30)
 fi
 
-case " $STAGES " in *" dali "*) dali_setup > "$OUT/dali_setup.log" 2>&1 || echo "!!! dali setup failed" | tee -a "$SUMMARY" ;; esac
-dali_env  # every later stage sees DALI where it was unpacked (data.loader=auto then picks it)
+# With the dali stage selected, DALI is unpacked first and every stage of this call sees it (the
+# engine's data.loader=auto then takes it where the data suit it); other calls run without it.
+case " $STAGES " in
+  *" dali "*)
+    timeout 240 bash -c dali_setup > "$OUT/dali_setup.log" 2>&1 || echo "!!! dali setup failed" | tee -a "$SUMMARY"
+    dali_env ;;
+esac
 stage env 30 env_info
 stage install 45 install
 stage check "${CHECK_LIMIT_S:-130}" "$PY" benchmarks/check_kernels.py --device "$DEVICE" --json "$OUT/check.json" "${CHECK_ARGS[@]}"

@@ -762,6 +762,7 @@ class _GroupNormSiLUEager(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # like the custom op: no double backward
     def backward(ctx, dy):
         x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias, dscale, dshift = ctx.impl.bwd(

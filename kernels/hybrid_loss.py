@@ -402,6 +402,7 @@ class _HybridLossEager(torch.autograd.Function):
         return denoise, mask
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # like the custom op: no double backward
     def backward(ctx, g_denoise, g_mask):
         dF, mask_scale = ctx.saved_tensors
         dout = ctx.impl.bwd(dF, g_denoise, g_mask, mask_scale, ctx.n_img)

@@ -76,3 +76,12 @@ def test_compiled_graph_holds_the_custom_ops():
     compiled(x, weight, bias, 2, 1e-5, s, t)
     targets = {str(n.target) for g in backend.graphs for n in g.graph.nodes if n.op == "call_function"}
     assert any("group_norm_silu_fwd" in name for name in targets), targets
+
+
+def test_double_backward_is_refused():
+    """As with the custom op, whose backward has no autograd formula: an error, not a wrong answer."""
+    x, weight, bias, s, t, _ = gn_inputs(1, 4, 3, 3)
+    x, weight, bias, s, t = (v.float().requires_grad_() for v in (x, weight, bias, s, t))
+    (gx,) = torch.autograd.grad(group_norm_silu(x, weight, bias, 2, 1e-5, s, t).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
