@@ -9,6 +9,8 @@ Configurations (DESIGN.md, "What fast means"):
   strong  the same model under bf16 autocast + channels-last + torch.compile, no custom kernels
   engine  the engine's fast path for this device: configs/engine/<cpu|cuda>.yaml (kernels, loader,
           compile, precision and back-end as measured for that device)
+  engine-nchw  (only when named in --configs) the engine with model.channels_last=false, to check
+          the layout choice of that file
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
 is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
@@ -42,6 +44,7 @@ CONFIGS = {
               "data.loader=torch", "train.engine=plain"],
     "strong": ["model.compile=true", "model.channels_last=true", "train.precision=bf16", *REFERENCE_OPS,
                "data.loader=torch", "train.engine=plain"],
+    "engine-nchw": ["model.channels_last=false"],  # on top of the engine file
 }
 
 
@@ -51,7 +54,7 @@ def engine_config(device: str) -> str:
 
 def run_one(name: str, common: list[str], device: str, out: Path, env: dict) -> list[dict]:
     args = [sys.executable, str(REPO / "hybengine" / "train.py")]
-    if name == "engine":
+    if name.startswith("engine"):
         args += ["--config", engine_config(device)]
     args += [*common, *CONFIGS.get(name, []), f"train.out_dir={out}"]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
@@ -90,7 +93,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
     p.add_argument("--log-every", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"])
+    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"],
+                   choices=["plain", "strong", "engine", "engine-nchw"])
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--csv", default=str(RESULTS / "train.csv"))
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
@@ -118,7 +122,7 @@ def main() -> None:
                 step_s = args.log_every * args.batch / statistics.median(timed)
                 warm[name].append(recs[0]["time"] - step_s)
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
-                print(f"round {rnd} {name:7s} {statistics.median(timed):8.1f} img/s", flush=True)
+                print(f"round {rnd} {name:11s} {statistics.median(timed):8.1f} img/s", flush=True)
 
     med = {c: statistics.median(v) for c, v in ips.items() if v}
     env_row = environment(torch.device(device))
@@ -132,13 +136,14 @@ def main() -> None:
                "vs_plain": round(med[name] / med["plain"], 3) if "plain" in med else "",
                "vs_strong": round(med[name] / med["strong"], 3) if "strong" in med else "",
                "mfu": round(flops * med[name] / (args.peak_tflops * 1e12), 4) if flops else "",
-               "engine_config": _engine_summary(device) if name == "engine" else "",
+               "engine_config": (" | ".join([_engine_summary(device), *CONFIGS.get(name, [])])
+                                 if name.startswith("engine") else ""),
                **env_row}
         rows.append(row)
     append_rows(Path(args.csv), rows)
-    print(f"\n{'config':8s} {'img/s':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'x plain':>8s} {'x strong':>9s}")
+    print(f"\n{'config':11s} {'img/s':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'x plain':>8s} {'x strong':>9s}")
     for r in rows:
-        print(f"{r['config']:8s} {r['images_per_s']:9.1f} {r['warmup_s']:10.1f} {r['peak_mem_mb']:9.0f} "
+        print(f"{r['config']:11s} {r['images_per_s']:9.1f} {r['warmup_s']:10.1f} {r['peak_mem_mb']:9.0f} "
               f"{r['vs_plain']!s:>8s} {r['vs_strong']!s:>9s}")
     if flops:
         print(f"model FLOPs per training image: {flops / 1e9:.2f} GFLOP (3x forward, flop_counter); "

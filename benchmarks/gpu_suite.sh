@@ -153,8 +153,10 @@ stage dali "${DALI_LIMIT_S:-150}" dali_gpu
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then
+  # TRAIN_CONFIGS="plain strong engine engine-nchw" also checks cuda.yaml's channels-last choice
+  # shellcheck disable=SC2086
   stage bench_train_base "${TRAIN_LIMIT_S:-300}" "$PY" benchmarks/bench_train.py --preset base --batch 32 --crop 128 \
-    --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
+    --steps 40 --log-every 5 --rounds 1 --configs ${TRAIN_CONFIGS:-plain strong engine} --csv "$OUT/train.csv"
   stage bench_train_tiny "${TRAIN_TINY_LIMIT_S:-100}" "$PY" benchmarks/bench_train.py --preset tiny --batch 128 \
     --crop 128 --steps 40 --log-every 5 --rounds 1 --csv "$OUT/train.csv"
 fi
