@@ -43,6 +43,24 @@ namespace {
 
 constexpr int64_t kTile = 2048;  // statistics tile: 8 KB of fp32, stays in L1 between its two passes
 
+// The backward's per-element core: xhat = (x - mean)*rstd, h = xhat*a + bb,
+// dh = dy * sig * (1 + h*(1 - sig)) with sig = sigmoid(h). Returns dh; xhat through `xhat`.
+inline fVec silu_grad(const fVec& x, const fVec& dy, const fVec& mean, const fVec& rstd, const fVec& a, const fVec& bb,
+                      fVec& xhat) {
+  const fVec one(1.f);
+  xhat = (x - mean) * rstd;
+  const fVec h = at::vec::fmadd(xhat, a, bb);
+  const fVec sig = sigmoid(h);
+  return dy * sig * at::vec::fmadd(h, one - sig, one);
+}
+
+inline float silu_grad(float x, float dy, float mean, float rstd, float a, float bb, float& xhat) {
+  xhat = (x - mean) * rstd;
+  const float h = xhat * a + bb;
+  const float sig = sigmoid(h);
+  return dy * sig * (1.f + h * (1.f - sig));
+}
+
 // Enough independent groups to give every thread a few: then one task per group.
 inline bool per_group_tasks(int64_t groups) {
   return groups >= 4 * static_cast<int64_t>(at::get_num_threads());
@@ -115,21 +133,15 @@ void silu_affine_plane(const T* x, T* y, int64_t len, float mean, float A, float
 template <typename T>
 void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, float a, float bb,
                 float* s1, float* s2, float* dh_out) {
-  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), one(1.f);
+  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb);
   fVec s1_lo(0.f), s1_hi(0.f), s2_lo(0.f), s2_hi(0.f);
   int64_t i = 0;
-  auto dh_of = [&](const fVec& xv, const fVec& dyv, fVec& xhat) {
-    xhat = (xv - vmean) * vrstd;
-    const fVec h = at::vec::fmadd(xhat, va, vbb);
-    const fVec sig = sigmoid(h);
-    return dyv * sig * at::vec::fmadd(h, one - sig, one);
-  };
   for (; i + kStep <= len; i += kStep) {
     fVec x_lo, x_hi, d_lo, d_hi, xh_lo, xh_hi;
     load2(x + i, x_lo, x_hi);
     load2(dy + i, d_lo, d_hi);
-    const fVec dh_lo = dh_of(x_lo, d_lo, xh_lo);
-    const fVec dh_hi = dh_of(x_hi, d_hi, xh_hi);
+    const fVec dh_lo = silu_grad(x_lo, d_lo, vmean, vrstd, va, vbb, xh_lo);
+    const fVec dh_hi = silu_grad(x_hi, d_hi, vmean, vrstd, va, vbb, xh_hi);
     if (dh_out != nullptr) store2(dh_out + i, dh_lo, dh_hi);
     s1_lo += dh_lo;
     s1_hi += dh_hi;
@@ -138,10 +150,8 @@ void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, fl
   }
   float t1 = hsum(s1_lo + s1_hi), t2 = hsum(s2_lo + s2_hi);
   for (; i < len; ++i) {
-    const float xhat = (to_float(x[i]) - mean) * rstd;
-    const float h = xhat * a + bb;
-    const float sig = sigmoid(h);
-    const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
+    float xhat;
+    const float dh = silu_grad(to_float(x[i]), to_float(dy[i]), mean, rstd, a, bb, xhat);
     if (dh_out != nullptr) dh_out[i] = dh;
     t1 += dh;
     t2 += dh * xhat;
@@ -154,12 +164,10 @@ void plane_sums(const T* x, const T* dy, int64_t len, float mean, float rstd, fl
 template <typename T>
 void plane_dx(const T* x, const T* dy, T* dx, int64_t len, float mean, float rstd, float a, float bb,
               float P, float Q, float R) {
-  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), one(1.f), vP(P), vQ(Q), vR(R);
+  const fVec vmean(mean), vrstd(rstd), va(a), vbb(bb), vP(P), vQ(Q), vR(R);
   auto dx_of = [&](const fVec& xv, const fVec& dyv) {
-    const fVec xhat = (xv - vmean) * vrstd;
-    const fVec h = at::vec::fmadd(xhat, va, vbb);
-    const fVec sig = sigmoid(h);
-    const fVec dh = dyv * sig * at::vec::fmadd(h, one - sig, one);
+    fVec xhat;
+    const fVec dh = silu_grad(xv, dyv, vmean, vrstd, va, vbb, xhat);
     return at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR));
   };
   int64_t i = 0;
@@ -170,10 +178,8 @@ void plane_dx(const T* x, const T* dy, T* dx, int64_t len, float mean, float rst
     store2(dx + i, dx_of(x_lo, d_lo), dx_of(x_hi, d_hi));
   }
   for (; i < len; ++i) {
-    const float xhat = (to_float(x[i]) - mean) * rstd;
-    const float h = xhat * a + bb;
-    const float sig = sigmoid(h);
-    const float dh = to_float(dy[i]) * sig * (1.f + h * (1.f - sig));
+    float xhat;
+    const float dh = silu_grad(to_float(x[i]), to_float(dy[i]), mean, rstd, a, bb, xhat);
     dx[i] = from_float<T>(dh * P - (xhat * Q + R));
   }
 }
@@ -481,15 +487,7 @@ void backward_cl(const GnsArgs& p) {
       rstdc[n * C + c] = p.rstd[n * G + c / CG];
     }
   }
-  const fVec one(1.f);
-  // dh and xhat of one channel vector, with that block's constants already in registers
-  auto dh_xhat = [&](const fVec& xv, const fVec& dyv, const fVec& vm, const fVec& vr, const fVec& va, const fVec& vb,
-                     fVec& xhat) {
-    xhat = (xv - vm) * vr;
-    const fVec h = at::vec::fmadd(xhat, va, vb);
-    const fVec sig = sigmoid(h);
-    return dyv * sig * at::vec::fmadd(h, one - sig, one);
-  };
+
   std::vector<float> part(2 * N * tiles * C);  // per-tile channel sums S1, S2
   std::vector<float> P(N * C), Q(N * C), R(N * C);  // dx = dh*P - (xhat*Q + R)
 
@@ -507,8 +505,8 @@ void backward_cl(const GnsArgs& p) {
       for (; r + 2 <= r1; r += 2) {
         const int64_t off = (n * HW + r) * C + c;
         fVec xh0, xh1;
-        const fVec dh0 = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
-        const fVec dh1 = dh_xhat(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
+        const fVec dh0 = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
+        const fVec dh1 = silu_grad(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
         if (cache != nullptr) {
           dh0.store(cache + off, nl);
           dh1.store(cache + off + C, nl);
@@ -521,7 +519,7 @@ void backward_cl(const GnsArgs& p) {
       for (; r < r1; ++r) {
         const int64_t off = (n * HW + r) * C + c;
         fVec xhat;
-        const fVec dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
+        const fVec dh = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
         if (cache != nullptr) dh.store(cache + off, nl);
         acc1 += dh;
         acc2 = at::vec::fmadd(dh, xhat, acc2);
@@ -575,15 +573,15 @@ void backward_cl(const GnsArgs& p) {
       for (; r + 2 <= r1; r += 2) {  // two independent rows per iteration
         const int64_t off = (n * HW + r) * C + c;
         fVec xh0, xh1;
-        const fVec dh0 = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
-        const fVec dh1 = dh_xhat(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
+        const fVec dh0 = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
+        const fVec dh1 = silu_grad(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
         store_ch(dx + off, at::vec::fmsub(dh0, vP, at::vec::fmadd(xh0, vQ, vR)), nl);
         store_ch(dx + off + C, at::vec::fmsub(dh1, vP, at::vec::fmadd(xh1, vQ, vR)), nl);
       }
       for (; r < r1; ++r) {
         const int64_t off = (n * HW + r) * C + c;
         fVec xhat;
-        const fVec dh = dh_xhat(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
+        const fVec dh = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
         store_ch(dx + off, at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR)), nl);
       }
     });
