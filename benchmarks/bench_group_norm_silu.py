@@ -26,15 +26,14 @@ appended, one configuration at a time, to --csv (default benchmarks/results/grou
     python benchmarks/bench_group_norm_silu.py                 # GPU: the U-Net shapes
     python benchmarks/bench_group_norm_silu.py --quick         # CPU: one small shape
 """
-import argparse
 import gc
 import time
-from pathlib import Path
+from functools import partial
 
 import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 import torch.nn.functional as F
-from harness import RESULTS, append_rows, bench, bench_graph, copy_bandwidth_gbps, environment, fused_ratios
+from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
 from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
 
@@ -79,21 +78,6 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
         module = ApexGroupNorm(groups, channels, eps, affine=True, act="silu").to(device, dtype)
         return lambda x, w, b, s, t: module(x)
     raise ValueError(f"unknown provider {name}")
-
-
-def time_mode(fn, args, dy, mode, leaves, device, rep, timing="call"):
-    """(p50, p20, p80) ms; timing "graph" replays a CUDA graph of the call (fwd and fwd+bwd only)."""
-    if timing == "graph":
-        if mode == "bwd":  # a backward alone would replay the forward's graph from outside the capture
-            raise ValueError("graph timing covers fwd and fwd+bwd")
-        call = (lambda: fn(*args)) if mode == "fwd" else (lambda: fn(*args).backward(dy))
-        return bench_graph(call, device, rep=rep, grad_to_none=leaves)
-    if mode == "fwd":
-        return bench(lambda: fn(*args), device, rep=rep, grad_to_none=leaves)
-    if mode == "bwd":
-        y = fn(*args)
-        return bench(lambda: y.backward(dy, retain_graph=True), device, rep=rep, grad_to_none=leaves)
-    return bench(lambda: fn(*args).backward(dy), device, rep=rep, grad_to_none=leaves)
 
 
 def inputs(shape, dtype, channels_last, device, seed=0):
@@ -142,32 +126,12 @@ def configs(args, device):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="one small shape, few repetitions")
-    p.add_argument("--shapes", nargs="*", help="N,C,H,W ...")
+    p = kernel_bench_parser(__doc__, shapes_help="N,C,H,W ...", layouts=["nchw", "nhwc"],
+                            providers=["fused", "reference", "eager", "compile", "apex", "native"], modes=MODES,
+                            dtypes=list(DTYPES), csv_path=RESULTS / "group_norm_silu.csv")
     p.add_argument("--groups", type=int, default=32)
-    p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
-    p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw", "nhwc"])
-    p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes in fp32 NCHW")
-    p.add_argument("--providers", nargs="*", default=["fused", "reference", "eager", "compile", "apex", "native"])
-    p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
-    p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
-                   help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
-    p.add_argument("--rep", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
-    p.add_argument("--csv", type=Path, default=RESULTS / "group_norm_silu.csv")
-    p.add_argument("--no-csv", action="store_true")
     args = p.parse_args()
-    device = torch.device(args.device)
-    args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
-    timings = args.timing or (["call", "graph"] if device.type == "cuda" else ["call"])
-    rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
-    torch._dynamo.config.cache_size_limit = 64
-    env = environment(device)
-    copy_gbps = copy_bandwidth_gbps(device)
-    impl = backends.op_backends()["group_norm_silu"][device.type]
-    print(f"{env}  fused impl: {impl}  copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    device, timings, rep, env, copy_gbps, impl = kernel_bench_setup(args, "group_norm_silu")
     eps, start = 1e-5, time.perf_counter()
 
     for shape, dtype_name, layout in configs(args, device):
@@ -185,7 +149,9 @@ def main() -> None:
                 continue
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
-                    ms, ms20, ms80 = time_mode(fn, leaves, dy, mode, leaves, device, rep, timing)
+                    call = partial(fn, *leaves)
+                    ms, ms20, ms80 = time_mode(mode, timing, forward=call, objective=call, grad=dy, device=device,
+                                               rep=rep, leaves=leaves)
                 except Exception as e:  # a provider that cannot run this case (apex's channel limits)
                     print(f"  {provider} {timing} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
                     continue  # its other modes may still run (compile: bwd alone fails, fwd+bwd works)

@@ -21,14 +21,13 @@ dtype (`ref_err_*`).
     python benchmarks/bench_hybrid_loss.py                  # GPU shapes
     python benchmarks/bench_hybrid_loss.py --quick          # CPU: one small shape
 """
-import argparse
 import gc
 import time
-from pathlib import Path
+from functools import partial
 
 import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
-from harness import RESULTS, append_rows, bench, bench_graph, copy_bandwidth_gbps, environment, fused_ratios
+from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
 from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference, native
 
@@ -87,22 +86,6 @@ def scalar_loss(fn, out, data, upstream):
     return (denoise * upstream[0]).sum() + (mask * upstream[1]).sum()
 
 
-def time_mode(fn, out, data, upstream, mode, device, rep, timing="call"):
-    """(p50, p20, p80) ms; timing "graph" replays a CUDA graph of the call (fwd and fwd+bwd only)."""
-    if timing == "graph":
-        if mode == "bwd":  # a backward alone would replay the forward's graph from outside the capture
-            raise ValueError("graph timing covers fwd and fwd+bwd")
-        call = (lambda: fn(out, *data, W_MASK)) if mode == "fwd" else (
-            lambda: scalar_loss(fn, out, data, upstream).backward())
-        return bench_graph(call, device, rep=rep, grad_to_none=[out])
-    if mode == "fwd":
-        return bench(lambda: fn(out, *data, W_MASK), device, rep=rep, grad_to_none=[out])
-    if mode == "bwd":
-        loss = scalar_loss(fn, out, data, upstream)
-        return bench(lambda: loss.backward(retain_graph=True), device, rep=rep, grad_to_none=[out])
-    return bench(lambda: scalar_loss(fn, out, data, upstream).backward(), device, rep=rep, grad_to_none=[out])
-
-
 def check(out, data, upstream):
     """Max |error| against float64 of (denoise, mask, dF), for fused and for the reference."""
 
@@ -119,31 +102,11 @@ def check(out, data, upstream):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="one small shape, few repetitions")
-    p.add_argument("--shapes", nargs="*", help="B,I,K,H,W ...")
-    p.add_argument("--dtypes", nargs="*", choices=list(DTYPES), default=None)
-    p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=["nchw"])
-    p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes with fp32 F")
-    p.add_argument("--providers", nargs="*", default=["fused", "reference", "compile", "native"])
-    p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
-    p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
-                   help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
-    p.add_argument("--rep", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
-    p.add_argument("--csv", type=Path, default=RESULTS / "hybrid_loss.csv")
-    p.add_argument("--no-csv", action="store_true")
+    p = kernel_bench_parser(__doc__, shapes_help="B,I,K,H,W ...", layouts=["nchw"],
+                            providers=["fused", "reference", "compile", "native"], modes=MODES,
+                            dtypes=list(DTYPES), csv_path=RESULTS / "hybrid_loss.csv")
     args = p.parse_args()
-    device = torch.device(args.device)
-    args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
-    timings = args.timing or (["call", "graph"] if device.type == "cuda" else ["call"])
-    rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
-    torch._dynamo.config.cache_size_limit = 64
-    env = environment(device)
-    copy_gbps = copy_bandwidth_gbps(device)
-    impl = backends.op_backends()["hybrid_loss"][device.type]
-    print(f"{env}  fused impl: {impl}  copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    device, timings, rep, env, copy_gbps, impl = kernel_bench_setup(args, "hybrid_loss")
 
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
@@ -168,7 +131,10 @@ def main() -> None:
                 continue
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
-                    ms, ms20, ms80 = time_mode(fn, out, data, upstream, mode, device, rep, timing)
+                    ms, ms20, ms80 = time_mode(
+                        mode, timing, forward=partial(fn, out, *data, W_MASK),
+                        objective=partial(scalar_loss, fn, out, data, upstream), grad=None, device=device, rep=rep,
+                        leaves=[out])
                 except Exception as e:  # compile: bwd alone (retain_graph) meets donated buffers; a failed capture
                     print(f"  {provider} {timing} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
                     continue

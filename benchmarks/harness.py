@@ -15,6 +15,7 @@ between rows of the same run.
 
     python benchmarks/harness.py merge gpu_out/group_norm_silu.csv benchmarks/results/group_norm_silu.csv
 """
+import argparse
 import csv
 import datetime
 import os
@@ -181,6 +182,73 @@ def copy_bandwidth_gbps(device: torch.device, mib: int = 1024) -> float:
     dst = torch.empty_like(src)
     ms, _, _ = bench(lambda: dst.copy_(src), device, warmup=3, rep=10)
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def time_mode(
+    mode: str,
+    timing: str,
+    *,
+    forward: Callable[[], object],
+    objective: Callable[[], torch.Tensor],
+    grad: torch.Tensor | None,
+    device: torch.device,
+    rep: int,
+    leaves: Iterable[torch.Tensor],
+) -> tuple[float, float, float]:
+    """(p50, p20, p80) ms of one mode of an op: "fwd" times forward(); "bwd" times backward from a
+    fixed objective() (retain_graph); "fwd+bwd" both, objective().backward(grad). timing "graph"
+    replays a CUDA graph of the call and covers fwd and fwd+bwd only: a backward alone would replay
+    the forward's graph from outside the capture."""
+    leaves = list(leaves)
+    if timing == "graph":
+        if mode == "bwd":
+            raise ValueError("graph timing covers fwd and fwd+bwd")
+        call = forward if mode == "fwd" else (lambda: objective().backward(grad))
+        return bench_graph(call, device, rep=rep, grad_to_none=leaves)
+    if mode == "fwd":
+        return bench(forward, device, rep=rep, grad_to_none=leaves)
+    if mode == "bwd":
+        fixed = objective()
+        return bench(lambda: fixed.backward(grad, retain_graph=True), device, rep=rep, grad_to_none=leaves)
+    return bench(lambda: objective().backward(grad), device, rep=rep, grad_to_none=leaves)
+
+
+def kernel_bench_parser(doc: str, *, shapes_help: str, layouts: list[str], providers: list[str], modes: tuple,
+                        dtypes: list[str], csv_path: Path) -> argparse.ArgumentParser:
+    """The options the kernel benches share; a bench adds its own before parsing."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="one small shape, few repetitions")
+    p.add_argument("--shapes", nargs="*", help=shapes_help)
+    p.add_argument("--dtypes", nargs="*", choices=dtypes, default=None)
+    p.add_argument("--layouts", nargs="*", choices=["nchw", "nhwc"], default=layouts)
+    p.add_argument("--fp32-baseline", type=int, default=1, help="also time the first N shapes in fp32 NCHW")
+    p.add_argument("--providers", nargs="*", default=providers)
+    p.add_argument("--modes", nargs="*", choices=modes, default=list(modes))
+    p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
+                   help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
+    p.add_argument("--rep", type=int, default=None)
+    p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
+    p.add_argument("--csv", type=Path, default=csv_path)
+    p.add_argument("--no-csv", action="store_true")
+    return p
+
+
+def kernel_bench_setup(args: argparse.Namespace, op: str) -> tuple[torch.device, list[str], int, dict, float, str]:
+    """Defaults that depend on the device, then the run's environment, printed:
+    (device, timings, rep, environment, copy GB/s, the fused op's implementation on this device)."""
+    from hybengine.kernels import backends
+
+    device = torch.device(args.device)
+    args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
+    timings = args.timing or (["call", "graph"] if device.type == "cuda" else ["call"])
+    rep = args.rep or (5 if args.quick else 30 if device.type == "cuda" else 10)
+    torch._dynamo.config.cache_size_limit = 64
+    env = environment(device)
+    copy_gbps = copy_bandwidth_gbps(device)
+    impl = backends.op_backends()[op][device.type]
+    print(f"{env}  fused impl: {impl}  copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    return device, timings, rep, env, copy_gbps, impl
 
 
 def fused_ratios(p50: dict, rows: list[dict], timings: list[str], modes: list[str]) -> str:
