@@ -21,7 +21,8 @@ kernel files define their kernels (calling one raises) so `import hybengine.kern
 Kernels are decorated when their file is imported, so TRITON_INTERPRET must be set before that.
 """
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,18 @@ def set_cpu_backend(name: str | None, ops: tuple[str, ...] = OPS) -> None:
             _cpu_forced.pop(op, None)
         else:
             _cpu_forced[op] = name
+
+
+@contextmanager
+def cpu_backend(name: str, ops: tuple[str, ...] = OPS) -> Iterator[None]:
+    """`set_cpu_backend(name, ops)` for a block; the CPU choices in force before come back after it."""
+    before = dict(_cpu_forced)
+    set_cpu_backend(name, ops)
+    try:
+        yield
+    finally:
+        _cpu_forced.clear()
+        _cpu_forced.update(before)
 
 
 def _available(op: str, name: str) -> bool:

@@ -174,3 +174,13 @@ def loss_and_grads(model, inputs):
     loss, out = model(*inputs)
     loss.backward()
     return loss.detach(), out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def assert_compiled_matches_eager(model, inputs) -> None:
+    """Loss, input gradient and parameter gradients of torch.compile(model, fullgraph=True) equal eager's."""
+    eager = loss_and_grads(model, inputs)
+    compiled = loss_and_grads(torch.compile(model, fullgraph=True), inputs)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), compiled[2], eager[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

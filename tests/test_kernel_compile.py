@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_helpers import TinyBlock, loss_and_grads, tiny_batch
+from kernel_helpers import TinyBlock, assert_compiled_matches_eager, tiny_batch
 
 from hybengine.kernels import backends, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
 from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_math, group_norm_silu_fwd_math
@@ -17,13 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 
 def test_fullgraph_compile_matches_eager():
     torch.manual_seed(0)
-    model, inputs = TinyBlock(), tiny_batch()
-    eager = loss_and_grads(model, inputs)
-    compiled = loss_and_grads(torch.compile(model, fullgraph=True), inputs)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
-    for (name, _), a, b in zip(model.named_parameters(), compiled[2], eager[2], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    assert_compiled_matches_eager(TinyBlock(), tiny_batch())
 
 
 def test_compiled_graph_holds_the_fused_ops():
@@ -71,14 +65,11 @@ def test_native_hook_is_used_when_registered(monkeypatch):
     backends.register_native("group_norm_silu", fwd, bwd)
     with pytest.raises(RuntimeError, match="not available for hybrid_loss"):
         backends.set_cpu_backend("native")
-    backends.set_cpu_backend("native", ops=("group_norm_silu",))
-    try:
+    with backends.cpu_backend("native", ops=("group_norm_silu",)):
         assert op_backends()["group_norm_silu"]["cpu"] == "native"
         x = torch.randn(1, 4, 3, 3, requires_grad=True)
         group_norm_silu(x, torch.ones(4), torch.zeros(4), 2).sum().backward()
         assert calls == ["fwd", "bwd"]
-    finally:
-        backends.set_cpu_backend(None)
 
 
 def test_math_backend_in_compiled_loss(monkeypatch):
@@ -100,3 +91,13 @@ def test_kernels_compile_for_sm90():
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("ok ") >= 12, res.stdout
+
+
+def test_cpu_backend_block_restores_the_choice_before_it():
+    before = op_backends()
+    with backends.cpu_backend("math"):
+        assert {per["cpu"] for per in op_backends().values()} == {"math"}
+        with backends.cpu_backend("math", ops=("hybrid_loss",)):
+            pass
+        assert op_backends()["group_norm_silu"]["cpu"] == "math"
+    assert op_backends() == before

@@ -124,9 +124,8 @@ def test_opcheck():
 
 @pytest.fixture
 def math_backend():
-    backends.set_cpu_backend("math")
-    yield
-    backends.set_cpu_backend(None)
+    with backends.cpu_backend("math"):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

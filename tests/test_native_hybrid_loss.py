@@ -22,9 +22,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @pytest.fixture(autouse=True)
 def native_backend():
-    backends.set_cpu_backend("native", ops=("hybrid_loss",))
-    yield
-    backends.set_cpu_backend(None)
+    with backends.cpu_backend("native", ops=("hybrid_loss",)):
+        yield
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from kernel_helpers import TinyBlock, loss_and_grads, tiny_batch
+from kernel_helpers import TinyBlock, assert_compiled_matches_eager, tiny_batch
 
 from hybengine.kernels import backends, info, native
 
@@ -18,21 +18,14 @@ needs_native = pytest.mark.skipif(not native.available(), reason=f"native librar
 
 @pytest.fixture
 def native_backend():
-    backends.set_cpu_backend("native")
-    yield
-    backends.set_cpu_backend(None)
+    with backends.cpu_backend("native"):
+        yield
 
 
 @needs_native
 def test_fullgraph_compile_matches_eager(native_backend):
     torch.manual_seed(0)
-    model, inputs = TinyBlock(), tiny_batch()
-    eager = loss_and_grads(model, inputs)
-    compiled = loss_and_grads(torch.compile(model, fullgraph=True), inputs)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
-    for (name, _), a, b in zip(model.named_parameters(), compiled[2], eager[2], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    assert_compiled_matches_eager(TinyBlock(), tiny_batch())
 
 
 @needs_native
