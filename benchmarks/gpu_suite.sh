@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU suite (issues 3, 5 and 6). The stage limits add up to about 16 minutes worst case (a cold
-# torch.compile of the base U-Net alone took over 150 s on the H200 host), more than one 10-minute
+# GPU suite (issues 3, 5 and 6). The stage limits add up to about 16 minutes worst case (on the
+# H200, the first base bench_train stage hit its 180 s limit after its plain row, still compiling
+# the strong one: benchmarks/results/gpu/bench_train_base_h200_8a0dcf0.log), more than one 10-minute
 # device call: run it over several calls on the same warm machine with STAGES (below), as the
 # H200 run of commit 8a0dcf0 did (benchmarks/results/gpu/suite_summary_h200_8a0dcf0.txt):
 #   call 1  STAGES="env install check bench_group_norm_silu"          about 220 s
