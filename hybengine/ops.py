@@ -5,9 +5,10 @@ The U-Net and the objective call `group_norm_silu` and `hybrid_loss` from here a
 hot path is a plain dictionary lookup that torch.compile traces through.
 
 `auto` choices, and why (figures: benchmarks/results/, README "Throughput"):
-- CUDA: the fused Triton ops. On one H200 (commit 8a0dcf0, one bench_train.py invocation) the
-  compiled base U-Net trained 1.147x faster with them than the same compiled model without them
-  (bf16, batch 32, 128x128); on one H100 (commit 4eba4c5, two invocations) 1.24x.
+- CUDA: the fused Triton ops. Side by side in one bench_train.py invocation (bf16, base preset,
+  batch 32, 128x128), the compiled U-Net trained 1.147x faster with them than the same compiled
+  model without them on one H200 (commit 8a0dcf0), and 0.999x and 0.946x as fast on one H100
+  (commit 1dcb9e0, two invocations): a win on one card, break-even on the other.
 - CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
   reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
   body never beat eager ATen.
