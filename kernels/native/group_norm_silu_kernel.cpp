@@ -323,6 +323,12 @@ void backward_nchw(const GnsArgs& p) {
 
 // Rows of C contiguous channels: per-channel vector work, channels C0.. in steps of kLanes.
 // `fn(c, n_lanes)` handles channels [c, c + n_lanes) with n_lanes == kLanes except at the end.
+//
+// Every channels-last pass walks a tile's rows in address order (rows outer, channel blocks
+// inner), so the hardware prefetchers stream it; per-channel constants and accumulators are small
+// fp32 arrays that stay in L1. (Channel blocks outer and rows inner, with register accumulators,
+// read memory with a stride of C elements and stalled on its loads: at (8, 96, 64, 64) fp32 the
+// backward took about 10 ms that way against about 6 ms now, on the 2-core dev CPU.)
 template <typename Fn>
 inline void for_channel_blocks(int64_t C, Fn&& fn) {
   int64_t c = 0;
@@ -344,32 +350,38 @@ inline void store_ch(T* p, const fVec& v, int64_t n) {
   }
 }
 
+// Per-channel fp32 state (n <= kLanes lanes at p).
+inline fVec load_f(const float* p, int64_t n) {
+  return n == kLanes ? fVec::loadu(p) : fVec::loadu(p, n);
+}
+
 inline int64_t cl_tile_pixels(int64_t C) {
   return std::max<int64_t>(1, kTile / C);
 }
 
-// Per-group two-pass moments of pixels [p0, p1) of one sample (rows of C), into part[g].
-// Channel blocks outside, rows inside: each block's accumulators stay in registers while the
-// tile's rows (kTile elements, in L1) stream past.
+// Per-group two-pass moments of pixels [p0, p1) of one sample (rows of C), into part[g]; the
+// tile (kTile elements) stays in L1 between its two passes.
 template <typename T>
 void cl_tile_moments(const T* xs, int64_t C, int64_t G, int64_t p0, int64_t p1, float* sum, float* dsum, float* m2c,
                      Moments* part) {
   const int64_t rows = p1 - p0, CG = C / G;
   const float inv_rows = 1.f / static_cast<float>(rows);
-  for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-    fVec acc(0.f);
-    for (int64_t r = p0; r < p1; ++r) acc += load_ch(xs + r * C + c, nl);
-    const fVec mean = acc * fVec(inv_rows);  // first-pass channel means
-    fVec d_acc(0.f), m2_acc(0.f);
-    for (int64_t r = p0; r < p1; ++r) {
-      const fVec d = load_ch(xs + r * C + c, nl) - mean;
-      d_acc += d;
-      m2_acc = at::vec::fmadd(d, d, m2_acc);
-    }
-    mean.store(sum + c, nl);
-    d_acc.store(dsum + c, nl);
-    m2_acc.store(m2c + c, nl);
-  });
+  std::fill(sum, sum + C, 0.f);
+  std::fill(dsum, dsum + C, 0.f);
+  std::fill(m2c, m2c + C, 0.f);
+  for (int64_t r = p0; r < p1; ++r) {
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+      (load_f(sum + c, nl) + load_ch(xs + r * C + c, nl)).store(sum + c, nl);
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
+  for (int64_t r = p0; r < p1; ++r) {
+    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+      const fVec d = load_ch(xs + r * C + c, nl) - load_f(sum + c, nl);
+      (load_f(dsum + c, nl) + d).store(dsum + c, nl);
+      at::vec::fmadd(d, d, load_f(m2c + c, nl)).store(m2c + c, nl);
+    });
+  }
   for (int64_t c = 0; c < C; ++c) {  // corrected two-pass, as in tile_moments
     sum[c] += dsum[c] * inv_rows;
     m2c[c] = std::max(0.f, m2c[c] - dsum[c] * dsum[c] * inv_rows);
@@ -430,23 +442,14 @@ void forward_cl(const GnsArgs& p) {
   auto output_tile = [&](int64_t i) {
     const int64_t n = i / tiles, t = i % tiles;
     const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
-    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // per-channel constants in registers
-      const fVec vm = fVec::loadu(mc + c, nl), vA = fVec::loadu(Ac + c, nl), vB = fVec::loadu(Bc + c, nl);
-      int64_t r = r0;
-      for (; r + 2 <= r1; r += 2) {  // two independent rows per iteration
-        const int64_t off = (n * HW + r) * C + c;
-        const fVec h0 = at::vec::fmadd(load_ch(x + off, nl) - vm, vA, vB);
-        const fVec h1 = at::vec::fmadd(load_ch(x + off + C, nl) - vm, vA, vB);
-        store_ch(y + off, h0 * sigmoid(h0), nl);
-        store_ch(y + off + C, h1 * sigmoid(h1), nl);
-      }
-      for (; r < r1; ++r) {
-        const int64_t off = (n * HW + r) * C + c;
-        const fVec h = at::vec::fmadd(load_ch(x + off, nl) - vm, vA, vB);
-        store_ch(y + off, h * sigmoid(h), nl);
-      }
-    });
+    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+      const int64_t row = (n * HW + r) * C;
+      for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+        const fVec h = at::vec::fmadd(load_ch(x + row + c, nl) - load_f(mc + c, nl), load_f(Ac + c, nl),
+                                      load_f(Bc + c, nl));
+        store_ch(y + row + c, h * sigmoid(h), nl);
+      });
+    }
   };
 
   if (per_sample_tasks(N)) {
@@ -495,38 +498,20 @@ void backward_cl(const GnsArgs& p) {
     const int64_t n = i / tiles, t = i % tiles;
     float* s1 = part.data() + i * C;
     float* s2 = part.data() + (N * tiles + i) * C;
+    std::fill(s1, s1 + C, 0.f);
+    std::fill(s2, s2 + C, 0.f);
     const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
-    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {  // accumulators and constants in registers
-      const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
-      const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
-      fVec acc1(0.f), acc2(0.f), acc1b(0.f), acc2b(0.f);  // even and odd rows: two chains
-      int64_t r = r0;
-      for (; r + 2 <= r1; r += 2) {
-        const int64_t off = (n * HW + r) * C + c;
-        fVec xh0, xh1;
-        const fVec dh0 = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
-        const fVec dh1 = silu_grad(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
-        if (cache != nullptr) {
-          dh0.store(cache + off, nl);
-          dh1.store(cache + off + C, nl);
-        }
-        acc1 += dh0;
-        acc2 = at::vec::fmadd(dh0, xh0, acc2);
-        acc1b += dh1;
-        acc2b = at::vec::fmadd(dh1, xh1, acc2b);
-      }
-      for (; r < r1; ++r) {
-        const int64_t off = (n * HW + r) * C + c;
+    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+      const int64_t row = (n * HW + r) * C;
+      for_channel_blocks(C, [&](int64_t c, int64_t nl) {
         fVec xhat;
-        const fVec dh = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
-        if (cache != nullptr) dh.store(cache + off, nl);
-        acc1 += dh;
-        acc2 = at::vec::fmadd(dh, xhat, acc2);
-      }
-      (acc1 + acc1b).store(s1 + c, nl);
-      (acc2 + acc2b).store(s2 + c, nl);
-    });
+        const fVec dh = silu_grad(load_ch(x + row + c, nl), load_ch(dy + row + c, nl), load_f(mc + c, nl),
+                                  load_f(rc + c, nl), load_f(ac + c, nl), load_f(bc + c, nl), xhat);
+        if (cache != nullptr) dh.store(cache + row + c, nl);
+        (load_f(s1 + c, nl) + dh).store(s1 + c, nl);
+        at::vec::fmadd(dh, xhat, load_f(s2 + c, nl)).store(s2 + c, nl);
+      });
+    }
   };
   auto finish_sample = [&](int64_t n) {  // tiles summed in order, then the coefficients
     for (int64_t c = 0; c < C; ++c) {
@@ -556,35 +541,21 @@ void backward_cl(const GnsArgs& p) {
     const int64_t n = i / tiles, t = i % tiles;
     const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
     const float *Pc = P.data() + n * C, *Qc = Q.data() + n * C, *Rc = R.data() + n * C;
-    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-      const fVec vm = fVec::loadu(mc + c, nl), vr = fVec::loadu(rc + c, nl);
-      const fVec va = fVec::loadu(ac + c, nl), vb = fVec::loadu(bc + c, nl);
-      const fVec vP = fVec::loadu(Pc + c, nl), vQ = fVec::loadu(Qc + c, nl), vR = fVec::loadu(Rc + c, nl);
-      if (cache != nullptr) {  // dh from pass 1: no sigmoid here
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t off = (n * HW + r) * C + c;
-          const fVec xhat = (load_ch(x + off, nl) - vm) * vr;
-          store_ch(dx + off, at::vec::fmsub(fVec::loadu(cache + off, nl), vP, at::vec::fmadd(xhat, vQ, vR)), nl);
+    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+      const int64_t row = (n * HW + r) * C;
+      for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+        const fVec vP = load_f(Pc + c, nl), vQ = load_f(Qc + c, nl), vR = load_f(Rc + c, nl);
+        fVec xhat, dh;
+        if (cache != nullptr) {  // dh from the first pass: no sigmoid here
+          xhat = (load_ch(x + row + c, nl) - load_f(mc + c, nl)) * load_f(rc + c, nl);
+          dh = load_f(cache + row + c, nl);
+        } else {
+          dh = silu_grad(load_ch(x + row + c, nl), load_ch(dy + row + c, nl), load_f(mc + c, nl), load_f(rc + c, nl),
+                         load_f(ac + c, nl), load_f(bc + c, nl), xhat);
         }
-        return;
-      }
-      int64_t r = r0;
-      for (; r + 2 <= r1; r += 2) {  // two independent rows per iteration
-        const int64_t off = (n * HW + r) * C + c;
-        fVec xh0, xh1;
-        const fVec dh0 = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xh0);
-        const fVec dh1 = silu_grad(load_ch(x + off + C, nl), load_ch(dy + off + C, nl), vm, vr, va, vb, xh1);
-        store_ch(dx + off, at::vec::fmsub(dh0, vP, at::vec::fmadd(xh0, vQ, vR)), nl);
-        store_ch(dx + off + C, at::vec::fmsub(dh1, vP, at::vec::fmadd(xh1, vQ, vR)), nl);
-      }
-      for (; r < r1; ++r) {
-        const int64_t off = (n * HW + r) * C + c;
-        fVec xhat;
-        const fVec dh = silu_grad(load_ch(x + off, nl), load_ch(dy + off, nl), vm, vr, va, vb, xhat);
-        store_ch(dx + off, at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR)), nl);
-      }
-    });
+        store_ch(dx + row + c, at::vec::fmsub(dh, vP, at::vec::fmadd(xhat, vQ, vR)), nl);
+      });
+    }
   };
 
   if (per_sample_tasks(N)) {
