@@ -54,10 +54,10 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
 
     CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
     the reference. Measured on the 2-core dev CPU (Xeon @ 2.5 GHz, AVX-512, torch 2.13.0, fp32,
-    commit 7fbf37e; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu fwd+bwd at
-    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 2.10-3.24x
-    eager and 1.53-2.11x torch.compile of the reference, channels-last 1.38-2.30x eager and
-    2.17-3.56x compile. The Triton interpreter and the math body never beat eager ATen.
+    commit 14e9e1b; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu fwd+bwd at
+    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 3.06-3.43x
+    eager and 2.19-2.38x torch.compile of the reference, channels-last 2.11-2.65x eager and
+    2.71-3.75x compile. The Triton interpreter and the math body never beat eager ATen.
     """
     fused = _fused(name)
     if choice == "reference":
