@@ -514,14 +514,15 @@ void backward_cl(const GnsArgs& p) {
     }
   };
   auto finish_sample = [&](int64_t n) {  // tiles summed in order, then the coefficients
-    for (int64_t c = 0; c < C; ++c) {
-      float t1 = 0.f, t2 = 0.f;
-      for (int64_t t = 0; t < tiles; ++t) {
-        t1 += part[(n * tiles + t) * C + c];
-        t2 += part[(N * tiles + n * tiles + t) * C + c];
+    float *s1 = p.s1 + n * C, *s2 = p.s2 + n * C;
+    std::fill(s1, s1 + C, 0.f);
+    std::fill(s2, s2 + C, 0.f);
+    for (int64_t t = 0; t < tiles; ++t) {  // tile rows in address order; per channel, tiles in order
+      const float *p1 = part.data() + (n * tiles + t) * C, *p2 = part.data() + (N * tiles + n * tiles + t) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        s1[c] += p1[c];
+        s2[c] += p2[c];
       }
-      p.s1[n * C + c] = t1;
-      p.s2[n * C + c] = t2;
     }
     for (int64_t g = 0; g < G; ++g) {
       float c1 = 0.f, c2 = 0.f;
