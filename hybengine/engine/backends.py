@@ -22,8 +22,9 @@ log = logging.getLogger("hybengine.engine")
 
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
     """AdamW; on CPU its fused kernel. For the tiny U-Net's 104 tensors (0.69 M values) on the 2-core
-    dev CPU, one step took 2.5-3.6 ms fused against 11.7-13.9 ms for the per-tensor loop that is
-    the CPU default (8.7-12.1 ms with foreach). On CUDA torch's default (foreach) is kept: that is
+    dev CPU, one step took 2.71 ms fused against 15.34 ms for the per-tensor loop that is torch's
+    CPU default, and 12.00 ms with foreach (benchmarks/bench_optimizer.py, commit 4dd13b9,
+    benchmarks/results/optimizer.csv). On CUDA torch's default (foreach) is kept: that is
     what the GPU rows in benchmarks/results/train.csv measured. Either way a resumed run repeats
     an uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py)."""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
