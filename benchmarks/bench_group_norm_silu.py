@@ -9,6 +9,9 @@ Providers (same inputs, same run):
     compile    torch.compile(group_norm_silu_reference), static shapes
     native     the fused op with its CPU body forced to the C++ kernels of kernels/native (CPU runs
                where the library was built; `fused` is then native too unless forced elsewhere)
+    rows       the fused op with the channels-last Triton kernels of group_norm_silu_rows.py (nhwc
+               rows only; GPU, or the interpreter); `fused` keeps the process's choice ("groups"
+               unless HYBENGINE_GN_CHANNELS_LAST says otherwise)
     apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
                no modulation: its rows say modulated=False)
 
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
 from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
+from hybengine.kernels.group_norm_silu import channels_last_kernel, set_channels_last_kernel
 
 # the issue's U-Net shapes, most telling first (a time budget may cut the tail)
 GPU_SHAPES = [(64, 256, 64, 64), (16, 128, 128, 128), (8, 128, 256, 256), (64, 512, 32, 32), (1, 64, 64, 64)]
@@ -43,6 +47,7 @@ CPU_SHAPES = [(8, 64, 32, 32), (2, 128, 32, 32)]
 QUICK_SHAPES = [(4, 64, 16, 16)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "bwd", "fwd+bwd")
+CHANNELS_LAST_DEFAULT = channels_last_kernel()  # what `fused` runs channels-last
 ELEMENT_SIZES = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 
 
@@ -51,10 +56,17 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
     return F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
 
 
-def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device):
+def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device, layout: str):
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
+    set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
     if name == "fused":
         backends.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+    if name == "rows":
+        if layout != "nhwc" or (device.type != "cuda" and not backends.INTERPRET):
+            return None
+        backends.set_cpu_backend(None, ops=("group_norm_silu",))
+        set_channels_last_kernel("rows")  # forward and backward, until the next provider
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "native":
         if device.type != "cpu" or not native.available():
@@ -127,7 +139,8 @@ def configs(args, device):
 
 def main() -> None:
     p = kernel_bench_parser(__doc__, shapes_help="N,C,H,W ...", layouts=["nchw", "nhwc"],
-                            providers=["fused", "reference", "eager", "compile", "apex", "native"], modes=MODES,
+                            providers=["fused", "rows", "reference", "eager", "compile", "apex", "native"],
+                            modes=MODES,
                             dtypes=list(DTYPES), csv_path=RESULTS / "group_norm_silu.csv")
     p.add_argument("--groups", type=int, default=32)
     args = p.parse_args()
@@ -144,7 +157,7 @@ def main() -> None:
         err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, args.groups, eps)
         rows, p50 = [], {}
         for provider in args.providers:
-            fn = make_provider(provider, args.groups, eps, shape[1], dtype, device)
+            fn = make_provider(provider, args.groups, eps, shape[1], dtype, device, layout)
             if fn is None:
                 continue
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:

@@ -11,6 +11,7 @@ Configurations (DESIGN.md, "What fast means"):
           compile, precision and back-end as measured for that device)
   engine-nchw  (only when named in --configs) the engine with model.channels_last=false, to check
           the layout choice of that file
+  engine-rows  (only when named) the engine with the channels-last rows GroupNorm-SiLU kernels
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
 is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
@@ -45,6 +46,7 @@ CONFIGS = {
     "strong": ["model.compile=true", "model.channels_last=true", "train.precision=bf16", *REFERENCE_OPS,
                "data.loader=torch", "train.engine=plain"],
     "engine-nchw": ["model.channels_last=false"],  # on top of the engine file
+    "engine-rows": ["kernels.group_norm_silu_channels_last=rows"],  # the rows GroupNorm-SiLU kernels
 }
 
 
@@ -94,7 +96,7 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"],
-                   choices=["plain", "strong", "engine", "engine-nchw"])
+                   choices=["plain", "strong", "engine", "engine-nchw", "engine-rows"])
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--csv", default=str(RESULTS / "train.csv"))
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")

@@ -5,7 +5,7 @@ within a few times PyTorch's own error on the same rounded inputs. Covered: grou
 hybrid_loss in fp32, bf16 and fp16, NCHW and channels-last, odd and U-Net-like sizes, shapes the
 launch plan splits over several programs per group, forced splits, modulation variants,
 bitwise-deterministic gradients, opcheck, and a fullgraph torch.compile of a tiny U-Net block
-(forward and backward against eager).
+(forward and backward against eager); and the same for the channels-last rows kernels.
 
     python benchmarks/check_kernels.py --device cuda --json gpu_out/check.json
     TRITON_INTERPRET=1 python benchmarks/check_kernels.py --device cpu --quick    # a dry run
@@ -36,7 +36,11 @@ from kernel_helpers import (  # noqa: E402
 )
 
 from hybengine.kernels import backends, hybrid_loss  # noqa: E402
-from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_triton, group_norm_silu_fwd_triton  # noqa: E402
+from hybengine.kernels.group_norm_silu import (  # noqa: E402
+    group_norm_silu_bwd_triton,
+    group_norm_silu_fwd_triton,
+    set_channels_last_kernel,
+)
 from hybengine.kernels.launch import split_plan  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,6 +119,42 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes):
             ck.run(f"group_norm_silu deterministic {dt} {layout}", deterministic)
 
 
+def gn_rows_checks(ck: Checker, device, dtypes, shapes):
+    """The channels-last rows kernels (group_norm_silu_rows.py): the shapes, forced chunks, determinism."""
+    from hybengine.kernels.group_norm_silu_rows import group_norm_silu_bwd_rows, group_norm_silu_fwd_rows
+
+    def run(inputs, p_split):
+        x, weight, bias, s, t, dy = inputs
+        y, mean, rstd = group_norm_silu_fwd_rows(x, weight, bias, s, t, 4, 1e-5, p_split=p_split)
+        return (y, *group_norm_silu_bwd_rows(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5, p_split=p_split))
+
+    previous = set_channels_last_kernel("rows")
+    try:
+        for n, c, h, w, g in shapes:
+            for dt in dtypes:
+                inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
+                ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
+                       partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
+        for dt in dtypes:
+            inputs = [v.to(DTYPES[dt]) for v in gn_inputs(2, 16, 33, 31, channels_last=True, device=device)]
+
+            def chunks_vs_plan(inputs=inputs):
+                plan, chunks = run(inputs, None), run(inputs, 64)
+                return {f"chunks_vs_plan_{i}": (a.double() - b.double()).abs().max().item()
+                        for i, (a, b) in enumerate(zip(plan, chunks, strict=True))}
+
+            def deterministic(inputs=inputs):
+                for p_split in (None, 64):
+                    for a, b in zip(run(inputs, p_split), run(inputs, p_split), strict=True):
+                        assert torch.equal(a, b), "outputs differ between identical runs"
+                return {}
+
+            ck.run(f"group_norm_silu rows forced chunks vs plan {dt} nhwc", chunks_vs_plan)
+            ck.run(f"group_norm_silu rows deterministic {dt} nhwc", deterministic)
+    finally:
+        set_channels_last_kernel(previous)
+
+
 def loss_checks(ck: Checker, device, dtypes, shapes):
     for shape in shapes:
         for dt in dtypes:
@@ -185,6 +225,7 @@ def main() -> int:
     gn_checks(ck, device, dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     if backends.select("group_norm_silu", device.type).startswith("triton"):
         gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes)
+        gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if args.quick else LOSS_SHAPES)
     op_checks(ck, device)
     failed = [r for r in ck.results if r["status"] != "ok"]

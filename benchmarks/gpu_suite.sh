@@ -17,7 +17,8 @@
 #               benchmarks/repo_imports.py maps hybengine.kernels to this checkout)
 #   3. check    every op against the float64 reference: fp32, bf16, fp16; NCHW and channels-last;
 #               every output and gradient; split paths; determinism; opcheck; fullgraph compile
-#   4. bench    group_norm_silu and hybrid_loss: fused vs eager, reference, torch.compile (+ apex)
+#   4. bench    group_norm_silu and hybrid_loss: fused vs eager, reference, torch.compile (+ apex);
+#               channels-last rows also time the untimed rows kernels (provider `rows`)
 #   5. train    end-to-end training steps, plain vs strong vs engine (bench_train.py), base + tiny
 #   6. dali     (issue 5) DALI `mixed` GPU decode (runs before the train stages, whose engine
 #               rows then load through DALI): tests/test_data_dali_gpu.py and
@@ -158,7 +159,8 @@ stage dali "${DALI_LIMIT_S:-150}" dali_gpu
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then
-  # TRAIN_CONFIGS="plain strong engine engine-nchw" also checks cuda.yaml's channels-last choice
+  # TRAIN_CONFIGS="plain strong engine engine-nchw" also checks cuda.yaml's channels-last choice,
+  # "plain strong engine engine-rows" the channels-last rows GroupNorm-SiLU kernels end to end
   # shellcheck disable=SC2086
   stage bench_train_base "${TRAIN_LIMIT_S:-300}" "$PY" benchmarks/bench_train.py --preset base --batch 32 --crop 128 \
     --steps 40 --log-every 5 --rounds 1 --configs ${TRAIN_CONFIGS:-plain strong engine} --csv "$OUT/train.csv"

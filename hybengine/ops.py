@@ -87,6 +87,11 @@ def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
         _IMPL[name] = _fused(name) if path == "fused" else _REFERENCE[name]
         _CHOSEN[name] = path
         log.info("op %s on %s: %s (%s)", name, device.type, path, reason)
+    if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
+        from .kernels.group_norm_silu import set_channels_last_kernel
+
+        set_channels_last_kernel(cfg.group_norm_silu_channels_last)
+        log.info("group_norm_silu on channels-last CUDA tensors: %s kernels", cfg.group_norm_silu_channels_last)
     return dict(_CHOSEN)
 
 

@@ -27,6 +27,8 @@ every split program combines them in the same fixed order; in the backward, per-
 written and summed over splits in a fixed order. No atomics anywhere, so all gradients are
 bitwise reproducible.
 """
+import os
+
 import torch
 
 from . import backends
@@ -490,6 +492,38 @@ def _gns_param_grads_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
+# Channels-last inputs on the GPU: "groups", the kernels above (one program per group, CG of every
+# C values read per pixel), or "rows", group_norm_silu_rows.py (programs own whole pixel rows).
+# "rows" is the design meant for channels-last but has not been timed on a GPU yet, so "groups",
+# which has, stays the default; `benchmarks/bench_group_norm_silu.py --providers fused rows`
+# compares them. The config key kernels.group_norm_silu_channels_last sets it for a run (through
+# hybengine.ops.configure), HYBENGINE_GN_CHANNELS_LAST=rows for a whole process.
+CHANNELS_LAST_KERNELS = ("groups", "rows")
+_channels_last_kernel = os.environ.get("HYBENGINE_GN_CHANNELS_LAST", "groups")
+if _channels_last_kernel not in CHANNELS_LAST_KERNELS:
+    raise ValueError(f"HYBENGINE_GN_CHANNELS_LAST={_channels_last_kernel!r}: expected one of {CHANNELS_LAST_KERNELS}")
+
+
+def set_channels_last_kernel(name: str) -> str:
+    """Choose the Triton kernels for channels-last inputs ("groups" or "rows"); returns the previous choice."""
+    global _channels_last_kernel
+    if name not in CHANNELS_LAST_KERNELS:
+        raise ValueError(f"unknown channels-last kernel {name!r}; expected one of {CHANNELS_LAST_KERNELS}")
+    previous, _channels_last_kernel = _channels_last_kernel, name
+    return previous
+
+
+def channels_last_kernel() -> str:
+    return _channels_last_kernel
+
+
+def _rows_path(x: torch.Tensor, hw_per_split: int | None) -> bool:
+    if _channels_last_kernel != "rows" or hw_per_split is not None:
+        return False
+    from .group_norm_silu_rows import rows_supported
+
+    return rows_supported(x)
+
 
 def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int, int]:
     n, c, hw = x3.shape
@@ -517,6 +551,10 @@ def group_norm_silu_fwd_triton(
     hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
+    if _rows_path(x, hw_per_split):
+        from .group_norm_silu_rows import group_norm_silu_fwd_rows
+
+        return group_norm_silu_fwd_rows(x, weight, bias, scale, shift, groups, eps)
     weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
     y = torch.empty_like(x)
     x3, y3 = as_n_c_p(x), as_n_c_p(y)
@@ -555,6 +593,10 @@ def group_norm_silu_bwd_triton(
     Whole groups: dx kernel (writes s1, s2) -> parameter kernel. Split groups: s1/s2 partials ->
     parameter kernel (also sums the partials) -> dx kernel.
     """
+    if _rows_path(x, hw_per_split):
+        from .group_norm_silu_rows import group_norm_silu_bwd_rows
+
+        return group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps)
     weight, bias = weight.contiguous(), bias.contiguous()
     dx = torch.empty_like(x)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)

@@ -1,0 +1,141 @@
+"""The channels-last rows kernels of GroupNorm-SiLU (kernels/group_norm_silu_rows.py) against the
+float64 reference, under the Triton interpreter: every output and gradient, split chunks,
+statistics of shifted data, determinism, and which inputs take the path."""
+import pytest
+import torch
+from kernel_helpers import GN_NAMES, assert_matches, check_group_norm_silu, gn_inputs, gn_outputs_and_grads
+
+from hybengine.kernels import backends, group_norm_silu_reference
+from hybengine.kernels import group_norm_silu_rows as rows
+from hybengine.kernels.group_norm_silu import set_channels_last_kernel
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+    pytest.mark.skipif(backends.select("group_norm_silu", "cpu") != "triton-interpreter",
+                       reason="Triton interpreter not active"),
+]
+
+# (n, c, h, w, groups): odd sizes, one group, one channel per group, C not a power of two and over
+# the vector width, a shape the launch plan splits into several chunks per sample
+SHAPES = {
+    "odd": (2, 6, 7, 9, 3),
+    "one_group": (1, 5, 7, 9, 1),
+    "many_groups": (1, 12, 7, 9, 12),
+    "wide_channels": (2, 40, 9, 7, 5),
+    "split_by_plan": (1, 2, 16, 16, 1),
+}
+
+
+@pytest.fixture
+def rows_selected(monkeypatch):
+    """Select the rows kernels and count the calls that reach them."""
+    calls = {"fwd": 0, "bwd": 0}
+    fwd, bwd = rows.group_norm_silu_fwd_rows, rows.group_norm_silu_bwd_rows
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(rows, "group_norm_silu_fwd_rows", count("fwd", fwd))
+    monkeypatch.setattr(rows, "group_norm_silu_bwd_rows", count("bwd", bwd))
+    previous = set_channels_last_kernel("rows")
+    yield calls
+    set_channels_last_kernel(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_matches_reference(rows_selected, shape, dtype):
+    n, c, h, w, g = SHAPES[shape]
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype)
+    assert rows_selected == {"fwd": 1, "bwd": 1}, "the channels-last op took the rows kernels"
+
+
+def test_split_shape_is_split():
+    n, c, h, w, _ = SHAPES["split_by_plan"]
+    x3 = torch.empty(n, h * w, c).transpose(1, 2)
+    assert rows._plan(x3, None)[0] > 1
+
+
+def test_nchw_keeps_the_group_kernels(rows_selected):
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9), 3, torch.float32)
+    assert rows_selected == {"fwd": 0, "bwd": 0}
+
+
+def test_modulation_variants(rows_selected):
+    for scale, shift in [(False, False), (True, False), (False, True)]:
+        check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, channels_last=True), 3, torch.float32)
+
+
+def run_rows(inputs, groups, p_split):
+    x, weight, bias, s, t, dy = inputs
+    y, mean, rstd = rows.group_norm_silu_fwd_rows(x, weight, bias, s, t, groups, 1e-5, p_split=p_split)
+    grads = rows.group_norm_silu_bwd_rows(dy, x, weight, bias, s, t, mean, rstd, groups, 1e-5, p_split=p_split)
+    return (y, *grads), mean, rstd
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_forced_split_chunks(dtype):
+    """Several chunks per sample (statistics and s1/s2 partials), chunks not dividing HW = 63."""
+    lo = [v.to(dtype) for v in gn_inputs(2, 6, 7, 9, channels_last=True)]
+    split, mean, rstd = run_rows(lo, 2, 16)
+    _, mean_whole, rstd_whole = run_rows(lo, 2, 64)
+    ref = gn_outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), 2)
+    lowp = gn_outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], 2)
+    for name, o, r, lp in zip(GN_NAMES, split, ref, lowp, strict=True):
+        assert_matches(name, o, r, lp, dtype)
+    torch.testing.assert_close(mean, mean_whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd, rstd_whole, rtol=1e-6, atol=1e-6)
+
+
+def test_statistics_are_fp32_and_stable():
+    """Mean 1e3 with unit spread, split into chunks: the partials combine without cancellation."""
+    g = torch.Generator().manual_seed(3)
+    x = 1000 + torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    x_cl = x.float().contiguous(memory_format=torch.channels_last)
+    for p_split in (None, 8):
+        _, mean, rstd = rows.group_norm_silu_fwd_rows(x_cl, torch.ones(4), torch.zeros(4), None, None, 2, 1e-5,
+                                                      p_split=p_split)
+        xg = x.view(2, 2, -1)
+        assert mean.dtype == rstd.dtype == torch.float32
+        torch.testing.assert_close(mean.double(), xg.mean(-1), rtol=1e-6, atol=0)
+        torch.testing.assert_close(rstd.double(), (xg.var(-1, correction=0) + 1e-5).rsqrt(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("p_split", [None, 16], ids=["plan", "split"])
+def test_gradients_are_deterministic(p_split):
+    inputs = [v.float() for v in gn_inputs(2, 6, 7, 9, channels_last=True)]
+    for a, b in zip(run_rows(inputs, 3, p_split)[0], run_rows(inputs, 3, p_split)[0], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_choice_is_validated():
+    with pytest.raises(ValueError, match="unknown channels-last kernel 'columns'"):
+        set_channels_last_kernel("columns")
+    assert not rows.rows_supported(torch.empty(1, 4, 3, 3))  # NCHW
+    assert rows.rows_supported(torch.empty(1, 4, 3, 3).contiguous(memory_format=torch.channels_last))
+    too_wide = torch.empty(1, rows.MAX_ROWS_CHANNELS + 1, 1, 2).contiguous(memory_format=torch.channels_last)
+    assert not rows.rows_supported(too_wide)
+
+
+def test_run_config_selects_the_kernels():
+    """kernels.group_norm_silu_channels_last reaches the op when a run resolves its ops for CUDA."""
+    from hybengine import ops
+    from hybengine.config import ConfigError, KernelConfig, load_config
+    from hybengine.kernels.group_norm_silu import channels_last_kernel
+
+    previous = channels_last_kernel()
+    try:
+        cfg = load_config(None, ["kernels.group_norm_silu_channels_last=rows"])
+        assert cfg.kernels.group_norm_silu_channels_last == "rows"
+        ops.configure(KernelConfig(group_norm_silu_channels_last="rows"), torch.device("cuda"))
+        assert channels_last_kernel() == "rows"
+        ops.configure(KernelConfig(), torch.device("cuda"))
+        assert channels_last_kernel() == "groups"
+    finally:
+        set_channels_last_kernel(previous)
+        ops.configure(KernelConfig(), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="group_norm_silu_channels_last"):
+        load_config(None, ["kernels.group_norm_silu_channels_last=columns"])
