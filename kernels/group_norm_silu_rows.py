@@ -31,7 +31,7 @@ chooses between it and the group kernels.
 import torch
 
 from .backends import tl, triton
-from .group_norm_silu import _channel_affine, _gns_param_grads_kernel
+from .group_norm_silu import _channel_affine, _gns_param_grads_kernel, _modulation
 from .launch import forced_plan, split_plan
 from .layout import as_n_c_p, write_back
 
@@ -384,13 +384,6 @@ def _plan(x3: torch.Tensor, p_split: int | None) -> tuple[int, int]:
     if p_split is not None:
         return forced_plan(hw, p_split)
     return split_plan(n, hw, c, x3.device)
-
-
-def _modulation(t: torch.Tensor | None, fallback: torch.Tensor) -> tuple[torch.Tensor, int]:
-    if t is None:
-        return fallback, 0
-    t = t if t.stride(1) == 1 else t.contiguous()
-    return t, t.stride(0)
 
 
 def _small_blocks(s: int, cg: int) -> dict:
