@@ -100,8 +100,9 @@ class KernelConfig:
     group_norm_silu: str = choice("auto", "fused", "reference")  # auto: fused on CUDA, measured on CPU
     hybrid_loss: str = choice("auto", "fused", "reference")
     # Triton kernels for channels-last inputs on CUDA: "groups" (timed on H100/H200) or "rows"
-    # (reads whole pixel rows; not yet timed on a GPU). See kernels/group_norm_silu_rows.py.
-    group_norm_silu_channels_last: str = choice("groups", "rows")
+    # (reads whole pixel rows; not yet timed on a GPU; kernels/group_norm_silu_rows.py). auto:
+    # HYBENGINE_GN_CHANNELS_LAST where set, else groups.
+    group_norm_silu_channels_last: str = choice("auto", "groups", "rows")
 
 
 @dataclass

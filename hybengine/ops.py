@@ -55,7 +55,7 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
     CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
     the reference. Measured on the 2-core dev CPU (Xeon @ 2.5 GHz, AVX-512, torch 2.13.0, fp32,
     commit 14e9e1b; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu fwd+bwd at
-    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 3.06-3.43x
+    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 3.04-3.43x
     eager and 2.19-2.38x torch.compile of the reference, channels-last 2.11-2.65x eager and
     2.71-3.75x compile. The Triton interpreter and the math body never beat eager ATen.
     """
@@ -87,11 +87,14 @@ def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
         _IMPL[name] = _fused(name) if path == "fused" else _REFERENCE[name]
         _CHOSEN[name] = path
         log.info("op %s on %s: %s (%s)", name, device.type, path, reason)
-    if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
-        from .kernels.group_norm_silu import set_channels_last_kernel
+    # set on every run, so one run's choice never leaks into the next
+    from .kernels.group_norm_silu import DEFAULT_CHANNELS_LAST_KERNEL, set_channels_last_kernel
 
-        set_channels_last_kernel(cfg.group_norm_silu_channels_last)
-        log.info("group_norm_silu on channels-last CUDA tensors: %s kernels", cfg.group_norm_silu_channels_last)
+    cl = cfg.group_norm_silu_channels_last
+    set_channels_last_kernel(DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl)
+    if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
+        log.info("group_norm_silu on channels-last CUDA tensors: %s kernels (%s)",
+                 DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl, cl)
     return dict(_CHOSEN)
 
 

@@ -418,7 +418,7 @@ def _gns_bwd_kernel(
             tl.store(SUMS + NC + nc, s2, mask=cmask)
         c1 += tl.sum(a * s1)
         c2 += tl.sum(a * s2)
-    inv_m = 1.0 / (CG * HW).to(tl.float32)
+    inv_m = 1.0 / (CG * HW * 1.0)  # a float even when CG = HW = 1 (constexprs)
     c1 = c1 * inv_m
     c2 = c2 * inv_m
 
@@ -496,12 +496,14 @@ def _gns_param_grads_kernel(
 # C values read per pixel), or "rows", group_norm_silu_rows.py (programs own whole pixel rows).
 # "rows" is the design meant for channels-last but has not been timed on a GPU yet, so "groups",
 # which has, stays the default; `benchmarks/bench_group_norm_silu.py --providers fused rows`
-# compares them. The config key kernels.group_norm_silu_channels_last sets it for a run (through
-# hybengine.ops.configure), HYBENGINE_GN_CHANNELS_LAST=rows for a whole process.
+# compares them. HYBENGINE_GN_CHANNELS_LAST=rows makes it the process default; a run's config key
+# kernels.group_norm_silu_channels_last (auto: that default) sets it through hybengine.ops.configure.
 CHANNELS_LAST_KERNELS = ("groups", "rows")
-_channels_last_kernel = os.environ.get("HYBENGINE_GN_CHANNELS_LAST", "groups")
-if _channels_last_kernel not in CHANNELS_LAST_KERNELS:
-    raise ValueError(f"HYBENGINE_GN_CHANNELS_LAST={_channels_last_kernel!r}: expected one of {CHANNELS_LAST_KERNELS}")
+DEFAULT_CHANNELS_LAST_KERNEL = os.environ.get("HYBENGINE_GN_CHANNELS_LAST", "groups")
+if DEFAULT_CHANNELS_LAST_KERNEL not in CHANNELS_LAST_KERNELS:
+    raise ValueError(f"HYBENGINE_GN_CHANNELS_LAST={DEFAULT_CHANNELS_LAST_KERNEL!r}: "
+                     f"expected one of {CHANNELS_LAST_KERNELS}")
+_channels_last_kernel = DEFAULT_CHANNELS_LAST_KERNEL
 
 
 def set_channels_last_kernel(name: str) -> str:

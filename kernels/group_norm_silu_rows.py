@@ -128,7 +128,7 @@ def _rows_group_stats_kernel(
     g = pid % G
     eps = tl.cast(eps, tl.float32)
     NSC = N * S * C
-    inv_m = 1.0 / (CG * HW).to(tl.float32)
+    inv_m = 1.0 / (CG * HW * 1.0)  # a float even when CG = HW = 1 (constexprs)
     acc = tl.zeros([BLOCK_S, BLOCK_CG], dtype=tl.float32)
     for sb in range(0, S, BLOCK_S):
         s = sb + tl.arange(0, BLOCK_S)
@@ -305,7 +305,7 @@ def _rows_coef_kernel(
         a, _ = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         c1 += tl.sum(a * tl.load(SUMS + n * C + c, mask=cmask, other=0.0))
         c2 += tl.sum(a * tl.load(SUMS + N * C + n * C + c, mask=cmask, other=0.0))
-    inv_m = 1.0 / (CG * HW).to(tl.float32)
+    inv_m = 1.0 / (CG * HW * 1.0)  # a float even when CG = HW = 1 (constexprs)
     tl.store(COEF + pid, c1 * inv_m)
     tl.store(COEF + N * G + pid, c2 * inv_m)
 

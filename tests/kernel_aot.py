@@ -28,6 +28,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 gns = importlib.import_module("hybengine.kernels.group_norm_silu")
+rows = importlib.import_module("hybengine.kernels.group_norm_silu_rows")
 hl = importlib.import_module("hybengine.kernels.hybrid_loss")
 
 CUDA = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # what the heuristics look at
@@ -94,6 +95,17 @@ def variants(everything: bool):
             if layout == "nchw":  # no strided tensor in it
                 yield (f"_gns_param_grads_kernel {dt} split={split}", gns._gns_param_grads_kernel, params,
                        {"C": 128}, {"HAS_SCALE": True, "SPLIT": split}, ())
+    # GroupNorm rows kernels (channels-last only): C = 96 is not a power of two, 2048 the widest
+    rows_unit = ("stride_xc", "stride_yc", "stride_dc", "stride_gc")
+    for dt in dtypes:
+        io = {"X": dt, "Y": dt, "DY": dt, "DX": dt, "W": dt, "B": dt, "SCALE": dt, "SHIFT": dt,
+              "MEAN": "fp32", "RSTD": "fp32", "PART": "fp32", "COEF": "fp32"}
+        for c in (96, 2048) if everything else (96,):
+            sizes = {"C": c, "P_SPLIT": 1024}
+            flags = {"HAS_SCALE": True, "HAS_SHIFT": True}
+            yield f"_rows_stats_kernel {dt} C={c}", rows._rows_stats_kernel, io, sizes, {}, rows_unit
+            for name in ("_rows_fwd_kernel", "_rows_bwd_reduce_kernel", "_rows_dx_kernel"):
+                yield f"{name} {dt} C={c}", getattr(rows, name), io, sizes, flags, rows_unit
     # Loss: F (B, 3+K, H, W) in the run's dtype, x and x_n fp32, y int64
     data_unit = ("stride_np", "stride_xp", "stride_yp")  # x_n, x NCHW and y contiguous in both cases
     loss_layouts = {"nchw": ("stride_op", "stride_gp", "stride_fp", *data_unit),

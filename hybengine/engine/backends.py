@@ -26,7 +26,9 @@ def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weig
     CPU default, and 12.00 ms with foreach (benchmarks/bench_optimizer.py, commit 4dd13b9,
     benchmarks/results/optimizer.csv). On CUDA torch's default (foreach) is kept: that is
     what the GPU rows in benchmarks/results/train.csv measured. Either way a resumed run repeats
-    an uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py)."""
+    an uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py): the
+    implementation flags travel in the optimizer state, so a checkpoint continues with the one it
+    was written with (one from before this choice keeps torch's default)."""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay,
                              fused=True if on_cpu else None)

@@ -327,8 +327,9 @@ void backward_nchw(const GnsArgs& p) {
 // Every channels-last pass walks a tile's rows in address order (rows outer, channel blocks
 // inner), so the hardware prefetchers stream it; per-channel constants and accumulators are small
 // fp32 arrays that stay in L1. (Channel blocks outer and rows inner, with register accumulators,
-// read memory with a stride of C elements and stalled on its loads: at (8, 96, 64, 64) fp32 the
-// backward took about 10 ms that way against about 6 ms now, on the 2-core dev CPU.)
+// read memory with a stride of C elements, and perf showed those loops stalled on their loads;
+// the committed rows before and after are in benchmarks/results/group_norm_silu.csv, commits
+// 7fbf37e and 14e9e1b, the latter with the inline exp of vec_utils.h too.)
 template <typename Fn>
 inline void for_channel_blocks(int64_t C, Fn&& fn) {
   int64_t c = 0;
