@@ -91,15 +91,26 @@ def gn_checks(ck: Checker, device, dtypes, shapes):
                    partial(check_group_norm_silu, inputs, 3, DTYPES[dt]))
 
 
-def gn_forced_split_and_determinism(ck: Checker, device, dtypes):
-    def run(inputs, hw_per_split):
-        x, weight, bias, s, t, dy = inputs
-        y, mean, rstd = group_norm_silu_fwd_triton(x, weight, bias, s, t, 4, 1e-5, hw_per_split=hw_per_split)
-        return (y, *group_norm_silu_bwd_triton(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5,
-                                               hw_per_split=hw_per_split))
+def gn_triton_run(inputs, hw_per_split):
+    """The group kernels' launchers with a forced split size (None: the launch plan)."""
+    x, weight, bias, s, t, dy = inputs
+    y, mean, rstd = group_norm_silu_fwd_triton(x, weight, bias, s, t, 4, 1e-5, hw_per_split=hw_per_split)
+    return (y, *group_norm_silu_bwd_triton(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5, hw_per_split=hw_per_split))
 
+
+def gn_rows_run(inputs, p_split):
+    """The rows kernels' launchers with a forced chunk size (None: the launch plan)."""
+    from hybengine.kernels.group_norm_silu_rows import group_norm_silu_bwd_rows, group_norm_silu_fwd_rows
+
+    x, weight, bias, s, t, dy = inputs
+    y, mean, rstd = group_norm_silu_fwd_rows(x, weight, bias, s, t, 4, 1e-5, p_split=p_split)
+    return (y, *group_norm_silu_bwd_rows(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5, p_split=p_split))
+
+
+def gn_forced_split_and_determinism(ck: Checker, device, dtypes, run, layouts, label):
+    """run(inputs, size) with a forced split against the launch plan, and twice for identical bits."""
     for dt in dtypes:
-        for cl in (False, True):
+        for cl in layouts:
             inputs = [v.to(DTYPES[dt]) for v in gn_inputs(2, 16, 33, 31, channels_last=cl, device=device)]
 
             def split_vs_whole(inputs=inputs):
@@ -108,26 +119,18 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes):
                         for i, (a, b) in enumerate(zip(whole, split, strict=True))}
 
             def deterministic(inputs=inputs):
-                for hw_per_split in (None, 64):
-                    first, second = run(inputs, hw_per_split), run(inputs, hw_per_split)
-                    for a, b in zip(first, second, strict=True):
+                for size in (None, 64):
+                    for a, b in zip(run(inputs, size), run(inputs, size), strict=True):
                         assert torch.equal(a, b), "outputs differ between identical runs"
                 return {}
 
             layout = "nhwc" if cl else "nchw"
-            ck.run(f"group_norm_silu forced split vs whole {dt} {layout}", split_vs_whole)
-            ck.run(f"group_norm_silu deterministic {dt} {layout}", deterministic)
+            ck.run(f"{label} forced split vs whole {dt} {layout}", split_vs_whole)
+            ck.run(f"{label} deterministic {dt} {layout}", deterministic)
 
 
 def gn_rows_checks(ck: Checker, device, dtypes, shapes):
     """The channels-last rows kernels (group_norm_silu_rows.py): the shapes, forced chunks, determinism."""
-    from hybengine.kernels.group_norm_silu_rows import group_norm_silu_bwd_rows, group_norm_silu_fwd_rows
-
-    def run(inputs, p_split):
-        x, weight, bias, s, t, dy = inputs
-        y, mean, rstd = group_norm_silu_fwd_rows(x, weight, bias, s, t, 4, 1e-5, p_split=p_split)
-        return (y, *group_norm_silu_bwd_rows(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5, p_split=p_split))
-
     previous = set_channels_last_kernel("rows")
     try:
         for n, c, h, w, g in shapes:
@@ -135,22 +138,7 @@ def gn_rows_checks(ck: Checker, device, dtypes, shapes):
                 inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
                 ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
                        partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
-        for dt in dtypes:
-            inputs = [v.to(DTYPES[dt]) for v in gn_inputs(2, 16, 33, 31, channels_last=True, device=device)]
-
-            def chunks_vs_plan(inputs=inputs):
-                plan, chunks = run(inputs, None), run(inputs, 64)
-                return {f"chunks_vs_plan_{i}": (a.double() - b.double()).abs().max().item()
-                        for i, (a, b) in enumerate(zip(plan, chunks, strict=True))}
-
-            def deterministic(inputs=inputs):
-                for p_split in (None, 64):
-                    for a, b in zip(run(inputs, p_split), run(inputs, p_split), strict=True):
-                        assert torch.equal(a, b), "outputs differ between identical runs"
-                return {}
-
-            ck.run(f"group_norm_silu rows forced chunks vs plan {dt} nhwc", chunks_vs_plan)
-            ck.run(f"group_norm_silu rows deterministic {dt} nhwc", deterministic)
+        gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
     finally:
         set_channels_last_kernel(previous)
 
@@ -224,7 +212,8 @@ def main() -> int:
     t0 = time.perf_counter()
     gn_checks(ck, device, dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     if backends.select("group_norm_silu", device.type).startswith("triton"):
-        gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes)
+        gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes, gn_triton_run,
+                                        (False, True), "group_norm_silu")
         gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if args.quick else LOSS_SHAPES)
     op_checks(ck, device)

@@ -60,6 +60,14 @@ def _group_gather(T, n, c, cmask, G, CG):
     return tl.load(T + n * G + c // CG, mask=cmask, other=0.0)
 
 
+@triton.jit
+def _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn, stride_tn,
+                            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """Per channel of sample n: a, bb (the affine) and the group's mean, rstd broadcast to it."""
+    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+    return a, bb, _group_gather(MEAN, n, c, cmask, G, CG), _group_gather(RSTD, n, c, cmask, G, CG)
+
+
 @triton.heuristics(_ROWS_HEURISTICS)
 @triton.jit
 def _rows_stats_kernel(
@@ -190,9 +198,8 @@ def _rows_fwd_kernel(
     p_hi = tl.minimum(p_lo + P_SPLIT, HW)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
-    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-    mean = _group_gather(MEAN, n, c, cmask, G, CG)
-    rstd = _group_gather(RSTD, n, c, cmask, G, CG)
+    a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
+                                                stride_tn, HAS_SCALE, HAS_SHIFT)
     A = rstd * a  # h = (x - mean) * A + bb
     x_base = n.to(tl.int64) * stride_xn
     y_base = n.to(tl.int64) * stride_yn
@@ -254,9 +261,8 @@ def _rows_bwd_reduce_kernel(
     p_hi = tl.minimum(p_lo + P_SPLIT, HW)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
-    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-    mean = _group_gather(MEAN, n, c, cmask, G, CG)
-    rstd = _group_gather(RSTD, n, c, cmask, G, CG)
+    a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
+                                                stride_tn, HAS_SCALE, HAS_SHIFT)
     x_base = n.to(tl.int64) * stride_xn
     dy_base = n.to(tl.int64) * stride_dn
     acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)  # lane sums: one reduction after the loop
@@ -352,9 +358,8 @@ def _rows_dx_kernel(
     p_hi = tl.minimum(p_lo + P_SPLIT, HW)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
-    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-    mean = _group_gather(MEAN, n, c, cmask, G, CG)
-    rstd = _group_gather(RSTD, n, c, cmask, G, CG)
+    a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
+                                                stride_tn, HAS_SCALE, HAS_SHIFT)
     c1 = _group_gather(COEF, n, c, cmask, G, CG)
     c2 = _group_gather(COEF + N * G, n, c, cmask, G, CG)
     x_base = n.to(tl.int64) * stride_xn

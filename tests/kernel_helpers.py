@@ -87,6 +87,19 @@ def check_group_norm_silu(inputs, groups, dtype, fn=group_norm_silu) -> dict[str
     return errors
 
 
+def check_split_vs_whole(run, lo, groups, dtype, split_size, whole_size) -> None:
+    """run(inputs, groups, size) -> (outputs, mean, rstd) of a launcher with a forced split size: the
+    split run's outputs and gradients against float64, its statistics against the whole run's."""
+    split, mean, rstd = run(lo, groups, split_size)
+    _, mean_whole, rstd_whole = run(lo, groups, whole_size)
+    ref = gn_outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), groups)
+    lowp = gn_outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], groups)
+    for name, o, r, lp in zip(GN_NAMES, split, ref, lowp, strict=True):
+        assert_matches(name, o, r, lp, dtype)
+    torch.testing.assert_close(mean, mean_whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd, rstd_whole, rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- hybrid_loss
 
 

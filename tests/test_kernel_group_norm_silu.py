@@ -8,9 +8,13 @@ import random
 
 import pytest
 import torch
-from kernel_helpers import GN_NAMES, assert_matches, check_group_norm_silu, gn_inputs, gn_outputs_and_grads
+from kernel_helpers import (
+    check_group_norm_silu,
+    check_split_vs_whole,
+    gn_inputs,
+)
 
-from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference
+from hybengine.kernels import backends, group_norm_silu
 from hybengine.kernels.group_norm_silu import (
     group_norm_silu_bwd_math,
     group_norm_silu_bwd_triton,
@@ -69,14 +73,7 @@ def run_split(inputs, groups, hw_per_split):
 def test_forced_split_reduction(channels_last, dtype):
     """Several programs per group (statistics and S1/S2 partials), chunks not dividing HW = 63."""
     lo = [v.to(dtype) for v in gn_inputs(1, 6, 7, 9, channels_last=channels_last)]
-    split, mean, rstd = run_split(lo, 2, 16)
-    _, mean_whole, rstd_whole = run_split(lo, 2, 64)
-    ref = gn_outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), 2)
-    lowp = gn_outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], 2)
-    for name, o, r, lp in zip(GN_NAMES, split, ref, lowp, strict=True):
-        assert_matches(name, o, r, lp, dtype)
-    torch.testing.assert_close(mean, mean_whole, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rstd, rstd_whole, rtol=1e-6, atol=1e-6)
+    check_split_vs_whole(run_split, lo, 2, dtype, 16, 64)
 
 
 @needs_triton

@@ -3,9 +3,13 @@ float64 reference, under the Triton interpreter: every output and gradient, spli
 statistics of shifted data, determinism, and which inputs take the path."""
 import pytest
 import torch
-from kernel_helpers import GN_NAMES, assert_matches, check_group_norm_silu, gn_inputs, gn_outputs_and_grads
+from kernel_helpers import (
+    check_group_norm_silu,
+    check_split_vs_whole,
+    gn_inputs,
+)
 
-from hybengine.kernels import backends, group_norm_silu_reference
+from hybengine.kernels import backends
 from hybengine.kernels import group_norm_silu_rows as rows
 from hybengine.kernels.group_norm_silu import set_channels_last_kernel
 
@@ -80,14 +84,7 @@ def run_rows(inputs, groups, p_split):
 def test_forced_split_chunks(dtype):
     """Several chunks per sample (statistics and s1/s2 partials), chunks not dividing HW = 63."""
     lo = [v.to(dtype) for v in gn_inputs(2, 6, 7, 9, channels_last=True)]
-    split, mean, rstd = run_rows(lo, 2, 16)
-    _, mean_whole, rstd_whole = run_rows(lo, 2, 64)
-    ref = gn_outputs_and_grads(group_norm_silu_reference, *[v.double() for v in lo[:5]], lo[5].double(), 2)
-    lowp = gn_outputs_and_grads(group_norm_silu_reference, *lo[:5], lo[5], 2)
-    for name, o, r, lp in zip(GN_NAMES, split, ref, lowp, strict=True):
-        assert_matches(name, o, r, lp, dtype)
-    torch.testing.assert_close(mean, mean_whole, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rstd, rstd_whole, rtol=1e-6, atol=1e-6)
+    check_split_vs_whole(run_rows, lo, 2, dtype, 16, 64)
 
 
 def test_statistics_are_fp32_and_stable():
