@@ -15,8 +15,12 @@ Configurations (DESIGN.md, "What fast means"):
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
 is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
-`--rounds` rounds; the figure is the median over all timed intervals. Rows go to
-benchmarks/results/train.csv with device, versions, date and commit.
+`--rounds` rounds, the order reversed every other round (A B, B A, ...) so that a steady drift of
+the host's speed hits every configuration alike; the figure is the median over all timed
+intervals. A host whose speed swings within minutes (shared CPUs) moves those medians apart
+unevenly, so each row also carries the paired ratio: per round, this configuration's median over
+plain's (or strong's) median of the same round, and the median and range of those per-round
+ratios. Rows go to benchmarks/results/train.csv with device, versions, date and commit.
 
 On a GPU the script also reports the model FLOPs per image (counted with
 torch.utils.flop_counter on one forward; training step = 3x forward) and MFU against the assumed
@@ -75,6 +79,16 @@ def _engine_summary(device: str) -> str:
     return " | ".join(ln.split("#")[0].rstrip() for ln in lines if ln.split("#")[0].strip())
 
 
+def paired_ratios(per_round: list[dict[str, float]], name: str) -> dict[str, object]:
+    """Median and range of `name`'s per-round ratio to plain and to strong (rounds where both ran)."""
+    out: dict[str, object] = {}
+    for base in ("plain", "strong"):
+        ratios = [r[name] / r[base] for r in per_round if name in r and base in r]
+        out[f"paired_vs_{base}"] = round(statistics.median(ratios), 3) if ratios else ""
+        out[f"paired_vs_{base}_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else ""
+    return out
+
+
 def model_flops_per_image(preset: str, image_channels: int, crop: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -109,11 +123,13 @@ def main() -> None:
               "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ips: dict[str, list[float]] = {c: [] for c in args.configs}
+    per_round: list[dict[str, float]] = []  # round -> configuration -> median images/s of that run
     warm: dict[str, list[float]] = {c: [] for c in args.configs}
     mem: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
-            for name in args.configs:
+            per_round.append({})
+            for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
                 try:
                     recs = run_one(name, common, device, Path(tmp) / f"{name}{rnd}", env)
                 except RuntimeError as e:  # keep the other configurations' rows
@@ -121,6 +137,7 @@ def main() -> None:
                     continue
                 timed = [r["images_per_s"] for r in recs[1:]]
                 ips[name] += timed
+                per_round[-1][name] = statistics.median(timed)
                 step_s = args.log_every * args.batch / statistics.median(timed)
                 warm[name].append(recs[0]["time"] - step_s)
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
@@ -137,16 +154,19 @@ def main() -> None:
                "warmup_s": round(statistics.median(warm[name]), 2), "peak_mem_mb": round(mem[name], 1),
                "vs_plain": round(med[name] / med["plain"], 3) if "plain" in med else "",
                "vs_strong": round(med[name] / med["strong"], 3) if "strong" in med else "",
+               **paired_ratios(per_round, name),
                "mfu": round(flops * med[name] / (args.peak_tflops * 1e12), 4) if flops else "",
                "engine_config": (" | ".join([_engine_summary(device), *CONFIGS.get(name, [])])
                                  if name.startswith("engine") else ""),
                **env_row}
         rows.append(row)
     append_rows(Path(args.csv), rows)
-    print(f"\n{'config':11s} {'img/s':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'x plain':>8s} {'x strong':>9s}")
+    print(f"\n{'config':11s} {'img/s':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'x plain':>8s} {'x strong':>9s}"
+          f"  {'paired x plain (range)':>24s}")
     for r in rows:
+        paired = f"{r['paired_vs_plain']} ({r['paired_vs_plain_range']})" if r["paired_vs_plain"] != "" else ""
         print(f"{r['config']:11s} {r['images_per_s']:9.1f} {r['warmup_s']:10.1f} {r['peak_mem_mb']:9.0f} "
-              f"{r['vs_plain']!s:>8s} {r['vs_strong']!s:>9s}")
+              f"{r['vs_plain']!s:>8s} {r['vs_strong']!s:>9s}  {paired:>24s}")
     if flops:
         print(f"model FLOPs per training image: {flops / 1e9:.2f} GFLOP (3x forward, flop_counter); "
               f"MFU against {args.peak_tflops} TFLOP/s: " + ", ".join(f"{r['config']} {r['mfu']}" for r in rows))

@@ -1,0 +1,46 @@
+"""benchmarks/bench_train.py: paired per-round ratios, and one short real run of two configurations."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_train import paired_ratios  # noqa: E402
+
+
+def test_paired_ratios_take_the_median_of_per_round_ratios():
+    rounds = [{"plain": 10.0, "engine": 15.0}, {"plain": 8.0, "engine": 8.0}, {"plain": 10.0, "engine": 12.0},
+              {"engine": 30.0}]  # plain failed in the last round: that round has no pair
+    out = paired_ratios(rounds, "engine")
+    assert out["paired_vs_plain"] == 1.2
+    assert out["paired_vs_plain_range"] == "1.000-1.500"
+    assert out["paired_vs_strong"] == "" and out["paired_vs_strong_range"] == ""
+
+
+def test_committed_train_csv_has_the_bench_columns():
+    header = next(csv.reader((REPO / "benchmarks" / "results" / "train.csv").open(newline="")))
+    i = header.index("vs_strong")
+    assert header[i + 1:i + 5] == list(paired_ratios([], "engine"))
+    assert header[i + 5] == "mfu"
+
+
+@pytest.mark.slow
+def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
+    out_csv = tmp_path / "train.csv"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--configs", "plain", "engine",
+                        "--rounds", "2", "--steps", "4", "--log-every", "2", "--batch", "2", "--crop", "32",
+                        "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    order = [line.split()[2] for line in r.stdout.splitlines() if line.startswith("round ")]
+    assert order == ["plain", "engine", "engine", "plain"], r.stdout
+    rows = {row["config"]: row for row in csv.DictReader(out_csv.open(newline=""))}
+    assert set(rows) == {"plain", "engine"}
+    assert float(rows["plain"]["images_per_s"]) > 0 and float(rows["plain"]["paired_vs_plain"]) == 1.0
+    lo, hi = (float(v) for v in rows["engine"]["paired_vs_plain_range"].split("-"))
+    assert lo <= float(rows["engine"]["paired_vs_plain"]) <= hi
+    assert rows["engine"]["engine_config"].startswith("model:")
