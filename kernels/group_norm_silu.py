@@ -33,7 +33,7 @@ import torch
 
 from . import backends
 from .backends import tl, triton
-from .launch import forced_plan, split_plan
+from .launch import check_sample_size, forced_plan, split_plan
 from .layout import as_n_c_p, write_back
 
 
@@ -553,6 +553,7 @@ def group_norm_silu_fwd_triton(
     hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
+    check_sample_size(x, "x", "group_norm_silu")
     if _rows_path(x, hw_per_split):
         from .group_norm_silu_rows import group_norm_silu_fwd_rows
 
@@ -595,6 +596,7 @@ def group_norm_silu_bwd_triton(
     Whole groups: dx kernel (writes s1, s2) -> parameter kernel. Split groups: s1/s2 partials ->
     parameter kernel (also sums the partials) -> dx kernel.
     """
+    check_sample_size(x, "x", "group_norm_silu")
     if _rows_path(x, hw_per_split):
         from .group_norm_silu_rows import group_norm_silu_bwd_rows
 

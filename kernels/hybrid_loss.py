@@ -26,7 +26,7 @@ import torch
 
 from . import backends
 from .backends import tl, triton
-from .launch import forced_plan, split_plan
+from .launch import check_sample_size, forced_plan, split_plan
 from .layout import as_n_c_p, as_n_p, write_back
 
 
@@ -245,6 +245,7 @@ def hybrid_loss_fwd_triton(
     p_per_prog: int | None = None,  # force the pixels per program (tests); None: `launch.split_plan`
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns denoise, mask ((B,) fp32), dF (out's dtype and layout; empty if not need_grad), mask_scale."""
+    check_sample_size(out, "out", "hybrid_loss")
     o3, xn3, x3, y2 = as_n_c_p(out), as_n_c_p(x_n), as_n_c_p(x), as_n_p(y)
     b, nc, p = o3.shape
     n_img = x3.shape[1]

@@ -45,6 +45,20 @@ def split_plan(
     return math.ceil(pixels / chunk), chunk
 
 
+MAX_SAMPLE_ELEMS = 2**31 - 1  # offsets inside one sample are 32-bit in the Triton kernels
+
+
+def check_sample_size(t: torch.Tensor, what: str, op: str) -> None:
+    """The Triton kernels index a sample's elements with 32-bit offsets (the sample base is 64-bit);
+    a sample of 2**31 elements or more would wrap them, so it is refused before any launch."""
+    per_sample = t[0].numel() if t.dim() > 0 and t.shape[0] > 0 else 0
+    if per_sample > MAX_SAMPLE_ELEMS:
+        raise ValueError(
+            f"{op}: one sample of {what} {tuple(t.shape)} holds {per_sample} elements, more than the Triton kernels' "
+            f"32-bit in-sample offsets reach ({MAX_SAMPLE_ELEMS}); use kernels.{op}=reference for it, or smaller "
+            "crops")
+
+
 def forced_plan(pixels: int, chunk: int) -> tuple[int, int]:
     """(S, chunk) for a chunk size given by the caller (tests exercising the split paths)."""
     chunk = max(1, min(chunk, pixels))

@@ -157,3 +157,11 @@ def test_bad_inputs_are_rejected(bad):
     kwargs = dict(groups=3 if bad == "groups" else 2, scale=s[:, :2] if bad == "scale" else s, shift=t)
     with pytest.raises(ValueError):
         group_norm_silu(x, weight[:3] if bad == "weight" else weight, bias, **kwargs)
+
+
+def test_a_sample_past_32_bit_offsets_is_refused_before_any_launch():
+    # 1 x 2**15 x 2**8 x 2**8 = 2**31 elements in one sample, from a 4-byte storage (never materialised)
+    x = torch.zeros(1, 1, 1, 1).expand(1, 2**15, 2**8, 2**8)
+    w, b = torch.ones(2**15), torch.zeros(2**15)
+    with pytest.raises(ValueError, match=r"group_norm_silu: one sample of x .* 2147483648 elements.*reference"):
+        group_norm_silu_fwd_triton(x, w, b, None, None, 8, 1e-5)

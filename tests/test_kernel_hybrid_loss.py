@@ -127,3 +127,12 @@ def test_bad_inputs_are_rejected(bad):
     out = out[:, :3] if bad == "no_classes" else out
     with pytest.raises(ValueError):
         hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, W_MASK)
+
+
+def test_a_sample_past_32_bit_offsets_is_refused_before_any_launch():
+    out = torch.zeros(1, 1, 1, 1).expand(1, 2**15, 2**8, 2**8)  # 2**31 elements, never materialised
+    x = torch.zeros(1, 1, 2**8, 2**8)
+    y = torch.zeros(1, 2**8, 2**8, dtype=torch.long)
+    one = torch.ones(1)
+    with pytest.raises(ValueError, match=r"hybrid_loss: one sample of out .* 2147483648 elements.*reference"):
+        hybrid_loss_fwd_triton(out, x, x, y, one, one, one, 0.2, -100, False)
