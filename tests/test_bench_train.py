@@ -44,3 +44,19 @@ def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
     lo, hi = (float(v) for v in rows["engine"]["paired_vs_plain_range"].split("-"))
     assert lo <= float(rows["engine"]["paired_vs_plain"]) <= hi
     assert rows["engine"]["engine_config"].startswith("model:")
+
+
+@pytest.mark.slow
+def test_cpu_step_phases_splits_the_real_loop_and_counts_onednn_time(tmp_path):
+    out_csv = tmp_path / "phases.csv"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_step_phases.py"), "--configs", "plain", "engine",
+                        "--rounds", "1", "--steps", "8", "--batch", "2", "--crop", "32", "--csv", str(out_csv)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["config"]: row for row in csv.DictReader(out_csv.open(newline=""))}
+    assert set(rows) == {"plain", "engine"}
+    for row in rows.values():
+        step, onednn = float(row["step_ms"]), float(row["onednn_ms"])
+        assert 0 < onednn < step  # convolutions ran through oneDNN, and are not the whole step
+        assert float(row["other_ms"]) == pytest.approx(step - onednn, abs=0.11)
+        assert float(row["forward_ms"]) > 0 and float(row["backward_ms"]) > 0 and float(row["optimizer_ms"]) > 0

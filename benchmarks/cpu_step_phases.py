@@ -1,0 +1,174 @@
+"""Where the real CPU training loop's time goes, without a profiler's per-op overhead.
+
+    python benchmarks/cpu_step_phases.py                      # plain and engine, 3 rounds, tiny preset
+    python benchmarks/cpu_step_phases.py --configs engine engine-nchw --rounds 2
+
+Each configuration (the bench_train.py configurations: plain, strong, engine, engine-nchw,
+engine-rows) runs `run_training` in its own process, as bench_train.py does, with perf_counter
+timers around the loop's phases: data (the loader's next batch), forward (the objective: noise,
+U-Net, joint loss), backward, optimizer (clipping, AdamW, zero_grad) and EMA. The process runs with
+ONEDNN_VERBOSE=1, and the execution times oneDNN prints for its primitives (convolutions and their
+layout reorders) are summed, so `onednn_ms` is the convolution work of a step and `other_ms` the
+step less that. torch.profiler, by contrast, adds tens of microseconds to each of the several
+hundred small ops of a step (benchmarks/results/cpu_profile_loop_*.txt put 29-49 ms on AdamW's
+fused step, which takes 3-7 ms here). The first log interval (warm-up) is left out; per phase the
+median over the remaining steps. Configurations alternate per round (A B, B A, ...). Rows go to
+benchmarks/results/cpu_phases.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
+from bench_train import CONFIGS, engine_config  # noqa: E402
+from harness import RESULTS, append_rows, environment  # noqa: E402
+
+PHASES = ("data", "forward", "backward", "optimizer", "ema")
+
+
+def _timed(owner, attr: str, phase: str, times: dict[str, list[float]]) -> None:
+    fn = getattr(owner, attr)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times[phase].append(time.perf_counter() - t0)
+        return out
+
+    setattr(owner, attr, wrapper)
+
+
+class _TimedLoader:
+    """The training loader with a timer around each next batch; everything else passes through."""
+
+    def __init__(self, loader, times: dict[str, list[float]]):
+        self._loader, self._times = loader, times
+
+    def __iter__(self):
+        it = iter(self._loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self._times["data"].append(time.perf_counter() - t0)
+            yield batch
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def child(name: str, argv: list[str], skip: int) -> None:
+    """One configuration's run: prints one JSON line of per-phase medians (ms) and the step time."""
+    from hybengine import training_loop
+    from hybengine.cli import parse_args, resolve
+    from hybengine.engine import backends
+    from hybengine.objective import HybridObjective
+
+    times: dict[str, list[float]] = defaultdict(list)
+    _timed(HybridObjective, "__call__", "forward", times)
+    _timed(backends.PlainBackend, "backward", "backward", times)
+    _timed(backends.PlainBackend, "micro_step", "optimizer", times)
+    _timed(training_loop.EMA, "update", "ema", times)
+    build_loader = training_loop.build_train_loader
+    training_loop.build_train_loader = lambda *a, **k: _TimedLoader(build_loader(*a, **k), times)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = resolve(parse_args(None, [*argv, f"train.out_dir={out}"]))
+        training_loop.run_training(cfg, console_logging=False)
+        recs = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    step_ms = 1e3 * cfg.train.batch_size / statistics.median(r["images_per_s"] for r in recs[1:])
+    result = {"config": name, "step_ms": step_ms, "steps": cfg.train.steps - skip}
+    for phase in PHASES:
+        result[f"{phase}_ms"] = 1e3 * statistics.median(times[phase][skip:]) if times[phase][skip:] else 0.0
+    print("PHASES " + json.dumps(result), flush=True)
+
+
+def onednn_ms(log: str) -> float:
+    """Sum of oneDNN's primitive execution times (ms, the last field of its `exec` lines)."""
+    total = 0.0
+    for line in log.splitlines():
+        if line.startswith("onednn_verbose") and ",exec," in line:
+            try:
+                total += float(line.rsplit(",", 1)[1])
+            except ValueError:
+                continue
+    return total
+
+
+def run_config(name: str, common: list[str]) -> dict:
+    argv = (["--config", engine_config("cpu")] if name.startswith("engine") else []) + common + CONFIGS.get(name, [])
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, __file__, "--child", name, "--", *argv], env=env, capture_output=True,
+                       text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PHASES ")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("PHASES "):])
+    steps_total = int(next(a.split("=")[1] for a in argv if a.startswith("train.steps=")))
+    result["onednn_ms"] = onednn_ms(r.stdout) / steps_total  # every step's primitives, warm-up included
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["plain", "engine"],
+                   choices=["plain", "strong", "engine", "engine-nchw", "engine-rows"])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--csv", default=str(RESULTS / "cpu_phases.csv"))
+    p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("argv", nargs="*", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    log_every = 6
+    if args.child:
+        child(args.child, args.argv, skip=log_every)
+        return
+
+    common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
+              f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={log_every}",
+              "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
+              "data.num_workers=0"]
+    runs: dict[str, list[dict]] = {c: [] for c in args.configs}
+    for rnd in range(args.rounds):
+        for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
+            res = run_config(name, common)
+            runs[name].append(res)
+            print(f"round {rnd} {name:11s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms",
+                  flush=True)
+
+    env = environment(torch.device("cpu"))
+    rows = []
+    keys = ("step_ms", "onednn_ms", *(f"{ph}_ms" for ph in PHASES))
+    for name, results in runs.items():
+        med = {k: statistics.median(r[k] for r in results) for k in keys}
+        rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
+                     "rounds": len(results), **{k: round(v, 1) for k, v in med.items()},
+                     "other_ms": round(med["step_ms"] - med["onednn_ms"], 1), "threads": torch.get_num_threads(),
+                     **env})
+    append_rows(Path(args.csv), rows)
+    cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES)]
+    print("\n" + f"{'config':11s}" + "".join(f"{c[:-3]:>10s}" for c in cols) + "   (ms per step, medians over rounds)")
+    for r in rows:
+        print(f"{r['config']:11s}" + "".join(f"{r[c]:10.1f}" for c in cols))
+    print(f"{len(rows)} rows appended to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
