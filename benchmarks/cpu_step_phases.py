@@ -12,8 +12,11 @@ layout reorders) are summed, so `onednn_ms` is the convolution work of a step an
 step less that. torch.profiler, by contrast, adds tens of microseconds to each of the several
 hundred small ops of a step (benchmarks/results/cpu_profile_loop_*.txt put 29-49 ms on AdamW's
 fused step, which takes 3-7 ms here). The first log interval (warm-up) is left out; per phase the
-median over the remaining steps. Configurations alternate per round (A B, B A, ...). Rows go to
-benchmarks/results/cpu_phases.csv.
+median over the remaining steps. For scale, each row also gives the rate of the oneDNN work,
+`onednn_gflops` = the U-Net's FLOPs per training step (3x the forward's torch.utils.flop_counter
+count) / onednn_ms, and `matmul_gflops`, an fp32 2048x2048 matrix product on all threads,
+measured in the same run: roughly what this CPU's FMA units give to a well-blocked kernel.
+Configurations alternate per round (A B, B A, ...). Rows go to benchmarks/results/cpu_phases.csv.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
-from bench_train import CONFIGS, engine_config  # noqa: E402
+from bench_train import CONFIGS, engine_config, model_flops_per_image  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
@@ -122,6 +125,16 @@ def run_config(name: str, common: list[str]) -> dict:
     return result
 
 
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["plain", "engine"],
@@ -153,6 +166,8 @@ def main() -> None:
             print(f"round {rnd} {name:11s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms",
                   flush=True)
 
+    step_gflop = model_flops_per_image(args.preset, 1, args.crop) * args.batch / 1e9
+    mm = matmul_gflops()
     env = environment(torch.device("cpu"))
     rows = []
     keys = ("step_ms", "onednn_ms", *(f"{ph}_ms" for ph in PHASES))
@@ -160,13 +175,18 @@ def main() -> None:
         med = {k: statistics.median(r[k] for r in results) for k in keys}
         rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
                      "rounds": len(results), **{k: round(v, 1) for k, v in med.items()},
-                     "other_ms": round(med["step_ms"] - med["onednn_ms"], 1), "threads": torch.get_num_threads(),
+                     "other_ms": round(med["step_ms"] - med["onednn_ms"], 1),
+                     "onednn_gflops": round(step_gflop / med["onednn_ms"] * 1e3, 1), "matmul_gflops": round(mm, 1),
+                     "threads": torch.get_num_threads(),
                      **env})
     append_rows(Path(args.csv), rows)
     cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES)]
     print("\n" + f"{'config':11s}" + "".join(f"{c[:-3]:>10s}" for c in cols) + "   (ms per step, medians over rounds)")
     for r in rows:
         print(f"{r['config']:11s}" + "".join(f"{r[c]:10.1f}" for c in cols))
+    print(f"U-Net: {step_gflop:.1f} GFLOP per training step; oneDNN work at "
+          + ", ".join(f"{r['config']} {r['onednn_gflops']}" for r in rows)
+          + f" GFLOP/s; fp32 2048^2 matmul {mm:.1f} GFLOP/s")
     print(f"{len(rows)} rows appended to {args.csv}")
 
 
