@@ -12,6 +12,8 @@ Configurations (DESIGN.md, "What fast means"):
   engine-nchw  (only when named in --configs) the engine with model.channels_last=false, to check
           the layout choice of that file
   engine-rows  (only when named) the engine with the channels-last rows GroupNorm-SiLU kernels
+  engine-malloc-default  (only when named) the engine without its CPU malloc settings
+          (train.cpu_malloc=default, hybengine/engine/cpu_malloc.py), to show their share
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
 is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
@@ -44,14 +46,17 @@ from harness import RESULTS, append_rows, environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference"]
+PLAIN_TORCH = ["data.loader=torch", "train.engine=plain", "train.cpu_malloc=default"]  # torch's own defaults
 CONFIGS = {
     "plain": ["model.compile=false", "model.channels_last=false", "train.precision=fp32", *REFERENCE_OPS,
-              "data.loader=torch", "train.engine=plain"],
+              *PLAIN_TORCH],
     "strong": ["model.compile=true", "model.channels_last=true", "train.precision=bf16", *REFERENCE_OPS,
-               "data.loader=torch", "train.engine=plain"],
+               *PLAIN_TORCH],
     "engine-nchw": ["model.channels_last=false"],  # on top of the engine file
     "engine-rows": ["kernels.group_norm_silu_channels_last=rows"],  # the rows GroupNorm-SiLU kernels
+    "engine-malloc-default": ["train.cpu_malloc=default"],  # the engine without its CPU malloc settings
 }
+CONFIG_NAMES = ["plain", "strong", "engine", *(c for c in CONFIGS if c.startswith("engine"))]
 
 
 def engine_config(device: str) -> str:
@@ -109,8 +114,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
     p.add_argument("--log-every", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"],
-                   choices=["plain", "strong", "engine", "engine-nchw", "engine-rows"])
+    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"], choices=CONFIG_NAMES)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--csv", default=str(RESULTS / "train.csv"))
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")

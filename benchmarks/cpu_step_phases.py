@@ -3,16 +3,17 @@
     python benchmarks/cpu_step_phases.py                      # plain and engine, 3 rounds, tiny preset
     python benchmarks/cpu_step_phases.py --configs engine engine-nchw --rounds 2
 
-Each configuration (the bench_train.py configurations: plain, strong, engine, engine-nchw,
-engine-rows) runs `run_training` in its own process, as bench_train.py does, with perf_counter
-timers around the loop's phases: data (the loader's next batch), forward (the objective: noise,
-U-Net, joint loss), backward, optimizer (clipping, AdamW, zero_grad) and EMA. The process runs with
-ONEDNN_VERBOSE=1, and the execution times oneDNN prints for its primitives (convolutions and their
-layout reorders) are summed, so `onednn_ms` is the convolution work of a step and `other_ms` the
-step less that. torch.profiler, by contrast, adds tens of microseconds to each of the several
-hundred small ops of a step (benchmarks/results/cpu_profile_loop_*.txt put 29-49 ms on AdamW's
-fused step, which takes 3-7 ms here). The first log interval (warm-up) is left out; per phase the
-median over the remaining steps. For scale, each row also gives the rate of the oneDNN work,
+Each configuration (those of bench_train.py: plain, strong, engine and its variants) runs
+`run_training` in its own process, as bench_train.py does, with perf_counter timers around the
+loop's phases: data (the loader's next batch), forward (the objective: noise, U-Net, joint loss),
+backward, optimizer (clipping, AdamW, zero_grad) and EMA. The process runs with ONEDNN_VERBOSE=1,
+and the execution times oneDNN prints for its primitives (convolutions and their layout reorders)
+are summed, so `onednn_ms` is the convolution work of a step and `other_ms` the step less that;
+`faults_per_step` counts the process's minor page faults from one step's forward to the next
+(fresh memory the kernel maps and zeroes). torch.profiler, by contrast, adds tens of microseconds
+to each of the several hundred small ops of a step (benchmarks/results/cpu_profile_loop_*.txt put
+29-49 ms on AdamW's fused step, which takes 3-7 ms here). The first log interval (warm-up) is left
+out; per phase the median over the remaining steps. For scale, each row also gives the rate of the oneDNN work,
 `onednn_gflops` = the U-Net's FLOPs per training step (3x the forward's torch.utils.flop_counter
 count) / onednn_ms, and `matmul_gflops`, an fp32 2048x2048 matrix product on all threads,
 measured in the same run: roughly what this CPU's FMA units give to a well-blocked kernel.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
-from bench_train import CONFIGS, engine_config, model_flops_per_image  # noqa: E402
+from bench_train import CONFIG_NAMES, CONFIGS, engine_config, model_flops_per_image  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
@@ -45,6 +47,8 @@ def _timed(owner, attr: str, phase: str, times: dict[str, list[float]]) -> None:
     fn = getattr(owner, attr)
 
     def wrapper(*args, **kwargs):
+        if phase == "forward":  # a step starts here: minor page faults so far, for faults per step
+            times["minflt"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         times[phase].append(time.perf_counter() - t0)
@@ -96,6 +100,8 @@ def child(name: str, argv: list[str], skip: int) -> None:
     result = {"config": name, "step_ms": step_ms, "steps": cfg.train.steps - skip}
     for phase in PHASES:
         result[f"{phase}_ms"] = 1e3 * statistics.median(times[phase][skip:]) if times[phase][skip:] else 0.0
+    flt = times["minflt"][skip:]
+    result["faults_per_step"] = (flt[-1] - flt[0]) / (len(flt) - 1) if len(flt) > 1 else 0.0
     print("PHASES " + json.dumps(result), flush=True)
 
 
@@ -137,8 +143,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["plain", "engine"],
-                   choices=["plain", "strong", "engine", "engine-nchw", "engine-rows"])
+    p.add_argument("--configs", nargs="+", default=["plain", "engine"], choices=CONFIG_NAMES)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=64)
@@ -163,14 +168,14 @@ def main() -> None:
         for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
             res = run_config(name, common)
             runs[name].append(res)
-            print(f"round {rnd} {name:11s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms",
-                  flush=True)
+            print(f"round {rnd} {name:22s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms, "
+                  f"{res['faults_per_step']:.0f} page faults", flush=True)
 
     step_gflop = model_flops_per_image(args.preset, 1, args.crop) * args.batch / 1e9
     mm = matmul_gflops()
     env = environment(torch.device("cpu"))
     rows = []
-    keys = ("step_ms", "onednn_ms", *(f"{ph}_ms" for ph in PHASES))
+    keys = ("step_ms", "onednn_ms", *(f"{ph}_ms" for ph in PHASES), "faults_per_step")
     for name, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in keys}
         rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
@@ -180,10 +185,11 @@ def main() -> None:
                      "threads": torch.get_num_threads(),
                      **env})
     append_rows(Path(args.csv), rows)
-    cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES)]
-    print("\n" + f"{'config':11s}" + "".join(f"{c[:-3]:>10s}" for c in cols) + "   (ms per step, medians over rounds)")
+    cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES), "faults_per_step"]
+    print("\n" + f"{'config':22s}" + "".join(f"{c.removesuffix('_ms').replace('_per_', '/'):>11s}" for c in cols)
+          + "   (ms per step, medians over rounds)")
     for r in rows:
-        print(f"{r['config']:11s}" + "".join(f"{r[c]:10.1f}" for c in cols))
+        print(f"{r['config']:22s}" + "".join(f"{r[c]:11.1f}" for c in cols))
     print(f"U-Net: {step_gflop:.1f} GFLOP per training step; oneDNN work at "
           + ", ".join(f"{r['config']} {r['onednn_gflops']}" for r in rows)
           + f" GFLOP/s; fp32 2048^2 matmul {mm:.1f} GFLOP/s")

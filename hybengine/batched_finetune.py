@@ -36,6 +36,7 @@ from torch.func import functional_call, vmap
 from . import ops
 from .config import Config, KernelConfig, dumps
 from .data import build_train_loader
+from .engine import cpu_malloc
 from .engine.distributed import pick_device
 from .objective import edm_precond, soft_dice_loss
 from .training_loop import _lr
@@ -181,6 +182,7 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     device = device or pick_device(0)
     if t.threads:
         torch.set_num_threads(t.threads)
+    cpu_malloc.apply(t.cpu_malloc, device.type)
     ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss=c0.kernels.hybrid_loss), device)
     trainer = BatchedTrainer(c0, [_start_weights(c, init, device) for c, init in members], device)
     loaders = [iter(build_train_loader(c.data, t.batch_size, c.train.seed)) for c in run_cfgs]

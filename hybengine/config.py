@@ -93,6 +93,9 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
     progress: bool = True  # rich progress bar on rank 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # glibc malloc on CPU runs (hybengine/engine/cpu_malloc.py): "tuned" keeps freed activation
+    # memory for the next step instead of page-faulting it in again; auto: tuned on CPU
+    cpu_malloc: str = choice("auto", "tuned", "default")
 
 
 @dataclass

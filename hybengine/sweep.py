@@ -53,8 +53,8 @@ from .reports import write_reports
 log = logging.getLogger("hybengine.sweep")
 
 # Keys that change how a run is watched, not what it trains: a finished run stays finished across them.
-BOOKKEEPING = {"train.progress", "train.log_every", "train.threads", "train.ckpt_every", "train.keep_last",
-               "data.num_workers", "data.loader"}
+BOOKKEEPING = {"train.progress", "train.log_every", "train.threads", "train.cpu_malloc", "train.ckpt_every",
+               "train.keep_last", "data.num_workers", "data.loader"}
 AUTO_MARGIN = 0.8  # batched is chosen only when it takes < 80 % of the sequential time (timing noise)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

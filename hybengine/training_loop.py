@@ -19,7 +19,7 @@ import torch
 from . import ops
 from .config import Config, config_from_dict, dumps, to_dict
 from .data import build_train_loader
-from .engine import faults
+from .engine import cpu_malloc, faults
 from .engine.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
 from .engine.checkpoint import CheckpointManager
 from .engine.distributed import DistInfo, setup
@@ -89,6 +89,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         setup_logging(out_dir, dist.rank)
     if t.threads:
         torch.set_num_threads(t.threads)
+    malloc_state = cpu_malloc.apply(t.cpu_malloc, dist.device.type)
     torch.manual_seed(t.seed * 1000 + dist.rank)
     np.random.seed(t.seed * 1000 + dist.rank)
     random.seed(t.seed * 1000 + dist.rank)
@@ -119,8 +120,9 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
     gen = torch.Generator(dist.device).manual_seed(t.seed * 1000 + dist.rank + 1)
     ckpt = CheckpointManager(out_dir / "checkpoints", dist, t.keep_last)
-    log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, %.2f M parameters", backend.name,
-             dist.world_size, dist.device, t.precision, chosen_ops, sum(p.numel() for p in net.parameters()) / 1e6)
+    log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, malloc %s, %.2f M parameters", backend.name,
+             dist.world_size, dist.device, t.precision, chosen_ops, malloc_state,
+             sum(p.numel() for p in net.parameters()) / 1e6)
 
     # ---- resume -------------------------------------------------------------------------------
     step = 0
@@ -225,7 +227,7 @@ def _lr(cfg: Config, step: int) -> float:
 
 
 _RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",
-                "train.out_dir", "train.threads", "train.max_bad_steps", "data.num_workers",
+                "train.out_dir", "train.threads", "train.cpu_malloc", "train.max_bad_steps", "data.num_workers",
                 "data.loader"}  # both loaders yield identical batches (tests/test_data_dali.py)
 
 

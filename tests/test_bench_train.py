@@ -61,3 +61,4 @@ def test_cpu_step_phases_splits_the_real_loop_and_counts_onednn_time(tmp_path):
         assert float(row["other_ms"]) == pytest.approx(step - onednn, abs=0.11)
         assert float(row["forward_ms"]) > 0 and float(row["backward_ms"]) > 0 and float(row["optimizer_ms"]) > 0
         assert float(row["onednn_gflops"]) > 0 and float(row["matmul_gflops"]) > 0
+        assert float(row["faults_per_step"]) >= 0
