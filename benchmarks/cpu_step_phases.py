@@ -186,10 +186,10 @@ def main() -> None:
                      **env})
     append_rows(Path(args.csv), rows)
     cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES), "faults_per_step"]
-    print("\n" + f"{'config':22s}" + "".join(f"{c.removesuffix('_ms').replace('_per_', '/'):>11s}" for c in cols)
+    print("\n" + f"{'config':22s}" + "".join(f"{c.removesuffix('_ms').replace('_per_', '/'):>12s}" for c in cols)
           + "   (ms per step, medians over rounds)")
     for r in rows:
-        print(f"{r['config']:22s}" + "".join(f"{r[c]:11.1f}" for c in cols))
+        print(f"{r['config']:22s}" + "".join(f"{r[c]:12.1f}" for c in cols))
     print(f"U-Net: {step_gflop:.1f} GFLOP per training step; oneDNN work at "
           + ", ".join(f"{r['config']} {r['onednn_gflops']}" for r in rows)
           + f" GFLOP/s; fp32 2048^2 matmul {mm:.1f} GFLOP/s")
