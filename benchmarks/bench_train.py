@@ -12,8 +12,8 @@ Configurations (DESIGN.md, "What fast means"):
   engine-nchw  (only when named in --configs) the engine with model.channels_last=false, to check
           the layout choice of that file
   engine-rows  (only when named) the engine with the channels-last rows GroupNorm-SiLU kernels
-  engine-malloc-default  (only when named) the engine without its CPU malloc settings
-          (train.cpu_malloc=default, hybengine/engine/cpu_malloc.py), to show their share
+  engine-malloc-tuned  (only when named) the engine with train.cpu_malloc=tuned
+          (hybengine/engine/cpu_malloc.py: no page faults for recycled activations; opt-in)
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
 is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
@@ -46,7 +46,7 @@ from harness import RESULTS, append_rows, environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference"]
-PLAIN_TORCH = ["data.loader=torch", "train.engine=plain", "train.cpu_malloc=default"]  # torch's own defaults
+PLAIN_TORCH = ["data.loader=torch", "train.engine=plain"]
 CONFIGS = {
     "plain": ["model.compile=false", "model.channels_last=false", "train.precision=fp32", *REFERENCE_OPS,
               *PLAIN_TORCH],
@@ -54,7 +54,7 @@ CONFIGS = {
                *PLAIN_TORCH],
     "engine-nchw": ["model.channels_last=false"],  # on top of the engine file
     "engine-rows": ["kernels.group_norm_silu_channels_last=rows"],  # the rows GroupNorm-SiLU kernels
-    "engine-malloc-default": ["train.cpu_malloc=default"],  # the engine without its CPU malloc settings
+    "engine-malloc-tuned": ["train.cpu_malloc=tuned"],  # the engine with glibc malloc tuned (opt-in)
 }
 CONFIG_NAMES = ["plain", "strong", "engine", *(c for c in CONFIGS if c.startswith("engine"))]
 

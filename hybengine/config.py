@@ -94,8 +94,9 @@ class TrainConfig:
     progress: bool = True  # rich progress bar on rank 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # glibc malloc on CPU runs (hybengine/engine/cpu_malloc.py): "tuned" keeps freed activation
-    # memory for the next step instead of page-faulting it in again; auto: tuned on CPU
-    cpu_malloc: str = choice("auto", "tuned", "default")
+    # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
+    # but no step-time gain showed above this host's noise (README, cpu_phases.csv)
+    cpu_malloc: str = choice("default", "tuned")
 
 
 @dataclass

@@ -21,7 +21,7 @@ def _python(code: str) -> str:
 @glibc_only
 def test_apply_follows_the_setting_and_the_device_and_reports_what_is_in_force():
     out = _python("from hybengine.engine import cpu_malloc as m; "
-                  "print(m.apply('default', 'cpu'), m.apply('auto', 'cuda'), m.apply('auto', 'cpu'), "
+                  "print(m.apply('default', 'cpu'), m.apply('tuned', 'cuda'), m.apply('tuned', 'cpu'), "
                   "m.apply('default', 'cpu'), sep='|')")
     assert out.split("|") == ["default", "default", "tuned", "tuned (earlier run in this process)"]
 
@@ -55,5 +55,15 @@ def test_config_key_is_validated_and_free_on_resume_and_in_sweeps(capsys):
     assert cfg.train.cpu_malloc == "default"
     code = resolve(parse_args(None, ["train.cpu_malloc=jemalloc"]))
     assert isinstance(code, int) and code != 0
-    assert "train.cpu_malloc='jemalloc' is not allowed; choose one of: auto, tuned, default" in capsys.readouterr().err
+    assert "train.cpu_malloc='jemalloc' is not allowed; choose one of: default, tuned" in capsys.readouterr().err
     assert "train.cpu_malloc" in _RESUME_FREE and "train.cpu_malloc" in BOOKKEEPING
+
+
+@glibc_only
+def test_a_training_run_with_tuned_malloc_logs_it_and_trains(tmp_path):
+    from tiny_run import run_cli, tiny_overrides
+
+    r = run_cli(["hybengine/train.py", *tiny_overrides(tmp_path / "run", steps=2, **{"train.cpu_malloc": "tuned"})])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "malloc tuned" in r.stdout + r.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") >= 1

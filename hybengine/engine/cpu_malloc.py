@@ -4,9 +4,9 @@ On the CPU, PyTorch allocates tensors with plain malloc. glibc hands out large b
 mmap pages. Its threshold for that starts at 128 KiB and grows only as such blocks are freed. Freed
 memory at the top of the heap goes back to the OS once it passes a trim threshold. So each training
 step's activations, megabytes each, come back as new pages, and the kernel faults and zeroes
-every 4 KiB of them again. For the tiny U-Net at batch 8, 64x64, that was 7,000-8,000 page faults
-per step of the engine's training loop and 17,000-20,000 of plain's; tuned, the engine's loop
-takes about one (benchmarks/cpu_step_phases.py, rows in benchmarks/results/cpu_phases.csv). On a
+every 4 KiB of them again. For the tiny U-Net at batch 8, 64x64, that was 6,400-8,200 page faults
+per step of the engine's training loop and 13,100-19,600 of plain's; tuned, the engine's loop took
+1-202 (benchmarks/cpu_step_phases.py, rows in benchmarks/results/cpu_phases.csv). On a
 GPU, PyTorch's caching
 allocator already avoids this; `tune()` gives the CPU the same behaviour through mallopt:
 
@@ -17,6 +17,12 @@ allocator already avoids this; `tune()` gives the CPU the same behaviour through
 The cost: the process keeps its peak heap instead of returning it between steps. Numerics are
 untouched. The settings are process-wide and last until the process ends. A C library without
 mallopt (not glibc) is logged and left alone.
+
+It is opt-in (train.cpu_malloc=tuned). On the 2-core dev VM the faults went, but the step time
+did not move beyond that host's noise. Tiny preset, 64x64: 348.5 against 354.1 ms, then 420.7
+against 403.1. At 128x128: 1703.8 against 1645.3 ms (benchmarks/results/cpu_phases_*.log). So
+the engine's CPU config leaves malloc alone, and bench_train.py's engine-malloc-tuned variant
+re-measures it where a host is quieter.
 """
 from __future__ import annotations
 
@@ -61,6 +67,6 @@ def tune() -> bool:
 
 def apply(setting: str, device_type: str) -> str:
     """Carries out train.cpu_malloc for a run on `device_type`; returns what is in force, for the log."""
-    if setting == "default" or (setting == "auto" and device_type != "cpu"):
+    if setting != "tuned" or device_type != "cpu":
         return "tuned (earlier run in this process)" if _tuned else "default"
     return "tuned" if tune() else "default (tuning unavailable)"
