@@ -6,9 +6,9 @@ memory at the top of the heap goes back to the OS once it passes a trim threshol
 step's activations, megabytes each, come back as new pages, and the kernel faults and zeroes
 every 4 KiB of them again. For the tiny U-Net at batch 8, 64x64, that was 6,400-8,200 page faults
 per step of the engine's training loop and 13,100-19,600 of plain's; tuned, the engine's loop took
-1-202 (benchmarks/cpu_step_phases.py, rows in benchmarks/results/cpu_phases.csv). On a
-GPU, PyTorch's caching
-allocator already avoids this; `tune()` gives the CPU the same behaviour through mallopt:
+1-202 (benchmarks/cpu_step_phases.py, rows in benchmarks/results/cpu_phases.csv). On a GPU,
+PyTorch's caching allocator already avoids this; `tune()` gives the CPU the same behaviour
+through mallopt:
 
     M_MMAP_THRESHOLD = 32 MiB   blocks below it come from the heap (this also fixes the threshold)
     M_TRIM_THRESHOLD = 1 GiB    freed heap memory stays with the process up to that
@@ -19,8 +19,9 @@ untouched. The settings are process-wide and last until the process ends. A C li
 mallopt (not glibc) is logged and left alone.
 
 It is opt-in (train.cpu_malloc=tuned). On the 2-core dev VM the faults went, but the step time
-did not move beyond that host's noise. Tiny preset, 64x64: 348.5 against 354.1 ms, then 420.7
-against 403.1. At 128x128: 1703.8 against 1645.3 ms (benchmarks/results/cpu_phases_*.log). So
+did not move beyond that host's noise. Tuned against default, tiny preset at 64x64: 348.5
+against 354.1 ms per step, then 420.7 against 403.1. At 128x128: 1703.8 against 1645.3 ms
+(benchmarks/results/cpu_phases_{bbc7185,276e5e7,68bd56b_crop128}.log). So
 the engine's CPU config leaves malloc alone, and bench_train.py's engine-malloc-tuned variant
 re-measures it where a host is quieter.
 """
