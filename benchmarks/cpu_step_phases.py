@@ -181,7 +181,8 @@ def main() -> None:
         rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
                      "rounds": len(results), **{k: round(v, 1) for k, v in med.items()},
                      "other_ms": round(med["step_ms"] - med["onednn_ms"], 1),
-                     "onednn_gflops": round(step_gflop / med["onednn_ms"] * 1e3, 1), "matmul_gflops": round(mm, 1),
+                     "onednn_gflops": round(step_gflop / med["onednn_ms"] * 1e3, 1) if med["onednn_ms"] else "",
+                     "matmul_gflops": round(mm, 1),
                      "threads": torch.get_num_threads(),
                      **env})
     append_rows(Path(args.csv), rows)
