@@ -6,9 +6,10 @@
 Each configuration (those of bench_train.py: plain, strong, engine and its variants) runs
 `run_training` in its own process, as bench_train.py does, with perf_counter timers around the
 loop's phases: data (the loader's next batch), forward (the objective: noise, U-Net, joint loss),
-backward, optimizer (clipping, AdamW, zero_grad) and EMA. The process runs with ONEDNN_VERBOSE=1,
-and the execution times oneDNN prints for its primitives (convolutions and their layout reorders)
-are summed, so `onednn_ms` is the convolution work of a step and `other_ms` the step less that;
+backward, optimizer (clipping, AdamW, zero_grad) and EMA. From the first timed step on, oneDNN's
+verbose mode is on, and the execution times it prints for its primitives (convolutions and their
+layout reorders) are summed, so `onednn_ms` is the convolution work of a step and `other_ms` the
+step less that, both over the same steps;
 `faults_per_step` counts the process's minor page faults from one step's forward to the next
 (fresh memory the kernel maps and zeroes). torch.profiler, by contrast, adds tens of microseconds
 to each of the several hundred small ops of a step (benchmarks/results/cpu_profile_loop_*.txt put
@@ -86,6 +87,14 @@ def child(name: str, argv: list[str], skip: int) -> None:
     from hybengine.objective import HybridObjective
 
     times: dict[str, list[float]] = defaultdict(list)
+    call = HybridObjective.__call__
+
+    def forward(self, *args, **kwargs):
+        if len(times["forward"]) == skip:  # the first timed step: oneDNN reports from here on
+            torch._C._verbose.mkldnn_set_verbose(1)
+        return call(self, *args, **kwargs)
+
+    HybridObjective.__call__ = forward
     _timed(HybridObjective, "__call__", "forward", times)
     _timed(backends.PlainBackend, "backward", "backward", times)
     _timed(backends.PlainBackend, "micro_step", "optimizer", times)
@@ -97,7 +106,7 @@ def child(name: str, argv: list[str], skip: int) -> None:
         training_loop.run_training(cfg, console_logging=False)
         recs = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     step_ms = 1e3 * cfg.train.batch_size / statistics.median(r["images_per_s"] for r in recs[1:])
-    result = {"config": name, "step_ms": step_ms, "steps": cfg.train.steps - skip}
+    result = {"config": name, "step_ms": step_ms}
     for phase in PHASES:
         result[f"{phase}_ms"] = 1e3 * statistics.median(times[phase][skip:]) if times[phase][skip:] else 0.0
     flt = times["minflt"][skip:]
@@ -117,17 +126,16 @@ def onednn_ms(log: str) -> float:
     return total
 
 
-def run_config(name: str, common: list[str]) -> dict:
+def run_config(name: str, common: list[str], timed_steps: int) -> dict:
     argv = (["--config", engine_config("cpu")] if name.startswith("engine") else []) + common + CONFIGS.get(name, [])
-    env = {**os.environ, "ONEDNN_VERBOSE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     r = subprocess.run([sys.executable, __file__, "--child", name, "--", *argv], env=env, capture_output=True,
                        text=True)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PHASES ")]
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-3000:]}")
     result = json.loads(lines[-1][len("PHASES "):])
-    steps_total = int(next(a.split("=")[1] for a in argv if a.startswith("train.steps=")))
-    result["onednn_ms"] = onednn_ms(r.stdout) / steps_total  # every step's primitives, warm-up included
+    result["onednn_ms"] = onednn_ms(r.stdout) / timed_steps  # the steps after warm-up, as step_ms
     return result
 
 
@@ -158,6 +166,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.argv, skip=log_every)
         return
+    if args.steps <= log_every + 1:
+        p.error(f"--steps {args.steps}: need more than {log_every + 1} (the first {log_every} are warm-up)")
 
     common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
               f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={log_every}",
@@ -166,7 +176,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {c: [] for c in args.configs}
     for rnd in range(args.rounds):
         for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
-            res = run_config(name, common)
+            res = run_config(name, common, args.steps - log_every)
             runs[name].append(res)
             print(f"round {rnd} {name:22s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms, "
                   f"{res['faults_per_step']:.0f} page faults", flush=True)
