@@ -4,8 +4,8 @@ On the CPU, PyTorch allocates tensors with plain malloc. glibc hands out large b
 mmap pages. Its threshold for that starts at 128 KiB and grows only as such blocks are freed. Freed
 memory at the top of the heap goes back to the OS once it passes a trim threshold. So each training
 step's activations, megabytes each, come back as new pages, and the kernel faults and zeroes
-every 4 KiB of them again. For the tiny U-Net at batch 8, 64x64, that was 6,400-8,200 page faults
-per step of the engine's training loop and 13,100-19,600 of plain's; tuned, the engine's loop took
+every 4 KiB of them again. For the tiny U-Net at batch 8, 64x64, that was 6,200-8,200 page faults
+per step of the engine's training loop and 13,100-19,900 of plain's; tuned, the engine's loop took
 1-202 (benchmarks/cpu_step_phases.py, rows in benchmarks/results/cpu_phases.csv). On a GPU,
 PyTorch's caching allocator already avoids this; `tune()` gives the CPU the same behaviour
 through mallopt:
