@@ -18,7 +18,8 @@
 #   3. check    every op against the float64 reference: fp32, bf16, fp16; NCHW and channels-last;
 #               every output and gradient; split paths; determinism; opcheck; fullgraph compile
 #   4. bench    group_norm_silu and hybrid_loss: fused vs eager, reference, torch.compile (+ apex);
-#               channels-last rows also time the untimed rows kernels (provider `rows`)
+#               channels-last rows also time the untimed rows kernels (provider `rows`);
+#               bench_upsample_conv: the sub-pixel upsample conv against upsample + conv (bf16, NHWC)
 #   5. train    end-to-end training steps, plain vs strong vs engine (bench_train.py), base + tiny
 #   6. dali     (issue 5) DALI `mixed` GPU decode (runs before the train stages, whose engine
 #               rows then load through DALI): tests/test_data_dali_gpu.py and
@@ -30,7 +31,7 @@
 # a lease too short for the whole suite runs it over several calls on the same warm machine.
 # A stage that fails or times out is logged and the next stage still runs. Everything lands in
 # $OUT (default ./gpu_out): <stage>.log, summary.txt, check.json, group_norm_silu.csv,
-# hybrid_loss.csv. Merge the CSVs into the committed results afterwards with
+# hybrid_loss.csv, upsample_conv.csv, train.csv. Merge the CSVs into the committed results afterwards with
 #   python benchmarks/harness.py merge <OUT>/group_norm_silu.csv benchmarks/results/group_norm_silu.csv
 #   python benchmarks/harness.py merge <OUT>/hybrid_loss.csv benchmarks/results/hybrid_loss.csv
 #
@@ -49,7 +50,7 @@ QUICK="${QUICK:-0}"
 DEVICE="${DEVICE:-cuda}"  # cpu: a dry run of the suite's mechanics on a machine without a GPU
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
-STAGES="${STAGES:-env install check bench_group_norm_silu bench_hybrid_loss bench_train_base bench_train_tiny}"
+STAGES="${STAGES:-env install check bench_group_norm_silu bench_hybrid_loss bench_upsample_conv bench_train_base bench_train_tiny}"
 [ "${RUN_PYTEST:-0}" = "1" ] && STAGES="$STAGES pytest"
 FAILED=0
 SUITE_START=$SECONDS
@@ -155,12 +156,15 @@ stage bench_group_norm_silu "${GN_LIMIT_S:-150}" "$PY" benchmarks/bench_group_no
   --csv "$OUT/group_norm_silu.csv" "${GN_ARGS[@]}"
 stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss.py --device "$DEVICE" \
   --csv "$OUT/hybrid_loss.csv" "${LOSS_ARGS[@]}"
+stage bench_upsample_conv "${UPSAMPLE_LIMIT_S:-60}" "$PY" benchmarks/bench_upsample_conv.py --device "$DEVICE" \
+  --layouts nhwc --repeats 5 --csv "$OUT/upsample_conv.csv"
 stage dali "${DALI_LIMIT_S:-150}" dali_gpu
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then
   # TRAIN_CONFIGS="plain strong engine engine-nchw" also checks cuda.yaml's channels-last choice,
-  # "plain strong engine engine-rows" the channels-last rows GroupNorm-SiLU kernels end to end
+  # "plain strong engine engine-rows" the channels-last rows GroupNorm-SiLU kernels end to end,
+  # "strong engine engine-upsample-subpixel" the sub-pixel upsample conv (CUDA auto: reference)
   # shellcheck disable=SC2086
   stage bench_train_base "${TRAIN_LIMIT_S:-450}" "$PY" benchmarks/bench_train.py --preset base --batch 32 --crop 128 \
     --steps 40 --log-every 5 --rounds 1 --configs ${TRAIN_CONFIGS:-plain strong engine} --csv "$OUT/train.csv"

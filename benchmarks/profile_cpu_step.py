@@ -7,8 +7,9 @@
 One step = the training loop's work on one batch (objective forward through the U-Net and the
 joint loss, backward, AdamW step), on a fixed in-memory batch so that only compute is timed (data
 loading is timed by bench_train.py, which runs the real loop). Variants differ in the op path
-(reference ATen vs the fused op with its native C++ CPU body), the precision (fp32 vs bf16
-autocast) and the memory format; they are timed round-robin so a load spike hits all of them.
+(reference ATen vs the fused op with its native C++ CPU body and the sub-pixel upsample conv,
+kernels/upsample_conv.py; cpu_step.csv rows from before that op ran the reference upsample), the
+precision (fp32 vs bf16 autocast) and the memory format; they are timed round-robin so a load spike hits all of them.
 Rows go to benchmarks/results/cpu_step.csv.
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ from hybengine.unet import build_unet  # noqa: E402
 
 def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: int, crop: int,
               compiled: bool = False):
-    ops.configure(KernelConfig(group_norm_silu=ops_path, hybrid_loss=ops_path), torch.device("cpu"))
+    upsample = "reference" if ops_path == "reference" else "subpixel"
+    ops.configure(KernelConfig(group_norm_silu=ops_path, hybrid_loss=ops_path, upsample_conv=upsample),
+                  torch.device("cpu"))
     impls = dict(ops._IMPL)  # this variant's functions, restored before each of its steps
     torch.manual_seed(0)
     net = build_unet(ModelConfig(preset=preset), 1, 3)

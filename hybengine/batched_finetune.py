@@ -14,8 +14,9 @@ the (R*B) flattened batch (per-sample terms, hybengine/objective.py, supervised 
 members; the members share no weights, so each one's gradient is its own run's gradient. Results
 match the one-by-one runs up to float summation order (tests/test_batched_finetune.py).
 
-Inside vmap the group norm runs as the plain-torch reference (a custom op would need a vmap rule);
-the loss, outside vmap, may use the fused op. A non-finite loss stops the group with
+Inside vmap the group norm and the upsample conv run as their plain-torch references (the fused
+group norm is a custom op and the sub-pixel upsample an autograd.Function over a strided view,
+neither with a vmap rule); the loss, outside vmap, may use the fused op. A non-finite loss stops the group with
 `NonFiniteMembersError` (the sequential loop would skip that member's batch and fall out of step with
 the others); the sweep then reruns the group one by one.
 """
@@ -60,6 +61,11 @@ class MemberResult:
     net: UNet  # the member's best weights (EMA if on, else raw), on the device
     step: int
 
+
+
+def vmap_kernels(k: KernelConfig) -> KernelConfig:
+    """The op choice inside vmap: references for the U-Net's ops, the configured loss (outside vmap)."""
+    return KernelConfig(group_norm_silu="reference", hybrid_loss=k.hybrid_loss, upsample_conv="reference")
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -183,7 +189,7 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     if t.threads:
         torch.set_num_threads(t.threads)
     cpu_malloc.apply(t.cpu_malloc, device.type)
-    ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss=c0.kernels.hybrid_loss), device)
+    ops.configure(vmap_kernels(c0.kernels), device)
     trainer = BatchedTrainer(c0, [_start_weights(c, init, device) for c, init in members], device)
     loaders = [iter(build_train_loader(c.data, t.batch_size, c.train.seed)) for c in run_cfgs]
     gens = [torch.Generator(device).manual_seed(c.train.seed * 1000 + 1) for c in run_cfgs]
@@ -275,7 +281,7 @@ def time_steps(run_cfg: Config, R: int, device: torch.device, repeats: int = 3) 
     trainer = BatchedTrainer(run_cfg, [start] * R, device)
     xs, ys = x.expand(R, *x.shape).contiguous(), y.expand(R, *y.shape).contiguous()
     ns = torch.randn(xs.shape, generator=g).to(device)
-    batched_ops = KernelConfig(group_norm_silu="reference", hybrid_loss=run_cfg.kernels.hybrid_loss)
+    batched_ops = vmap_kernels(run_cfg.kernels)
 
     def batched_step() -> None:
         trainer.step(xs, ys, ns, run_cfg.optim.lr)

@@ -107,6 +107,10 @@ class KernelConfig:
     # (reads whole pixel rows; not yet timed on a GPU; kernels/group_norm_silu_rows.py). auto:
     # HYBENGINE_GN_CHANNELS_LAST where set, else groups.
     group_norm_silu_channels_last: str = choice("auto", "groups", "rows")
+    # The U-Net's nearest-2x upsample + 3x3 conv: "subpixel" computes it as one 2x2 conv with 4x the
+    # output channels on the un-upsampled input (kernels/upsample_conv.py, 2.25x fewer FLOPs, same
+    # function). auto: subpixel on CPU (measured), reference on CUDA (not yet timed there).
+    upsample_conv: str = choice("auto", "subpixel", "reference")
 
 
 @dataclass

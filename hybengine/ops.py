@@ -1,6 +1,7 @@
 """Op dispatch: the one place that picks, per op and device, the fused op or its reference.
 
-The U-Net and the objective call `group_norm_silu` and `hybrid_loss` from here and nowhere else.
+The U-Net and the objective call `group_norm_silu`, `upsample_conv` and `hybrid_loss` from here and
+nowhere else.
 `configure` resolves each op once per run (before any compile) and logs the path it took, so the
 hot path is a plain dictionary lookup that torch.compile traces through.
 
@@ -12,6 +13,10 @@ hot path is a plain dictionary lookup that torch.compile traces through.
 - CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
   reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
   body never beat eager ATen.
+- `upsample_conv` (the U-Net's nearest-2x upsample + 3x3 conv): CPU, the sub-pixel form
+  (kernels/upsample_conv.py, 2.25x fewer convolution FLOPs, the same function); see
+  `resolve_upsample_conv` for the figures. CUDA keeps the reference until the form is timed there
+  (bench_train.py --configs engine engine-subpixel).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 
 from .config import KernelConfig
 from .kernels import group_norm_silu_reference, hybrid_loss_reference
+from .kernels.upsample_conv import upsample_conv_reference, upsample_conv_subpixel
 
 log = logging.getLogger("hybengine.ops")
 
@@ -31,6 +37,8 @@ _REFERENCE: dict[str, Callable] = {
 }
 _IMPL: dict[str, Callable] = dict(_REFERENCE)
 _CHOSEN: dict[str, str] = {name: "reference" for name in _REFERENCE}
+_UPSAMPLE_CONV: dict[str, Callable] = {"reference": upsample_conv_reference, "subpixel": upsample_conv_subpixel}
+_IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = upsample_conv_reference, "reference"
 
 
 def _fused(name: str) -> Callable | None:
@@ -80,6 +88,21 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
     return "reference", f"auto: the fused op's CPU body here is {body}; the eager ATen reference is faster"
 
 
+def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
+    """Returns (path, reason) for the upsample + 3x3 conv: "subpixel" or "reference".
+
+    CPU `auto`: subpixel. Measured on the 2-core dev CPU (torch 2.13.0, fp32, channels-last, fwd+bwd
+    of the tiny preset's Upsample, 8x64x32x32 -> 8x64x64x64, interleaved A/B): the rows of
+    benchmarks/results/upsample_conv.csv (benchmarks/bench_upsample_conv.py).
+    CUDA `auto`: the reference, until the sub-pixel form has been timed on a GPU.
+    """
+    if choice != "auto":
+        return choice, "asked for in the config"
+    if device.type == "cuda":
+        return "reference", "auto: the sub-pixel form is not yet timed on CUDA"
+    return "subpixel", "auto: sub-pixel form, 2.25x fewer conv FLOPs, measured faster on CPU"
+
+
 def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
     """Resolves every op for this run, logs the choice, and returns {op: path}."""
     for name in _REFERENCE:
@@ -87,6 +110,9 @@ def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
         _IMPL[name] = _fused(name) if path == "fused" else _REFERENCE[name]
         _CHOSEN[name] = path
         log.info("op %s on %s: %s (%s)", name, device.type, path, reason)
+    path, reason = resolve_upsample_conv(cfg.upsample_conv, device)
+    _IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = _UPSAMPLE_CONV[path], path
+    log.info("op upsample_conv on %s: %s (%s)", device.type, path, reason)
     # set on every run, so one run's choice never leaks into the next
     from .kernels.group_norm_silu import DEFAULT_CHANNELS_LAST_KERNEL, set_channels_last_kernel
 
@@ -101,6 +127,11 @@ def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
 def group_norm_silu(x, weight, bias, groups: int, eps: float, scale=None, shift=None) -> torch.Tensor:
     """GroupNorm + affine + optional `h*(1+scale)+shift` + SiLU; x (N,C,H,W), scale/shift (N,C)."""
     return _IMPL["group_norm_silu"](x, weight, bias, groups, eps, scale, shift)
+
+
+def upsample_conv(x, weight, bias) -> torch.Tensor:
+    """conv3x3(nearest 2x upsample of x), padding 1; x (N,C,H,W) -> (N,O,2H,2W)."""
+    return _IMPL["upsample_conv"](x, weight, bias)
 
 
 def hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask: float, ignore_index: int):

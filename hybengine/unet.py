@@ -175,7 +175,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        """conv3x3(nearest 2x upsample of x), through the op dispatch (sub-pixel form or reference)."""
+        return ops.upsample_conv(x, self.conv.weight, self.conv.bias)
 
 
 def build_unet(cfg: ModelConfig, image_channels: int, num_classes: int) -> UNet:

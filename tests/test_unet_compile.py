@@ -1,4 +1,5 @@
-"""The real U-Net with the fused ops inside compiles as ONE graph and matches eager, forward and backward."""
+"""The real U-Net with the fused ops (and the sub-pixel upsample conv) inside compiles as ONE graph and
+matches eager, forward and backward."""
 import pytest
 import torch
 
@@ -11,8 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_fullgraph_compile_with_fused_ops_matches_eager():
-    chosen = ops.configure(KernelConfig(group_norm_silu="fused", hybrid_loss="fused"), torch.device("cpu"))
-    assert chosen == {"group_norm_silu": "fused", "hybrid_loss": "fused"}
+    chosen = ops.configure(KernelConfig(group_norm_silu="fused", hybrid_loss="fused", upsample_conv="subpixel"),
+                           torch.device("cpu"))
+    assert chosen == {"group_norm_silu": "fused", "hybrid_loss": "fused", "upsample_conv": "subpixel"}
     print("CPU bodies:", op_backends())
     torch.manual_seed(0)
     net = build_unet(ModelConfig(channels=8, channel_mult=[1, 2], groups=4, attn_levels=[1]), 1, 3)
