@@ -14,15 +14,26 @@ Configurations (DESIGN.md, "What fast means"):
   engine-rows  (only when named) the engine with the channels-last rows GroupNorm-SiLU kernels
   engine-malloc-tuned  (only when named) the engine with train.cpu_malloc=tuned
           (hybengine/engine/cpu_malloc.py: no page faults for recycled activations; opt-in)
+  engine-upsample-subpixel / engine-upsample-reference  (only when named) the engine with the
+          U-Net's upsample + 3x3 conv forced to the sub-pixel form (kernels/upsample_conv.py) or to
+          the reference, to check the `auto` choice of kernels.upsample_conv on this device
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
-Its metrics.jsonl gives images/s per `log_every` interval; the first interval (warm-up, compile)
-is excluded from throughput and reported as warm-up seconds. Configurations run interleaved over
-`--rounds` rounds, the order reversed every other round (A B, B A, ...) so that a steady drift of
-the host's speed hits every configuration alike; the figure is the median over all timed
-intervals. A host whose speed swings within minutes (shared CPUs) moves those medians apart
-unevenly, so each row also carries the paired ratio: per round, this configuration's median over
-plain's (or strong's) median of the same round, and the median and range of those per-round
-ratios. Rows go to benchmarks/results/train.csv with device, versions, date and commit.
+
+--method lockstep (the default on CPU): all configurations' runs start together and take turns one
+training step at a time, the order reversed every step (benchmarks/lockstep.py). This shared
+2-core host changes speed by up to 2x within minutes, which whole runs one after another cannot
+pair out (the rounds rows of train.csv: paired medians of 0.79, 1.39 and 1.07 for the same code).
+Images/s come from each timed step (batch / step time); the first `log_every` steps are warm-up,
+and `warmup_s` is their time less as many steady steps (compile, first-touch). The paired ratio
+is the median over steps of this configuration's speed over plain's (or strong's) at the same
+step, its range the 10th-90th percentile. `--rounds` lockstep runs are pooled.
+
+--method rounds (the default on CUDA, where a step's GPU work is asynchronous to the loop that a
+turn would time): whole runs one after another over `--rounds` rounds, the order reversed every
+other round; images/s per `log_every` interval of metrics.jsonl, the first interval (warm-up,
+compile) excluded and reported as warm-up seconds; the paired ratio is the median and range over
+rounds of this configuration's median over plain's (or strong's) in the same round.
+Rows go to benchmarks/results/train.csv with the method, device, versions, date and commit.
 
 On a GPU the script also reports the model FLOPs per image (counted with
 torch.utils.flop_counter on one forward; training step = 3x forward) and MFU against the assumed
@@ -42,10 +53,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lockstep  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference"]
+REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference",
+                 "kernels.upsample_conv=reference"]
 PLAIN_TORCH = ["data.loader=torch", "train.engine=plain"]
 CONFIGS = {
     "plain": ["model.compile=false", "model.channels_last=false", "train.precision=fp32", *REFERENCE_OPS,
@@ -55,6 +68,8 @@ CONFIGS = {
     "engine-nchw": ["model.channels_last=false"],  # on top of the engine file
     "engine-rows": ["kernels.group_norm_silu_channels_last=rows"],  # the rows GroupNorm-SiLU kernels
     "engine-malloc-tuned": ["train.cpu_malloc=tuned"],  # the engine with glibc malloc tuned (opt-in)
+    "engine-upsample-subpixel": ["kernels.upsample_conv=subpixel"],  # sub-pixel upsample conv (CUDA check)
+    "engine-upsample-reference": ["kernels.upsample_conv=reference"],  # upsample, then 3x3 conv (CPU check)
 }
 CONFIG_NAMES = ["plain", "strong", "engine", *(c for c in CONFIGS if c.startswith("engine"))]
 
@@ -63,11 +78,14 @@ def engine_config(device: str) -> str:
     return str(REPO / "configs" / "engine" / f"{device}.yaml")
 
 
+def train_args(name: str, common: list[str], device: str, out: Path) -> list[str]:
+    """hybengine/train.py's arguments for one configuration."""
+    engine = ["--config", engine_config(device)] if name.startswith("engine") else []
+    return [*engine, *common, *CONFIGS.get(name, []), f"train.out_dir={out}"]
+
+
 def run_one(name: str, common: list[str], device: str, out: Path, env: dict) -> list[dict]:
-    args = [sys.executable, str(REPO / "hybengine" / "train.py")]
-    if name.startswith("engine"):
-        args += ["--config", engine_config(device)]
-    args += [*common, *CONFIGS.get(name, []), f"train.out_dir={out}"]
+    args = [sys.executable, str(REPO / "hybengine" / "train.py"), *train_args(name, common, device, out)]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-4000:]}")
@@ -106,30 +124,9 @@ def model_flops_per_image(preset: str, image_channels: int, crop: int) -> float:
     return 3.0 * counter.get_total_flops()  # forward + backward (~2x forward)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
-    p.add_argument("--log-every", type=int, default=6)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"], choices=CONFIG_NAMES)
-    p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--csv", default=str(RESULTS / "train.csv"))
-    p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
-    args = p.parse_args()
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
-              f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={args.log_every}",
-              "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
-              "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ips: dict[str, list[float]] = {c: [] for c in args.configs}
+def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
+    """Whole runs one after another, the order reversed every round; paired ratios per round."""
     per_round: list[dict[str, float]] = []  # round -> configuration -> median images/s of that run
-    warm: dict[str, list[float]] = {c: [] for c in args.configs}
-    mem: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             per_round.append({})
@@ -146,6 +143,72 @@ def main() -> None:
                 warm[name].append(recs[0]["time"] - step_s)
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
                 print(f"round {rnd} {name:11s} {statistics.median(timed):8.1f} img/s", flush=True)
+    return {name: paired_ratios(per_round, name) for name in args.configs}
+
+
+def run_lockstep(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
+    """All configurations at once, taking turns one step at a time (benchmarks/lockstep.py); paired
+    ratios per step. The first `log_every` steps are warm-up."""
+    steps: dict[str, list[float]] = {c: [] for c in args.configs}  # timed step times (ms), rounds end to end
+    for rnd in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            commands = {name: [sys.executable, str(REPO / "benchmarks" / "lockstep.py"), "--",
+                               *train_args(name, common, device, Path(tmp) / name)] for name in args.configs}
+            try:
+                turns = lockstep.run(commands, args.steps, cwd=REPO, env=env)
+            except RuntimeError as e:
+                print(f"round {rnd}: FAILED\n{e}", flush=True)
+                continue
+            for name, t in turns.items():
+                timed = t.steps_ms[args.log_every:]
+                steps[name] += timed
+                ips[name] += [1e3 * args.batch / ms for ms in timed]
+                # compile and first-step costs: the warm-up steps less as many steady ones
+                warm[name].append((sum(t.steps_ms[:args.log_every]) - args.log_every * statistics.median(timed)) / 1e3)
+                recs = (Path(tmp) / name / "metrics.jsonl").read_text().splitlines()
+                mem[name] = max(mem.get(name, 0.0), json.loads(recs[-1])["peak_mem_mb"])
+                print(f"round {rnd} {name:11s} {1e3 * args.batch / statistics.median(timed):8.1f} img/s", flush=True)
+    out = {}
+    for name in args.configs:
+        out[name] = {}
+        for base in ("plain", "strong"):
+            ratio, spread = (lockstep.paired(steps[base], steps[name]) if base in args.configs and steps[name]
+                             and steps[base] else (None, ""))
+            out[name][f"paired_vs_{base}"] = round(ratio, 3) if ratio is not None else ""
+            out[name][f"paired_vs_{base}_range"] = spread
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
+    p.add_argument("--log-every", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"], choices=CONFIG_NAMES)
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--csv", default=str(RESULTS / "train.csv"))
+    p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
+    p.add_argument("--method", choices=["lockstep", "rounds"], default=None,
+                   help="lockstep (default on CPU) or rounds (default on CUDA, where a step's work is async)")
+    args = p.parse_args()
+    args.method = args.method or ("lockstep" if not torch.cuda.is_available() else "rounds")
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
+              f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={args.log_every}",
+              "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
+              "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ips: dict[str, list[float]] = {c: [] for c in args.configs}
+    warm: dict[str, list[float]] = {c: [] for c in args.configs}
+    mem: dict[str, float] = {}
+    if args.method == "lockstep":
+        paired = run_lockstep(args, common, device, env, ips, warm, mem)
+    else:
+        paired = run_rounds(args, common, device, env, ips, warm, mem)
 
     med = {c: statistics.median(v) for c, v in ips.items() if v}
     env_row = environment(torch.device(device))
@@ -158,7 +221,7 @@ def main() -> None:
                "warmup_s": round(statistics.median(warm[name]), 2), "peak_mem_mb": round(mem[name], 1),
                "vs_plain": round(med[name] / med["plain"], 3) if "plain" in med else "",
                "vs_strong": round(med[name] / med["strong"], 3) if "strong" in med else "",
-               **paired_ratios(per_round, name),
+               "method": args.method, **paired[name],
                "mfu": round(flops * med[name] / (args.peak_tflops * 1e12), 4) if flops else "",
                "engine_config": (" | ".join([_engine_summary(device), *CONFIGS.get(name, [])])
                                  if name.startswith("engine") else ""),

@@ -18,16 +18,23 @@ out; per phase the median over the remaining steps. For scale, each row also giv
 `onednn_gflops` = the U-Net's FLOPs per training step (3x the forward's torch.utils.flop_counter
 count) / onednn_ms, and `matmul_gflops`, an fp32 2048x2048 matrix product on all threads,
 measured in the same run: roughly what this CPU's FMA units give to a well-blocked kernel.
-Configurations alternate per round (A B, B A, ...). Rows go to benchmarks/results/cpu_phases.csv.
+
+Lockstep pairing (benchmarks/lockstep.py): all configurations' processes start together and then
+take turns one training step at a time, the order alternating per step, so that this shared host's
+swings in speed (2x within minutes) hit step i of every configuration alike. `step_ms` is the
+median of the timed steps (a turn: data, forward, backward, optimizer, EMA and bookkeeping) and
+`paired_ratio` the median over steps of (first configuration's step i) / (this one's step i), with
+its 10th-90th percentile range in `paired_range`: the speed-up over the first configuration named
+(plain by default) on the same moments of the host. A round is one such lockstep run (fresh
+processes); rows give medians over rounds. Rows go to benchmarks/results/cpu_phases.csv (`method`
+lockstep; rows written before it, by whole runs one after another, say `rounds`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +44,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lockstep  # noqa: E402
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
-from bench_train import CONFIG_NAMES, CONFIGS, engine_config, model_flops_per_image  # noqa: E402
+from bench_train import CONFIG_NAMES, CONFIGS, REPO, engine_config, model_flops_per_image  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
@@ -58,27 +66,6 @@ def _timed(owner, attr: str, phase: str, times: dict[str, list[float]]) -> None:
     setattr(owner, attr, wrapper)
 
 
-class _TimedLoader:
-    """The training loader with a timer around each next batch; everything else passes through."""
-
-    def __init__(self, loader, times: dict[str, list[float]]):
-        self._loader, self._times = loader, times
-
-    def __iter__(self):
-        it = iter(self._loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self._times["data"].append(time.perf_counter() - t0)
-            yield batch
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-
 def child(name: str, argv: list[str], skip: int) -> None:
     """One configuration's run: prints one JSON line of per-phase medians (ms) and the step time."""
     from hybengine import training_loop
@@ -96,17 +83,13 @@ def child(name: str, argv: list[str], skip: int) -> None:
 
     HybridObjective.__call__ = forward
     _timed(HybridObjective, "__call__", "forward", times)
-    _timed(backends.PlainBackend, "backward", "backward", times)
-    _timed(backends.PlainBackend, "micro_step", "optimizer", times)
+    for backend in (backends.PlainBackend, backends.DeepSpeedBackend):
+        _timed(backend, "backward", "backward", times)
+        _timed(backend, "micro_step", "optimizer", times)
     _timed(training_loop.EMA, "update", "ema", times)
-    build_loader = training_loop.build_train_loader
-    training_loop.build_train_loader = lambda *a, **k: _TimedLoader(build_loader(*a, **k), times)
-    with tempfile.TemporaryDirectory() as out:
-        cfg = resolve(parse_args(None, [*argv, f"train.out_dir={out}"]))
-        training_loop.run_training(cfg, console_logging=False)
-        recs = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    step_ms = 1e3 * cfg.train.batch_size / statistics.median(r["images_per_s"] for r in recs[1:])
-    result = {"config": name, "step_ms": step_ms}
+    lockstep.install(times)
+    training_loop.run_training(resolve(parse_args(None, argv)), console_logging=False)
+    result = {"config": name}
     for phase in PHASES:
         result[f"{phase}_ms"] = 1e3 * statistics.median(times[phase][skip:]) if times[phase][skip:] else 0.0
     flt = times["minflt"][skip:]
@@ -126,17 +109,25 @@ def onednn_ms(log: str) -> float:
     return total
 
 
-def run_config(name: str, common: list[str], timed_steps: int) -> dict:
-    argv = (["--config", engine_config("cpu")] if name.startswith("engine") else []) + common + CONFIGS.get(name, [])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, __file__, "--child", name, "--", *argv], env=env, capture_output=True,
-                       text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PHASES ")]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("PHASES "):])
-    result["onednn_ms"] = onednn_ms(r.stdout) / timed_steps  # the steps after warm-up, as step_ms
-    return result
+def run_round(names: list[str], common: list[str], steps: int, skip: int) -> dict[str, dict]:
+    """One lockstep round (benchmarks/lockstep.py): all configurations' processes started, then one
+    training step each in turn until all have run `steps`. Returns {name: result}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {name: [sys.executable, __file__, "--child", name, "--",
+                           *(["--config", engine_config("cpu")] if name.startswith("engine") else []), *common,
+                           *CONFIGS.get(name, []), f"train.out_dir={tmp}/{name}"] for name in names}
+        turns = lockstep.run(commands, steps, cwd=REPO)
+    results = {}
+    for name, run in turns.items():
+        lines = [ln for ln in run.log.splitlines() if ln.startswith("PHASES ")]
+        if not lines:
+            raise RuntimeError(f"{name} printed no PHASES line:\n{run.log[-3000:]}")
+        res = json.loads(lines[-1][len("PHASES "):])
+        res["steps_ms"] = run.steps_ms[skip:]
+        res["step_ms"] = statistics.median(res["steps_ms"])
+        res["onednn_ms"] = onednn_ms(run.log) / (steps - skip)  # verbose from the first timed step on
+        results[name] = res
+    return results
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -156,7 +147,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="lockstep runs (fresh processes each)")
     p.add_argument("--csv", default=str(RESULTS / "cpu_phases.csv"))
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -175,11 +166,13 @@ def main() -> None:
               "data.num_workers=0"]
     runs: dict[str, list[dict]] = {c: [] for c in args.configs}
     for rnd in range(args.rounds):
-        for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
-            res = run_config(name, common, args.steps - log_every)
+        results = run_round(args.configs, common, args.steps, log_every)
+        for name, res in results.items():
             runs[name].append(res)
-            print(f"round {rnd} {name:22s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms, "
-                  f"{res['faults_per_step']:.0f} page faults", flush=True)
+            ratio, spread = lockstep.paired(results[args.configs[0]]["steps_ms"], res["steps_ms"])
+            print(f"round {rnd} {name:26s} step {res['step_ms']:7.1f} ms, oneDNN {res['onednn_ms']:6.1f} ms, "
+                  f"{res['faults_per_step']:.0f} page faults, x{ratio:.3f} ({spread}) vs {args.configs[0]}",
+                  flush=True)
 
     step_gflop = model_flops_per_image(args.preset, 1, args.crop) * args.batch / 1e9
     mm = matmul_gflops()
@@ -188,8 +181,12 @@ def main() -> None:
     keys = ("step_ms", "onednn_ms", *(f"{ph}_ms" for ph in PHASES), "faults_per_step")
     for name, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in keys}
+        ratio, spread = lockstep.paired([t for r in runs[args.configs[0]] for t in r["steps_ms"]],
+                               [t for r in results for t in r["steps_ms"]])
         rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
-                     "rounds": len(results), **{k: round(v, 1) for k, v in med.items()},
+                     "rounds": len(results), "method": "lockstep", "paired_vs": args.configs[0],
+                     "paired_ratio": round(ratio, 3), "paired_range": spread,
+                     **{k: round(v, 1) for k, v in med.items()},
                      "other_ms": round(med["step_ms"] - med["onednn_ms"], 1),
                      "onednn_gflops": round(step_gflop / med["onednn_ms"] * 1e3, 1) if med["onednn_ms"] else "",
                      "matmul_gflops": round(mm, 1),
@@ -197,10 +194,11 @@ def main() -> None:
                      **env})
     append_rows(Path(args.csv), rows)
     cols = ["step_ms", "onednn_ms", "other_ms", *(f"{ph}_ms" for ph in PHASES), "faults_per_step"]
-    print("\n" + f"{'config':22s}" + "".join(f"{c.removesuffix('_ms').replace('_per_', '/'):>12s}" for c in cols)
-          + "   (ms per step, medians over rounds)")
+    print("\n" + f"{'config':26s}" + "".join(f"{c.removesuffix('_ms').replace('_per_', '/'):>12s}" for c in cols)
+          + f"  {'x ' + args.configs[0] + ' (p10-p90)':>22s}   (ms per step, medians over rounds)")
     for r in rows:
-        print(f"{r['config']:22s}" + "".join(f"{r[c]:12.1f}" for c in cols))
+        print(f"{r['config']:26s}" + "".join(f"{r[c]:12.1f}" for c in cols)
+              + f"  {r['paired_ratio']:>7.3f} ({r['paired_range']})")
     print(f"U-Net: {step_gflop:.1f} GFLOP per training step; oneDNN work at "
           + ", ".join(f"{r['config']} {r['onednn_gflops']}" for r in rows)
           + f" GFLOP/s; fp32 2048^2 matmul {mm:.1f} GFLOP/s")

@@ -1,4 +1,5 @@
-"""benchmarks/bench_train.py: paired per-round ratios, and one short real run of two configurations."""
+"""benchmarks/bench_train.py and cpu_step_phases.py: paired ratios (per round, per lockstep step), and
+short real runs of two configurations, one after another and in lockstep (benchmarks/lockstep.py)."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_train import paired_ratios  # noqa: E402
+from lockstep import paired  # noqa: E402
 
 
 def test_paired_ratios_take_the_median_of_per_round_ratios():
@@ -22,11 +24,23 @@ def test_paired_ratios_take_the_median_of_per_round_ratios():
     assert out["paired_vs_strong"] == "" and out["paired_vs_strong_range"] == ""
 
 
-def test_committed_train_csv_has_the_bench_columns():
+def test_paired_step_ratios_are_base_time_over_this_time():
+    ratio, spread = paired([100.0, 200.0, 90.0, 300.0, 100.0], [50.0, 200.0, 60.0, 200.0, 80.0])
+    assert ratio == 1.5  # ratios 2, 1, 1.5, 1.5, 1.25: > 1 means faster than the base
+    assert spread == "1.000-2.000"
+    with pytest.raises(ValueError):  # steps are paired one to one
+        paired([1.0, 2.0], [1.0])
+
+
+def test_committed_csvs_have_the_bench_columns():
     header = next(csv.reader((REPO / "benchmarks" / "results" / "train.csv").open(newline="")))
     i = header.index("vs_strong")
-    assert header[i + 1:i + 5] == list(paired_ratios([], "engine"))
-    assert header[i + 5] == "mfu"
+    assert header[i + 1] == "method"
+    assert header[i + 2:i + 6] == list(paired_ratios([], "engine"))
+    assert header[i + 6] == "mfu"
+    header = next(csv.reader((REPO / "benchmarks" / "results" / "cpu_phases.csv").open(newline="")))
+    i = header.index("rounds")
+    assert header[i + 1:i + 5] == ["method", "paired_vs", "paired_ratio", "paired_range"]
 
 
 @pytest.mark.slow
@@ -34,7 +48,8 @@ def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
     out_csv = tmp_path / "train.csv"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--configs", "plain", "engine",
                         "--rounds", "2", "--steps", "4", "--log-every", "2", "--batch", "2", "--crop", "32",
-                        "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--method", "rounds", "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     order = [line.split()[2] for line in r.stdout.splitlines() if line.startswith("round ")]
     assert order == ["plain", "engine", "engine", "plain"], r.stdout
@@ -44,6 +59,35 @@ def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
     lo, hi = (float(v) for v in rows["engine"]["paired_vs_plain_range"].split("-"))
     assert lo <= float(rows["engine"]["paired_vs_plain"]) <= hi
     assert rows["engine"]["engine_config"].startswith("model:")
+    assert rows["engine"]["method"] == "rounds"
+
+
+@pytest.mark.slow
+def test_bench_train_lockstep_pairs_every_step(tmp_path):
+    """The CPU default: both runs at once, one step each in turn; one images/s sample per timed step."""
+    out_csv = tmp_path / "train.csv"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--configs", "plain", "engine",
+                        "--rounds", "1", "--steps", "7", "--log-every", "2", "--batch", "2", "--crop", "32",
+                        "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["config"]: row for row in csv.DictReader(out_csv.open(newline=""))}
+    assert set(rows) == {"plain", "engine"}
+    for row in rows.values():
+        assert row["method"] == "lockstep"
+        assert int(row["intervals"]) == 7 - 2 - 1  # steps less warm-up less the untimed last step
+        assert float(row["images_per_s"]) > 0 and float(row["peak_mem_mb"]) > 0
+    assert float(rows["plain"]["paired_vs_plain"]) == 1.0
+    lo, hi = (float(v) for v in rows["engine"]["paired_vs_plain_range"].split("-"))
+    assert 0 < lo <= float(rows["engine"]["paired_vs_plain"]) <= hi
+
+
+def test_lockstep_reports_a_run_that_dies_before_its_first_step(tmp_path):
+    import lockstep
+
+    cmds = {"ok": [sys.executable, "-c", "import time; time.sleep(30)"],
+            "broken": [sys.executable, "-c", "import sys; print('no such config'); sys.exit(3)"]}
+    with pytest.raises(RuntimeError, match=r"broken: the run exited \(code 3\) before its first step:\n.*no such"):
+        lockstep.run(cmds, steps=3, cwd=tmp_path)
 
 
 @pytest.mark.slow
@@ -62,3 +106,4 @@ def test_cpu_step_phases_splits_the_real_loop_and_counts_onednn_time(tmp_path):
         assert float(row["forward_ms"]) > 0 and float(row["backward_ms"]) > 0 and float(row["optimizer_ms"]) > 0
         assert float(row["onednn_gflops"]) > 0 and float(row["matmul_gflops"]) > 0
         assert float(row["faults_per_step"]) >= 0
+        assert row["method"] == "lockstep" and row["paired_vs"] == "plain" and float(row["paired_ratio"]) > 0
