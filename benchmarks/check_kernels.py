@@ -5,7 +5,8 @@ within a few times PyTorch's own error on the same rounded inputs. Covered: grou
 hybrid_loss in fp32, bf16 and fp16, NCHW and channels-last, odd and U-Net-like sizes, shapes the
 launch plan splits over several programs per group, forced splits, modulation variants,
 bitwise-deterministic gradients, opcheck, and a fullgraph torch.compile of a tiny U-Net block
-(forward and backward against eager); and the same for the channels-last rows kernels.
+(forward and backward against eager); the same for the channels-last rows kernels; and the
+sub-pixel upsample conv (kernels/upsample_conv.py) in every dtype and layout.
 
     python benchmarks/check_kernels.py --device cuda --json gpu_out/check.json
     TRITON_INTERPRET=1 python benchmarks/check_kernels.py --device cpu --quick    # a dry run
@@ -28,11 +29,13 @@ from kernel_helpers import (  # noqa: E402
     TinyBlock,
     check_group_norm_silu,
     check_hybrid_loss,
+    check_upsample_conv,
     gn_inputs,
     loss_and_grads,
     loss_inputs,
     loss_terms_and_grad,
     tiny_batch,
+    upsample_inputs,
 )
 
 from hybengine.kernels import backends, hybrid_loss  # noqa: E402
@@ -47,6 +50,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (n, c, h, w, groups): odd sizes; U-Net-like; few groups on large images (split by the launch plan)
 GN_SHAPES = [(2, 6, 7, 9, 3), (1, 5, 7, 9, 1), (1, 12, 7, 9, 12), (4, 64, 32, 32, 32), (2, 96, 24, 40, 32),
              (1, 32, 128, 128, 1), (2, 64, 90, 90, 8)]
+# (n, c_in, c_out, h, w) of the upsample's input: odd sizes; the base preset's deepest stage
+UPSAMPLE_SHAPES = [(2, 5, 6, 7, 9), (4, 512, 512, 16, 16)]
 # (b, I, K, h, w)
 LOSS_SHAPES = [(2, 3, 2, 7, 9), (1, 1, 5, 7, 9), (3, 3, 3, 8, 8), (8, 3, 2, 64, 64), (4, 1, 4, 100, 90)]
 
@@ -164,6 +169,15 @@ def loss_checks(ck: Checker, device, dtypes, shapes):
     ck.run("hybrid_loss deterministic bf16", deterministic)
 
 
+def upsample_checks(ck: Checker, device, dtypes, shapes):
+    for n, c, o, h, w in shapes:
+        for dt in dtypes:
+            for cl in (False, True):
+                inputs = upsample_inputs(n, c, o, h, w, channels_last=cl, device=device)
+                ck.run(f"upsample_conv subpixel {(n, c, o, h, w)} {dt} {'nhwc' if cl else 'nchw'}",
+                       partial(check_upsample_conv, inputs, DTYPES[dt]))
+
+
 def op_checks(ck: Checker, device):
     def gn_opcheck():
         x, weight, bias, s, t, _ = [v.float() for v in gn_inputs(2, 4, 3, 5, device=device)]
@@ -216,6 +230,7 @@ def main() -> int:
                                         (False, True), "group_norm_silu")
         gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if args.quick else LOSS_SHAPES)
+    upsample_checks(ck, device, dtypes, UPSAMPLE_SHAPES[:1] if args.quick else UPSAMPLE_SHAPES)
     op_checks(ck, device)
     failed = [r for r in ck.results if r["status"] != "ok"]
     print(f"{len(ck.results) - len(failed)} ok, {len(failed)} failed, {time.perf_counter() - t0:.0f}s")

@@ -110,13 +110,17 @@ def run(commands: dict[str, list[str]], steps: int, cwd: str | os.PathLike,
                 for name in (names if step % 2 == 0 else names[::-1]):
                     go, done = pipes[name]
                     t0 = time.perf_counter()
-                    go.write(b"g")
-                    if step == steps - 1:
-                        procs[name].wait()
-                    elif not done.read(1):
+                    try:
+                        go.write(b"g")
+                        answered = step == steps - 1 or bool(done.read(1))
+                    except BrokenPipeError:  # the child is gone
+                        answered = False
+                    if not answered:
                         procs[name].wait()
                         raise RuntimeError(f"{name} stopped at step {step} (exit code {procs[name].returncode}):\n"
                                            f"{_read(logs[name])[-3000:]}")
+                    if step == steps - 1:
+                        procs[name].wait()
                     else:
                         out[name].steps_ms.append(1e3 * (time.perf_counter() - t0))
             for name in names:

@@ -197,3 +197,40 @@ def assert_compiled_matches_eager(model, inputs) -> None:
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), compiled[2], eager[2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- upsample_conv
+
+UPSAMPLE_NAMES = ("y", "dx", "dweight", "dbias")
+
+
+def upsample_inputs(n, c, o, h, w, *, channels_last=False, seed=0, device="cpu"):
+    """float64 x, weight (o, c, 3, 3), bias and an upstream gradient dy (n, o, 2h, 2w)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(o, c, 3, 3, generator=g, dtype=torch.float64) / (3 * c**0.5)
+    bias = torch.randn(o, generator=g, dtype=torch.float64)
+    dy = torch.randn(n, o, 2 * h, 2 * w, generator=g, dtype=torch.float64)
+    x, weight, bias, dy = (v.to(device) for v in (x, weight, bias, dy))
+    if channels_last:
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, dy
+
+
+def check_upsample_conv(inputs, dtype) -> dict[str, float]:
+    """The sub-pixel form in `dtype` vs the float64 reference on the same rounded inputs."""
+    from hybengine.kernels.upsample_conv import upsample_conv_reference, upsample_conv_subpixel
+
+    def run(fn, x, weight, bias, dy):
+        leaves = [v.detach().clone().requires_grad_() for v in (x, weight, bias)]
+        y = fn(*leaves)
+        y.backward(dy)
+        return (y.detach(), *(v.grad for v in leaves))
+
+    x, weight, bias, dy = (v.to(dtype) for v in inputs)
+    ref = run(upsample_conv_reference, *(v.double() for v in (x, weight, bias, dy)))
+    lowp = run(upsample_conv_reference, x, weight, bias, dy)
+    ours = run(upsample_conv_subpixel, x, weight, bias, dy)
+    assert ours[0].dtype == dtype and ours[0].stride() == lowp[0].stride(), "y keeps dtype and layout"
+    return {name: assert_matches(name, a, r, lo, dtype)
+            for name, a, r, lo in zip(UPSAMPLE_NAMES, ours, ref, lowp, strict=True)}

@@ -107,3 +107,29 @@ def test_cpu_step_phases_splits_the_real_loop_and_counts_onednn_time(tmp_path):
         assert float(row["onednn_gflops"]) > 0 and float(row["matmul_gflops"]) > 0
         assert float(row["faults_per_step"]) >= 0
         assert row["method"] == "lockstep" and row["paired_vs"] == "plain" and float(row["paired_ratio"]) > 0
+
+
+def _fake_run(body: str) -> list[str]:
+    """A child that takes turns through lockstep.TurnTakingLoader over a plain list of 'batches'."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import os, time\n"
+            "from lockstep import TurnTakingLoader\n"
+            "loader = TurnTakingLoader(range(100), os.environ['HYBENGINE_BENCH_GO'], "
+            "os.environ['HYBENGINE_BENCH_DONE'])\n" + body]
+
+
+def test_lockstep_times_every_step_but_the_last(tmp_path):
+    import lockstep
+
+    body = "for i, b in enumerate(loader):\n    time.sleep(0.01)\n    if i == 4: break\n"
+    turns = lockstep.run({"a": _fake_run(body), "b": _fake_run(body)}, steps=5, cwd=tmp_path)
+    for t in turns.values():
+        assert t.returncode == 0 and len(t.steps_ms) == 4
+        assert all(ms >= 10 for ms in t.steps_ms)  # each turn covers the child's step
+
+
+def test_lockstep_reports_a_run_that_dies_mid_way(tmp_path):
+    import lockstep
+
+    body = "for i, b in enumerate(loader):\n    if i == 2: print('boom'); sys.exit(5)\n"
+    with pytest.raises(RuntimeError, match=r"a stopped at step 2 \(exit code 5\):\n.*boom"):
+        lockstep.run({"a": _fake_run(body)}, steps=5, cwd=tmp_path)

@@ -113,3 +113,14 @@ def test_bench_upsample_conv_writes_a_checked_row(tmp_path):
     assert float(row["max_err"]) < 1e-5
     lo, hi = (float(v) for v in row["speedup_range"].split("-"))
     assert 0 < lo <= float(row["speedup"]) <= hi
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_judged_like_the_kernels(channels_last, dtype):
+    """The rule benchmarks/check_kernels.py applies on the GPU (bf16 too): within a few times
+    PyTorch's own error in that dtype, against float64."""
+    from kernel_helpers import check_upsample_conv, upsample_inputs
+
+    errors = check_upsample_conv(upsample_inputs(2, 5, 6, 7, 9, channels_last=channels_last), dtype)
+    assert set(errors) == {"y", "dx", "dweight", "dbias"}
