@@ -91,9 +91,10 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
 def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
     """Returns (path, reason) for the upsample + 3x3 conv: "subpixel" or "reference".
 
-    CPU `auto`: subpixel. Measured on the 2-core dev CPU (torch 2.13.0, fp32, channels-last, fwd+bwd
-    of the tiny preset's Upsample, 8x64x32x32 -> 8x64x64x64, interleaved A/B): the rows of
-    benchmarks/results/upsample_conv.csv (benchmarks/bench_upsample_conv.py).
+    CPU `auto`: subpixel. Measured on the 2-core dev CPU (torch 2.13.0, fp32, fwd+bwd, interleaved,
+    commit 7f53a85, benchmarks/results/upsample_conv.csv): 1.517x upsample-then-conv at the tiny
+    preset's Upsample (8x64x32x32, channels-last), 1.483x at 8x128x16x16; in the real training loop
+    in lockstep with plain (cpu_phases.csv) the engine ran 1.323x plain with it, 1.280x without.
     CUDA `auto`: the reference, until the sub-pixel form has been timed on a GPU.
     """
     if choice != "auto":

@@ -6,6 +6,7 @@ torch.compile the graph holds the custom ops; eager calls reach the same bodies 
 `autograd.Function`, without the custom ops' per-call Python layers.
 Set TRITON_INTERPRET=1 before importing this package to run the Triton kernels on CPU.
 `native` loads the C++ CPU kernels (issue 7) where they were built and registers them as "native".
+`upsample_conv` holds the sub-pixel form of the U-Net's upsample + 3x3 conv (plain torch, any device).
 """
 from .backends import op_backends
 from .group_norm_silu import group_norm_silu
