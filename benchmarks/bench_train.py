@@ -20,7 +20,7 @@ Configurations (DESIGN.md, "What fast means"):
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 
 --method lockstep (the default on CPU): all configurations' runs start together and take turns one
-training step at a time, the order reversed every step (benchmarks/lockstep.py). This shared
+training step at a time, the order rotating every step (benchmarks/lockstep.py). This shared
 2-core host changes speed by up to 2x within minutes, which whole runs one after another cannot
 pair out (the rounds rows of train.csv: paired medians of 0.79, 1.39 and 1.07 for the same code).
 Images/s come from each timed step (batch / step time); the first `log_every` steps are warm-up,
@@ -195,6 +195,9 @@ def main() -> None:
                    help="lockstep (default on CPU) or rounds (default on CUDA, where a step's work is async)")
     args = p.parse_args()
     args.method = args.method or ("lockstep" if not torch.cuda.is_available() else "rounds")
+    if args.steps <= args.log_every + 1:
+        p.error(f"--steps {args.steps}: need more than --log-every + 1 = {args.log_every + 1} (the first "
+                f"{args.log_every} are warm-up, the last is not timed in lockstep)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",

@@ -37,7 +37,8 @@ def make_inputs(shape, dtype, channels_last, device, seed=0):
     n, c, h, w = shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(n, c, h, w, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
-    weight = (torch.randn(c, c, 3, 3, generator=gen) / (3 * c**0.5)).to(device, dtype).requires_grad_()
+    weight = (torch.randn(c, c, 3, 3, generator=gen) / (3 * c**0.5)).to(device, dtype)
+    weight = weight.contiguous(memory_format=fmt).requires_grad_()  # as the model's, after .to(channels_last)
     bias = torch.randn(c, generator=gen).to(device, dtype).requires_grad_()
     dy = torch.randn(n, c, 2 * h, 2 * w, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
     return x, weight, bias, dy

@@ -20,7 +20,7 @@ count) / onednn_ms, and `matmul_gflops`, an fp32 2048x2048 matrix product on all
 measured in the same run: roughly what this CPU's FMA units give to a well-blocked kernel.
 
 Lockstep pairing (benchmarks/lockstep.py): all configurations' processes start together and then
-take turns one training step at a time, the order alternating per step, so that this shared host's
+take turns one training step at a time, the order rotating every step, so that this shared host's
 swings in speed (2x within minutes) hit step i of every configuration alike. `step_ms` is the
 median of the timed steps (a turn: data, forward, backward, optimizer, EMA and bookkeeping) and
 `paired_ratio` the median over steps of (first configuration's step i) / (this one's step i), with

@@ -5,16 +5,21 @@ other compare different machines (benchmarks/results/train.csv: paired ratios of
 1.07 for the same code). Here every configuration's run starts at once, then they take turns: a
 run's training loader waits on a FIFO for its turn before each batch and writes back when the loop
 asks for the next one. The parent times each turn, so step i of every configuration runs within a
-second or two of the others' step i (order reversed every step: A B, B A, ...), and per-step
-ratios pair like with like.
+second or two of the others' step i, and per-step ratios pair like with like. The order rotates
+every step (A B C, B C A, C A B, ...; with two: A B, B A), so every configuration follows each
+other one equally often.
 
     child side:   python benchmarks/lockstep.py -- <hybengine/train.py arguments>
                   (or `install(...)` in a script's own child, as cpu_step_phases.py does)
     parent side:  run({name: argv}, steps, cwd) -> {name: Turns}
 
 A step, as timed: the loader's next batch, the objective's forward, backward, optimizer, EMA and
-the loop's bookkeeping, up to its next request for data. The last step of a run is not timed (it
-ends with the run, not with a request); the parent lets each configuration finish it alone.
+the loop's bookkeeping, up to its next request for data. A turn is one request for data, so the
+runs must take one batch per optimizer step (train.grad_accum 1) and should not skip batches (a
+non-finite loss does): either ends a run's turns out of step with its steps. The last step of a
+run is not timed (it ends with the run, not with a request); after it the parent closes the
+run's FIFO, so a run that asks for more data ends instead of waiting, and waits for it to exit
+(at most `exit_timeout_s`).
 """
 from __future__ import annotations
 
@@ -73,16 +78,15 @@ def install(times: dict[str, list[float]] | None = None) -> None:
 
 @dataclass
 class Turns:
-    """One configuration's run: its timed steps (ms, every step but the last), start-up and log."""
+    """One configuration's run: its timed steps (ms, every step but the last) and its output."""
 
     steps_ms: list[float] = field(default_factory=list)
-    startup_s: float = 0.0  # from the process start to its first request for data
     log: str = ""
     returncode: int | None = None
 
 
 def run(commands: dict[str, list[str]], steps: int, cwd: str | os.PathLike,
-        env: dict[str, str] | None = None) -> dict[str, Turns]:
+        env: dict[str, str] | None = None, exit_timeout_s: float = 600.0) -> dict[str, Turns]:
     """Starts every command (a child that calls `install`), then gives them `steps` turns each.
 
     Raises RuntimeError with the tail of a configuration's output if it fails or stops early."""
@@ -99,15 +103,18 @@ def run(commands: dict[str, list[str]], steps: int, cwd: str | os.PathLike,
                 logs[name] = open(f"{tmp}/{name}.log", "w+")  # noqa: SIM115 - closed below
                 procs[name] = subprocess.Popen(commands[name], env={**env, GO: go, DONE: done}, cwd=cwd,
                                                stdout=logs[name], stderr=subprocess.STDOUT, text=True)
-            started = time.perf_counter()
             for name in names:  # the child opens its ends at its first request for data
-                done = os.open(f"{tmp}/{name}.done", os.O_RDONLY | os.O_NONBLOCK)
-                go = _open_writer(f"{tmp}/{name}.go", procs, logs)
-                os.set_blocking(done, True)
-                pipes[name] = (open(go, "wb", buffering=0), open(done, "rb", buffering=0))  # noqa: SIM115
-                out[name].startup_s = time.perf_counter() - started
+                done = open(os.open(f"{tmp}/{name}.done", os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)  # noqa: SIM115
+                try:
+                    go = open(_open_writer(f"{tmp}/{name}.go", procs, logs), "wb", buffering=0)  # noqa: SIM115
+                except BaseException:
+                    done.close()
+                    raise
+                os.set_blocking(done.fileno(), True)
+                pipes[name] = (go, done)
             for step in range(steps):
-                for name in (names if step % 2 == 0 else names[::-1]):
+                k = step % len(names)
+                for name in names[k:] + names[:k]:
                     go, done = pipes[name]
                     t0 = time.perf_counter()
                     try:
@@ -119,8 +126,9 @@ def run(commands: dict[str, list[str]], steps: int, cwd: str | os.PathLike,
                         procs[name].wait()
                         raise RuntimeError(f"{name} stopped at step {step} (exit code {procs[name].returncode}):\n"
                                            f"{_read(logs[name])[-3000:]}")
-                    if step == steps - 1:
-                        procs[name].wait()
+                    if step == steps - 1:  # no more turns: a request for more data reads EOF
+                        go.close()
+                        _wait(procs[name], exit_timeout_s, name, logs[name])
                     else:
                         out[name].steps_ms.append(1e3 * (time.perf_counter() - t0))
             for name in names:
@@ -136,17 +144,28 @@ def run(commands: dict[str, list[str]], steps: int, cwd: str | os.PathLike,
                     proc.wait()
                 logs[name].close()
             for go, done in pipes.values():
-                go.close()
+                go.close()  # closing twice is harmless
                 done.close()
 
 
 def paired(base: list[float], this: list[float]) -> tuple[float, str]:
-    """Median and 10th-90th percentile range over steps of base[i] / this[i] (step times: > 1 is faster)."""
-    ratios = sorted(b / t for b, t in zip(base, this, strict=True))
+    """Median and 10th-90th percentile range (interpolated) over steps of base[i] / this[i] (step
+    times: > 1 is faster)."""
+    ratios = [b / t for b, t in zip(base, this, strict=True)]
     if not ratios:
         return float("nan"), ""
-    lo, hi = ratios[int(0.1 * (len(ratios) - 1))], ratios[round(0.9 * (len(ratios) - 1))]
-    return statistics.median(ratios), f"{lo:.3f}-{hi:.3f}"
+    q = statistics.quantiles(ratios, n=10, method="inclusive") if len(ratios) > 1 else ratios * 9
+    return statistics.median(ratios), f"{q[0]:.3f}-{q[8]:.3f}"
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, name: str, log) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{name} did not exit within {timeout_s:.0f} s of its last step:\n"
+                           f"{_read(log)[-3000:]}") from None
 
 
 def _open_writer(path: str, procs: dict[str, subprocess.Popen], logs: dict) -> int:

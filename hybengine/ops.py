@@ -16,7 +16,7 @@ hot path is a plain dictionary lookup that torch.compile traces through.
 - `upsample_conv` (the U-Net's nearest-2x upsample + 3x3 conv): CPU, the sub-pixel form
   (kernels/upsample_conv.py, 2.25x fewer convolution FLOPs, the same function); see
   `resolve_upsample_conv` for the figures. CUDA keeps the reference until the form is timed there
-  (bench_train.py --configs engine engine-subpixel).
+  (bench_train.py --configs engine engine-upsample-subpixel).
 """
 from __future__ import annotations
 

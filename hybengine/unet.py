@@ -169,14 +169,22 @@ class EmbSequential(nn.Sequential):
         return h
 
 
+class UpsampleConv(nn.Conv2d):
+    """A 3x3 conv (padding 1) applied to the nearest 2x upsample of its input, through the op
+    dispatch (sub-pixel form or reference). Its own forward reads its weights, so module hooks
+    (DeepSpeed ZeRO-3's parameter gathering among them) see a normal conv."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return ops.upsample_conv(x, self.weight, self.bias)
+
+
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = UpsampleConv(channels, channels, 3, padding=1)  # state-dict keys as a plain Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """conv3x3(nearest 2x upsample of x), through the op dispatch (sub-pixel form or reference)."""
-        return ops.upsample_conv(x, self.conv.weight, self.conv.bias)
+        return self.conv(x)
 
 
 def build_unet(cfg: ModelConfig, image_channels: int, num_classes: int) -> UNet:

@@ -18,7 +18,7 @@ pixels need nothing special. The sub-pixel form therefore computes
 
 with 4*4 = 16 multiply-adds per (output channel, input channel, input pixel) against the reference's
 9*4 = 36: 2.25x fewer FLOPs in the forward, and the same saving in both halves of the backward,
-which autograd derives through the conv and the weight sums. Only `_interleave` (a copy of y's size,
+which autograd derives through the conv and the weight sums. Only `_Interleave` (a copy of y's size,
 its backward a copy back) is extra; the upsampled tensor of 4x the input size is never made.
 
 Backward of the interleave:  dZ[n, (2a+b) O + o, i+a, j+b] = dy[n, o, 2i+a, 2j+b], and dZ = 0 at the
@@ -48,9 +48,8 @@ def _taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(O, C, 3, 3) -> (4O, C, 2, 2): the four phase kernels K_ab stacked in PHASES order.
-
-    Plain adds, so under autocast the sums stay in the weight's own dtype."""
+    """(O, C, 3, 3) -> (4O, C, 2, 2): the four phase kernels K_ab stacked in PHASES order (plain
+    adds: under autocast they stay in the weight's dtype; the caller passes fp32)."""
     rows = _taps(weight, 2)  # phase a: (O, C, 2, 3)
     return torch.cat([_taps(rows[a], 3)[b] for a, b in PHASES], dim=0)
 
@@ -96,7 +95,9 @@ def upsample_conv_subpixel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """Same result as `upsample_conv_reference` with 2.25x fewer convolution FLOPs (module docstring)."""
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"upsample_conv_subpixel: needs a 3x3 kernel, got {tuple(weight.shape)}")
-    z = F.conv2d(x, subpixel_weight(weight).to(memory_format=_format_of(x)),
+    # tap sums in fp32 at least (fp64 stays fp64), then one rounding to the weight's dtype
+    folded = subpixel_weight(weight.to(torch.promote_types(weight.dtype, torch.float32))).to(weight.dtype)
+    z = F.conv2d(x, folded.to(memory_format=_format_of(x)),
                  None if bias is None else bias.repeat(4), padding=1)  # 2x2 kernel, pad 1: (H+1, W+1) out
     return _Interleave.apply(z)
 

@@ -27,7 +27,7 @@ def test_paired_ratios_take_the_median_of_per_round_ratios():
 def test_paired_step_ratios_are_base_time_over_this_time():
     ratio, spread = paired([100.0, 200.0, 90.0, 300.0, 100.0], [50.0, 200.0, 60.0, 200.0, 80.0])
     assert ratio == 1.5  # ratios 2, 1, 1.5, 1.5, 1.25: > 1 means faster than the base
-    assert spread == "1.000-2.000"
+    assert spread == "1.100-1.800"  # 10th and 90th percentiles, interpolated
     with pytest.raises(ValueError):  # steps are paired one to one
         paired([1.0, 2.0], [1.0])
 
@@ -133,3 +133,14 @@ def test_lockstep_reports_a_run_that_dies_mid_way(tmp_path):
     body = "for i, b in enumerate(loader):\n    if i == 2: print('boom'); sys.exit(5)\n"
     with pytest.raises(RuntimeError, match=r"a stopped at step 2 \(exit code 5\):\n.*boom"):
         lockstep.run({"a": _fake_run(body)}, steps=5, cwd=tmp_path)
+
+
+def test_lockstep_ends_a_run_that_asks_for_more_turns(tmp_path):
+    """After its last turn a run's FIFO is closed: a loop that wants another batch ends, not hangs."""
+    import lockstep
+
+    body = "n = sum(1 for _ in loader)\nprint('batches', n)\n"
+    turns = lockstep.run({"a": _fake_run(body), "b": _fake_run(body), "c": _fake_run(body)}, steps=4, cwd=tmp_path,
+                         exit_timeout_s=60)
+    for t in turns.values():
+        assert "batches 4" in t.log and len(t.steps_ms) == 3

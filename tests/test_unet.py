@@ -8,7 +8,8 @@ from hybengine.unet import build_unet
 
 @pytest.fixture(autouse=True)
 def reference_ops():
-    ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss="reference"), torch.device("cpu"))
+    ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss="reference", upsample_conv="reference"),
+                  torch.device("cpu"))
 
 
 @pytest.mark.parametrize("image_channels, classes", [(1, 3), (3, 2)])

@@ -124,3 +124,16 @@ def test_judged_like_the_kernels(channels_last, dtype):
 
     errors = check_upsample_conv(upsample_inputs(2, 5, 6, 7, 9, channels_last=channels_last), dtype)
     assert set(errors) == {"y", "dx", "dweight", "dbias"}
+
+
+def test_upsample_stage_runs_its_conv_module():
+    """The Upsample's conv is called as a module (so hooks, e.g. ZeRO-3's parameter gathering, run)
+    and keeps a plain Conv2d's state-dict keys."""
+    from hybengine.unet import Upsample
+
+    up = Upsample(4)
+    assert set(up.state_dict()) == {"conv.weight", "conv.bias"}
+    calls = []
+    up.conv.register_forward_pre_hook(lambda module, args: calls.append(module))
+    y = up(torch.randn(1, 4, 3, 5))
+    assert calls == [up.conv] and y.shape == (1, 4, 6, 10)
