@@ -92,9 +92,10 @@ def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
     """Returns (path, reason) for the upsample + 3x3 conv: "subpixel" or "reference".
 
     CPU `auto`: subpixel. Measured on the 2-core dev CPU (torch 2.13.0, fp32, fwd+bwd, interleaved,
-    commit 7f53a85, benchmarks/results/upsample_conv.csv): 1.517x upsample-then-conv at the tiny
-    preset's Upsample (8x64x32x32, channels-last), 1.483x at 8x128x16x16; in the real training loop
-    in lockstep with plain (cpu_phases.csv) the engine ran 1.323x plain with it, 1.280x without.
+    commit 0703760, benchmarks/results/upsample_conv.csv): 1.459x upsample-then-conv at the tiny
+    preset's Upsample (8x64x32x32, channels-last), 1.471x at 8x128x16x16; in the real training loop
+    the engine ran 1.059x (p10-p90 0.921-1.235) the same engine with the reference upsample, the two
+    in lockstep (benchmarks/cpu_step_phases.py, cpu_phases.csv).
     CUDA `auto`: the reference, until the sub-pixel form has been timed on a GPU.
     """
     if choice != "auto":
