@@ -1,6 +1,6 @@
 """Where the real CPU training loop's time goes, without a profiler's per-op overhead.
 
-    python benchmarks/cpu_step_phases.py                      # plain and engine, 3 rounds, tiny preset
+    python benchmarks/cpu_step_phases.py                      # plain and engine, 2 rounds, tiny preset
     python benchmarks/cpu_step_phases.py --configs engine engine-nchw --rounds 2
 
 Each configuration (those of bench_train.py: plain, strong, engine and its variants) runs
@@ -182,7 +182,7 @@ def main() -> None:
     for name, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in keys}
         ratio, spread = lockstep.paired([t for r in runs[args.configs[0]] for t in r["steps_ms"]],
-                               [t for r in results for t in r["steps_ms"]])
+                                        [t for r in results for t in r["steps_ms"]])
         rows.append({"config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
                      "rounds": len(results), "method": "lockstep", "paired_vs": args.configs[0],
                      "paired_ratio": round(ratio, 3), "paired_range": spread,

@@ -16,9 +16,9 @@ match the one-by-one runs up to float summation order (tests/test_batched_finetu
 
 Inside vmap the group norm and the upsample conv run as their plain-torch references (the fused
 group norm is a custom op and the sub-pixel upsample an autograd.Function over a strided view,
-neither with a vmap rule); the loss, outside vmap, may use the fused op. A non-finite loss stops the group with
-`NonFiniteMembersError` (the sequential loop would skip that member's batch and fall out of step with
-the others); the sweep then reruns the group one by one.
+neither with a vmap rule); the loss, outside vmap, may use the fused op. A non-finite loss stops
+the group with `NonFiniteMembersError` (the sequential loop would skip that member's batch and fall
+out of step with the others); the sweep then reruns the group one by one.
 """
 from __future__ import annotations
 
