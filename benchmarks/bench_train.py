@@ -70,6 +70,7 @@ CONFIGS = {
     "engine-malloc-tuned": ["train.cpu_malloc=tuned"],  # the engine with glibc malloc tuned (opt-in)
     "engine-upsample-subpixel": ["kernels.upsample_conv=subpixel"],  # sub-pixel upsample conv (CUDA check)
     "engine-upsample-reference": ["kernels.upsample_conv=reference"],  # upsample, then 3x3 conv (CPU check)
+    "engine-compile": ["model.compile=true"],  # the engine with torch.compile (CPU check: off there)
 }
 CONFIG_NAMES = ["plain", "strong", "engine", *(c for c in CONFIGS if c.startswith("engine"))]
 
