@@ -17,6 +17,8 @@ Configurations (DESIGN.md, "What fast means"):
   engine-upsample-subpixel / engine-upsample-reference  (only when named) the engine with the
           U-Net's upsample + 3x3 conv forced to the sub-pixel form (kernels/upsample_conv.py) or to
           the reference, to check the `auto` choice of kernels.upsample_conv on this device
+  engine-compile  (only when named) the engine with model.compile=true, to check that choice of
+          the CPU file (on CUDA the engine compiles already)
 Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
 
 --method lockstep (the default on CPU): all configurations' runs start together and take turns one
@@ -70,7 +72,7 @@ CONFIGS = {
     "engine-malloc-tuned": ["train.cpu_malloc=tuned"],  # the engine with glibc malloc tuned (opt-in)
     "engine-upsample-subpixel": ["kernels.upsample_conv=subpixel"],  # sub-pixel upsample conv (CUDA check)
     "engine-upsample-reference": ["kernels.upsample_conv=reference"],  # upsample, then 3x3 conv (CPU check)
-    "engine-compile": ["model.compile=true"],  # the engine with torch.compile (CPU check: off there)
+    "engine-compile": ["model.compile=true"],  # the engine compiled (CPU check: off in cpu.yaml)
 }
 CONFIG_NAMES = ["plain", "strong", "engine", *(c for c in CONFIGS if c.startswith("engine"))]
 
