@@ -360,28 +360,87 @@ inline int64_t cl_tile_pixels(int64_t C) {
   return std::max<int64_t>(1, kTile / C);
 }
 
+// Rows of C = NB * kLanes fp32 channels with NB <= kMaxBlocks (32, 64, 96 and 128 channels with
+// AVX-512) take register passes: a tile's per-channel constants and running sums live in fVec
+// arrays of compile-time size with the block loop unrolled, instead of being loaded from (and the
+// sums stored back to) the small L1 arrays on every row, where each row's read-modify-write of a
+// sum waits on the previous row's store. Each lane does the same operations in the same order as
+// the generic passes, so the results are bitwise the same; only the memory traffic to L1 goes.
+// NB == 0 selects the generic passes (any C, bf16 and fp16).
+constexpr int kMaxBlocks = 8;
+
+template <typename T, typename Fn>
+inline void dispatch_blocks(int64_t C, Fn&& fn) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (C % kLanes == 0) {
+      switch (C / kLanes) {
+        case 1: return fn(std::integral_constant<int, 1>{});
+        case 2: return fn(std::integral_constant<int, 2>{});
+        case 3: return fn(std::integral_constant<int, 3>{});
+        case 4: return fn(std::integral_constant<int, 4>{});
+        case 5: return fn(std::integral_constant<int, 5>{});
+        case 6: return fn(std::integral_constant<int, 6>{});
+        case 7: return fn(std::integral_constant<int, 7>{});
+        case kMaxBlocks: return fn(std::integral_constant<int, kMaxBlocks>{});
+        default: break;
+      }
+    }
+  }
+  fn(std::integral_constant<int, 0>{});
+}
+
+#define HYB_UNROLL _Pragma("GCC unroll 8")
+
+// n fp32 vectors from p (n = NB, compile-time).
+template <int NB>
+inline void load_blocks(const float* p, fVec (&v)[NB]) {
+  HYB_UNROLL for (int b = 0; b < NB; ++b) v[b] = fVec::loadu(p + b * kLanes);
+}
+
 // Per-group two-pass moments of pixels [p0, p1) of one sample (rows of C), into part[g]; the
 // tile (kTile elements) stays in L1 between its two passes.
-template <typename T>
+template <int NB, typename T>
 void cl_tile_moments(const T* xs, int64_t C, int64_t G, int64_t p0, int64_t p1, float* sum, float* dsum, float* m2c,
                      Moments* part) {
   const int64_t rows = p1 - p0, CG = C / G;
   const float inv_rows = 1.f / static_cast<float>(rows);
-  std::fill(sum, sum + C, 0.f);
-  std::fill(dsum, dsum + C, 0.f);
-  std::fill(m2c, m2c + C, 0.f);
-  for (int64_t r = p0; r < p1; ++r) {
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-      (load_f(sum + c, nl) + load_ch(xs + r * C + c, nl)).store(sum + c, nl);
-    });
-  }
-  for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
-  for (int64_t r = p0; r < p1; ++r) {
-    for_channel_blocks(C, [&](int64_t c, int64_t nl) {
-      const fVec d = load_ch(xs + r * C + c, nl) - load_f(sum + c, nl);
-      (load_f(dsum + c, nl) + d).store(dsum + c, nl);
-      at::vec::fmadd(d, d, load_f(m2c + c, nl)).store(m2c + c, nl);
-    });
+  if constexpr (NB > 0) {  // the same two passes, sums in registers
+    fVec s[NB], ds[NB], m2[NB];
+    HYB_UNROLL for (int b = 0; b < NB; ++b) s[b] = ds[b] = m2[b] = fVec(0.f);
+    for (int64_t r = p0; r < p1; ++r) {
+      HYB_UNROLL for (int b = 0; b < NB; ++b) s[b] = s[b] + fVec::loadu(xs + r * C + b * kLanes);
+    }
+    HYB_UNROLL for (int b = 0; b < NB; ++b) s[b].store(sum + b * kLanes);
+    for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
+    load_blocks(sum, s);
+    for (int64_t r = p0; r < p1; ++r) {
+      HYB_UNROLL for (int b = 0; b < NB; ++b) {
+        const fVec d = fVec::loadu(xs + r * C + b * kLanes) - s[b];
+        ds[b] = ds[b] + d;
+        m2[b] = at::vec::fmadd(d, d, m2[b]);
+      }
+    }
+    HYB_UNROLL for (int b = 0; b < NB; ++b) {
+      ds[b].store(dsum + b * kLanes);
+      m2[b].store(m2c + b * kLanes);
+    }
+  } else {
+    std::fill(sum, sum + C, 0.f);
+    std::fill(dsum, dsum + C, 0.f);
+    std::fill(m2c, m2c + C, 0.f);
+    for (int64_t r = p0; r < p1; ++r) {
+      for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+        (load_f(sum + c, nl) + load_ch(xs + r * C + c, nl)).store(sum + c, nl);
+      });
+    }
+    for (int64_t c = 0; c < C; ++c) sum[c] *= inv_rows;  // first-pass channel means
+    for (int64_t r = p0; r < p1; ++r) {
+      for_channel_blocks(C, [&](int64_t c, int64_t nl) {
+        const fVec d = load_ch(xs + r * C + c, nl) - load_f(sum + c, nl);
+        (load_f(dsum + c, nl) + d).store(dsum + c, nl);
+        at::vec::fmadd(d, d, load_f(m2c + c, nl)).store(m2c + c, nl);
+      });
+    }
   }
   for (int64_t c = 0; c < C; ++c) {  // corrected two-pass, as in tile_moments
     sum[c] += dsum[c] * inv_rows;
@@ -411,8 +470,8 @@ inline bool per_sample_tasks(int64_t N) {
   return N >= 2 * static_cast<int64_t>(at::get_num_threads());
 }
 
-template <typename T>
-void forward_cl(const GnsArgs& p) {
+template <int NB, typename T>
+void forward_cl_impl(const GnsArgs& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   const int64_t N = p.N, C = p.C, HW = p.HW, G = p.G, CG = C / G;
@@ -422,7 +481,7 @@ void forward_cl(const GnsArgs& p) {
 
   auto stats_tile = [&](int64_t i, float* sum, float* dsum, float* m2c) {
     const int64_t n = i / tiles, t = i % tiles;
-    cl_tile_moments(x + n * HW * C, C, G, t * tp, std::min(HW, (t + 1) * tp), sum, dsum, m2c, part.data() + i * G);
+    cl_tile_moments<NB>(x + n * HW * C, C, G, t * tp, std::min(HW, (t + 1) * tp), sum, dsum, m2c, part.data() + i * G);
   };
   auto finish_sample = [&](int64_t n) {  // tiles combined in order
     for (int64_t g = 0; g < G; ++g) {
@@ -443,7 +502,22 @@ void forward_cl(const GnsArgs& p) {
   auto output_tile = [&](int64_t i) {
     const int64_t n = i / tiles, t = i % tiles;
     const float *mc = meanc.data() + n * C, *Ac = A.data() + n * C, *Bc = p.bb + n * C;
-    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    if constexpr (NB > 0) {
+      fVec vm[NB], vA[NB], vB[NB];
+      load_blocks(mc, vm);
+      load_blocks(Ac, vA);
+      load_blocks(Bc, vB);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t row = (n * HW + r) * C;
+        HYB_UNROLL for (int b = 0; b < NB; ++b) {
+          const fVec h = at::vec::fmadd(fVec::loadu(x + row + b * kLanes) - vm[b], vA[b], vB[b]);
+          (h * sigmoid(h)).store(y + row + b * kLanes);
+        }
+      }
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r) {
       const int64_t row = (n * HW + r) * C;
       for_channel_blocks(C, [&](int64_t c, int64_t nl) {
         const fVec h = at::vec::fmadd(load_ch(x + row + c, nl) - load_f(mc + c, nl), load_f(Ac + c, nl),
@@ -474,8 +548,8 @@ void forward_cl(const GnsArgs& p) {
   });
 }
 
-template <typename T>
-void backward_cl(const GnsArgs& p) {
+template <int NB, typename T>
+void backward_cl_impl(const GnsArgs& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
@@ -502,7 +576,32 @@ void backward_cl(const GnsArgs& p) {
     std::fill(s1, s1 + C, 0.f);
     std::fill(s2, s2 + C, 0.f);
     const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
-    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    if constexpr (NB > 0) {  // fp32: dh is kept in dx (cache) for the second pass
+      fVec vm[NB], vr[NB], va[NB], vb[NB], a1[NB], a2[NB];
+      load_blocks(mc, vm);
+      load_blocks(rc, vr);
+      load_blocks(ac, va);
+      load_blocks(bc, vb);
+      HYB_UNROLL for (int b = 0; b < NB; ++b) a1[b] = a2[b] = fVec(0.f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t row = (n * HW + r) * C;
+        HYB_UNROLL for (int b = 0; b < NB; ++b) {
+          fVec xhat;
+          const int64_t off = row + b * kLanes;
+          const fVec dh = silu_grad(fVec::loadu(x + off), fVec::loadu(dy + off), vm[b], vr[b], va[b], vb[b], xhat);
+          dh.store(cache + off);
+          a1[b] = a1[b] + dh;
+          a2[b] = at::vec::fmadd(dh, xhat, a2[b]);
+        }
+      }
+      HYB_UNROLL for (int b = 0; b < NB; ++b) {
+        a1[b].store(s1 + b * kLanes);
+        a2[b].store(s2 + b * kLanes);
+      }
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r) {
       const int64_t row = (n * HW + r) * C;
       for_channel_blocks(C, [&](int64_t c, int64_t nl) {
         fVec xhat;
@@ -543,7 +642,25 @@ void backward_cl(const GnsArgs& p) {
     const int64_t n = i / tiles, t = i % tiles;
     const float *mc = meanc.data() + n * C, *rc = rstdc.data() + n * C, *ac = p.a + n * C, *bc = p.bb + n * C;
     const float *Pc = P.data() + n * C, *Qc = Q.data() + n * C, *Rc = R.data() + n * C;
-    for (int64_t r = t * tp, r1 = std::min(HW, (t + 1) * tp); r < r1; ++r) {
+    const int64_t r0 = t * tp, r1 = std::min(HW, (t + 1) * tp);
+    if constexpr (NB > 0) {  // fp32: dh from the first pass, in dx
+      fVec vm[NB], vr[NB], vP[NB], vQ[NB], vR[NB];
+      load_blocks(mc, vm);
+      load_blocks(rc, vr);
+      load_blocks(Pc, vP);
+      load_blocks(Qc, vQ);
+      load_blocks(Rc, vR);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t row = (n * HW + r) * C;
+        HYB_UNROLL for (int b = 0; b < NB; ++b) {
+          const int64_t off = row + b * kLanes;
+          const fVec xhat = (fVec::loadu(x + off) - vm[b]) * vr[b];
+          at::vec::fmsub(fVec::loadu(cache + off), vP[b], at::vec::fmadd(xhat, vQ[b], vR[b])).store(cache + off);
+        }
+      }
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r) {
       const int64_t row = (n * HW + r) * C;
       for_channel_blocks(C, [&](int64_t c, int64_t nl) {
         const fVec vP = load_f(Pc + c, nl), vQ = load_f(Qc + c, nl), vR = load_f(Rc + c, nl);
@@ -577,6 +694,16 @@ void backward_cl(const GnsArgs& p) {
   at::parallel_for(0, N * tiles, grain_for(tp * C), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) dx_tile(i);
   });
+}
+
+template <typename T>
+void forward_cl(const GnsArgs& p) {
+  dispatch_blocks<T>(p.C, [&](auto nb) { forward_cl_impl<decltype(nb)::value, T>(p); });
+}
+
+template <typename T>
+void backward_cl(const GnsArgs& p) {
+  dispatch_blocks<T>(p.C, [&](auto nb) { backward_cl_impl<decltype(nb)::value, T>(p); });
 }
 
 }  // namespace
