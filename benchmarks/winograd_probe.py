@@ -9,8 +9,13 @@ through memory and with 36 GEMMs whose inner size is only the channel count. Thi
 that forward (benchmarks/winograd_probe.cpp: transforms in C++, GEMMs through at::mm, i.e.
 oneDNN/MKL), checks it against F.conv2d, and times it against oneDNN's direct convolution on the
 U-Net's channels-last shapes, alternating the two, `--repeats` medians of `--rep` calls each.
-It also times the three parts alone. Only the forward is probed: the data gradient is the same
-computation with the flipped kernel, and the weight gradient's GEMMs have the same inner sizes.
+It also times the three parts alone, writing into buffers made beforehand (workspaces kept
+between calls, which the whole forward above does not do: it allocates V, M and y as a plain op
+would), and gives a memory floor for the transforms: their bytes (read x, write V; read M, write
+y) at the copy bandwidth measured in this run for buffers of V's and M's sizes, plus the GEMMs as
+timed. The last lines sum each over a tiny training step's mix of these convs (`count` each).
+Only the forward is probed: the data gradient is the same computation with the flipped kernel,
+and the weight gradient's GEMMs have the same inner sizes.
 
 The extension is compiled on first use with torch.utils.cpp_extension (about 30 s, ninja and a
 C++ compiler; nothing is downloaded). hybengine itself does not use it. Rows go to
@@ -32,9 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, append_rows, bench, environment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# (name, C_in, C_out, H=W) of the tiny preset's 3x3 stride-1 convs at batch 8, 64x64 crops
-TINY_SHAPES = [("enc0", 32, 32, 64), ("enc1.conv0", 32, 64, 32), ("mid", 64, 64, 32), ("dec1.b0", 128, 64, 32),
-               ("dec1.b1", 96, 64, 32), ("dec0.b0", 96, 32, 64), ("dec0.b1", 64, 32, 64)]
+# (name, C_in, C_out, H=W, count) of the tiny preset's 3x3 stride-1 convs at batch 8 and 64x64
+# crops, count = how many of them one forward has; "ragged" (count 0) only checks the partial
+# channel blocks and tiles (C not a multiple of 16, H not of 4) and stays out of the sums
+TINY_SHAPES = [("enc0", 32, 32, 64, 4), ("enc1.conv0", 32, 64, 32, 1), ("mid", 64, 64, 32, 7),
+               ("dec1.b0", 128, 64, 32, 1), ("dec1.b1", 96, 64, 32, 1), ("dec0.b0", 96, 32, 64, 1),
+               ("dec0.b1", 64, 32, 64, 1), ("ragged", 40, 24, 30, 0)]
 G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
 TOLERANCE = 1e-4  # largest |winograd - direct| / largest |direct|; F(4x4, 3x3) in fp32 gives ~1e-5
@@ -69,9 +77,10 @@ def main() -> None:
     args = p.parse_args()
     ext = build()
     env = environment(torch.device("cpu"))
+    cpu = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
-    rows = []
-    for name, cin, cout, hw in TINY_SHAPES:
+    rows, mix = [], {k: 0.0 for k in ("direct", "winograd", "parts", "gemms", "floor")}
+    for name, cin, cout, hw, count in TINY_SHAPES:
         x = torch.randn(args.batch, cin, hw, hw, generator=gen).contiguous(memory_format=torch.channels_last)
         weight = (torch.randn(cout, cin, 3, 3, generator=gen) / (3 * cin**0.5)).contiguous(
             memory_format=torch.channels_last)  # as the model's weights after .to(channels_last)
@@ -83,27 +92,50 @@ def main() -> None:
             raise SystemExit(f"{name}: Winograd output is off by {err:.1e} (relative), over {TOLERANCE}: not timed")
         v = ext.input_transform(x)
         m = ext.gemms(v, u)
+        y = torch.empty_like(direct)
+        copies = {"v": (torch.empty_like(v), torch.randn_like(v)), "m": (torch.empty_like(m), torch.randn_like(m))}
         calls = {"direct": partial(F.conv2d, x, weight, bias, padding=1),
                  "winograd": partial(ext.forward, x, u, bias),
-                 "input_transform": partial(ext.input_transform, x),
-                 "gemms": partial(ext.gemms, v, u),
-                 "output_transform": partial(ext.output_transform, m, bias, args.batch, hw, hw)}
+                 "input_transform": partial(ext.input_transform, x, out=v),  # workspaces made once
+                 "gemms": partial(ext.gemms, v, u, out=m),
+                 "output_transform": partial(ext.output_transform, m, bias, y, args.batch, hw, hw),
+                 "copy_v": partial(torch.Tensor.copy_, *copies["v"]),
+                 "copy_m": partial(torch.Tensor.copy_, *copies["m"])}
         times: dict[str, list[float]] = {k: [] for k in calls}
         for _ in range(args.repeats):  # alternating, so the host's slow spells hit all alike
             for key, fn in calls.items():
-                times[key].append(bench(fn, torch.device("cpu"), warmup=2, rep=args.rep)[0])
+                times[key].append(bench(fn, cpu, warmup=2, rep=args.rep)[0])
         ratios = [d / w for d, w in zip(times["direct"], times["winograd"], strict=True)]
         med = {k: statistics.median(t) for k, t in times.items()}
+        parts = med["input_transform"] + med["gemms"] + med["output_transform"]
+        # copy bandwidth (read + write) for buffers of V's and of M's size, then the transforms' bytes at it
+        bw_v, bw_m = (2 * t.numel() * 4 / (med[k] * 1e-3) for t, k in ((v, "copy_v"), (m, "copy_m")))
+        floor = 1e3 * ((x.numel() + v.numel()) * 4 / bw_v + (m.numel() + direct.numel()) * 4 / bw_m) + med["gemms"]
+        for key, value in (("direct", med["direct"]), ("winograd", med["winograd"]), ("parts", parts),
+                           ("gemms", med["gemms"]), ("floor", floor)):
+            mix[key] += count * value
         gflop = 2 * args.batch * hw * hw * cin * cout * 9 / 1e9
         row = {"bench": "winograd_probe", "conv": name, "shape": f"{args.batch}x{cin}x{hw}x{hw}->{cout}",
-               "layout": "nhwc", "dtype": "fp32", **{f"{k}_ms": round(v_, 3) for k, v_ in med.items()},
+               "count": count, "layout": "nhwc", "dtype": "fp32",
+               **{f"{k}_ms": round(med[k], 3) for k in ("direct", "winograd", "input_transform", "gemms",
+                                                       "output_transform")},
+               "parts_ms": round(parts, 3), "floor_ms": round(floor, 3),
+               "copy_gbps": f"{bw_v / 1e9:.1f}/{bw_m / 1e9:.1f}",
                "speedup": round(statistics.median(ratios), 3), "speedup_range": f"{min(ratios):.3f}-{max(ratios):.3f}",
+               "speedup_parts": round(med["direct"] / parts, 3),
+               "speedup_gemms": round(med["direct"] / med["gemms"], 3),
+               "speedup_floor": round(med["direct"] / floor, 3),
                "direct_gflops": round(gflop / med["direct"] * 1e3, 1), "max_err": f"{err:.1e}", **env}
         rows.append(row)
-        print(f"{name:11s} {row['shape']:>18s}: direct {med['direct']:6.2f} ms ({row['direct_gflops']:5.1f} GFLOP/s), "
-              f"winograd {med['winograd']:6.2f} ms = x{row['speedup']} ({row['speedup_range']}); parts: input "
-              f"{med['input_transform']:5.2f}, GEMMs {med['gemms']:5.2f}, output {med['output_transform']:5.2f} ms; "
-              f"err {err:.1e}", flush=True)
+        print(f"{name:11s} {row['shape']:>18s} x{count}: direct {med['direct']:6.2f} ms ({row['direct_gflops']:5.1f} "
+              f"GFLOP/s); winograd {med['winograd']:6.2f} ms = x{row['speedup']} ({row['speedup_range']}); parts: "
+              f"input {med['input_transform']:5.2f} + GEMMs {med['gemms']:5.2f} + output "
+              f"{med['output_transform']:5.2f} = {parts:6.2f} ms (x{row['speedup_parts']}); floor {floor:6.2f} ms "
+              f"(x{row['speedup_floor']}, copy {row['copy_gbps']} GB/s); err {err:.1e}", flush=True)
+    print(f"a tiny step's forward mix (ms): direct {mix['direct']:.1f}; winograd {mix['winograd']:.1f} "
+          f"(x{mix['direct'] / mix['winograd']:.3f}); parts {mix['parts']:.1f} (x{mix['direct'] / mix['parts']:.3f}); "
+          f"GEMMs alone {mix['gemms']:.1f} (x{mix['direct'] / mix['gemms']:.3f}); floor {mix['floor']:.1f} "
+          f"(x{mix['direct'] / mix['floor']:.3f})")
     append_rows(Path(args.csv), rows)
     print(f"{len(rows)} rows appended to {args.csv}")
 
