@@ -27,6 +27,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def build():
         flags += ["-mavx2", "-mfma"]
     build_dir = Path(tempfile.gettempdir()) / "hybengine_winograd_probe"
     build_dir.mkdir(exist_ok=True)
+    lock = build_dir / "lock"  # cpp_extension's; a killed build leaves it, and the next load waits forever
+    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+        raise SystemExit(f"{lock} is left from a build that was interrupted over 10 minutes ago; "
+                         "remove it and run again")
     return load("hybengine_winograd_probe", [str(HERE / "winograd_probe.cpp")], extra_cflags=flags,
                 build_directory=str(build_dir))
 
