@@ -9,13 +9,14 @@ Both builds register the same op names, so one process can load only one of them
 after, `--pairs` times; each child times `--rep` fwd+bwd calls per shape (same inputs, seeded) and
 prints their medians. The speed-up of a pair is before / after, so a slow spell of this shared
 host hits both sides of a pair alike; rows give the median over pairs and the lowest and highest.
-Each child also prints a checksum of its outputs and gradients. The rows record whether those
-were bitwise the same in the two builds.
+Each child also prints a SHA-256 of the bytes of its outputs and gradients; the rows record
+whether every child of both builds gave the same bytes (the results bitwise the same).
 Rows go to benchmarks/results/native_ab.csv.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -66,8 +67,10 @@ def child(shapes: list[str], layout: str, groups: int, rep: int) -> None:
     for spec in shapes:
         x, params, mod, dy = _inputs(spec, layout)
         y = _fwd_bwd(x, params, mod, dy, groups)
-        # float64 sums of the outputs and gradients: equal in two builds iff (in practice) bitwise equal
-        result["checksum"][spec] = [float(t.double().abs().sum()) for t in (y, *(v.grad for v in (x, *params, *mod)))]
+        digest = hashlib.sha256()
+        for t in (y, *(v.grad for v in (x, *params, *mod))):
+            digest.update(t.detach().contiguous().numpy().tobytes())  # the bytes, whatever the layout
+        result["checksum"][spec] = digest.hexdigest()
         for _ in range(3):
             _fwd_bwd(x, params, mod, dy, groups)
         times = []
@@ -117,13 +120,15 @@ def main() -> None:
         order = ("before", "after") if i % 2 == 0 else ("after", "before")  # neither always goes first
         for side in order:
             runs[side].append(run_child(args.before if side == "before" else args.after, args))
+        if i == 0:
+            print("before: " + runs["before"][0]["lib"] + "\nafter:  " + runs["after"][0]["lib"], flush=True)
         print(f"pair {i}: " + ", ".join(f"{s} x{runs['before'][-1]['ms'][s] / runs['after'][-1]['ms'][s]:.3f}"
                                         for s in args.shapes), flush=True)
     env = environment(torch.device("cpu"))
     rows = []
     for spec in args.shapes:
         ratios = [b["ms"][spec] / a["ms"][spec] for b, a in zip(runs["before"], runs["after"], strict=True)]
-        same = runs["before"][0]["checksum"][spec] == runs["after"][0]["checksum"][spec]
+        same = len({r["checksum"][spec] for side in runs.values() for r in side}) == 1
         row = {"bench": "native_ab", "op": "group_norm_silu", "mode": "fwd+bwd", "shape": spec.replace(",", "x"),
                "layout": args.layout, "dtype": "fp32", "label": args.label, "pairs": args.pairs,
                "before_ms": round(statistics.median(b["ms"][spec] for b in runs["before"]), 3),

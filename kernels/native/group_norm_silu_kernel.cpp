@@ -360,14 +360,16 @@ inline int64_t cl_tile_pixels(int64_t C) {
   return std::max<int64_t>(1, kTile / C);
 }
 
-// Rows of C = NB * kLanes fp32 channels with NB <= kMaxBlocks (32, 64, 96 and 128 channels with
-// AVX-512) take register passes: a tile's per-channel constants and running sums live in fVec
-// arrays of compile-time size with the block loop unrolled, instead of being loaded from (and the
-// sums stored back to) the small L1 arrays on every row, where each row's read-modify-write of a
-// sum waits on the previous row's store. Each lane does the same operations in the same order as
-// the generic passes, so the results are bitwise the same; only the memory traffic to L1 goes.
-// NB == 0 selects the generic passes (any C, bf16 and fp16).
-constexpr int kMaxBlocks = 8;
+// Rows of C = NB * kLanes fp32 channels with NB <= kMaxBlocks (16-64 channels with AVX-512,
+// 8-16 with AVX2) take register passes: a tile's per-channel constants and running sums live in
+// fVec arrays of compile-time size with the block loop unrolled, instead of being loaded from (and
+// the sums stored back to) the small L1 arrays on every row, where each row's read-modify-write
+// of a sum waits on the previous row's store. kMaxBlocks keeps the backward's first pass (6*NB
+// vectors) within the register file (32 zmm / 16 ymm); wider rows would spill, and measured no
+// faster (benchmarks/results/native_ab.csv, commit c27e4e2, when 96 and 128 channels took these
+// passes too). Each lane does the same operations in the same order as the generic passes, so the
+// results are bitwise the same. NB == 0 selects the generic passes (any C, bf16 and fp16).
+constexpr int kMaxBlocks = kLanes >= 16 ? 4 : 2;
 
 template <typename T, typename Fn>
 inline void dispatch_blocks(int64_t C, Fn&& fn) {
@@ -376,12 +378,8 @@ inline void dispatch_blocks(int64_t C, Fn&& fn) {
       switch (C / kLanes) {
         case 1: return fn(std::integral_constant<int, 1>{});
         case 2: return fn(std::integral_constant<int, 2>{});
-        case 3: return fn(std::integral_constant<int, 3>{});
-        case 4: return fn(std::integral_constant<int, 4>{});
-        case 5: return fn(std::integral_constant<int, 5>{});
-        case 6: return fn(std::integral_constant<int, 6>{});
-        case 7: return fn(std::integral_constant<int, 7>{});
-        case kMaxBlocks: return fn(std::integral_constant<int, kMaxBlocks>{});
+        case 3: if constexpr (kMaxBlocks >= 3) return fn(std::integral_constant<int, 3>{}); break;
+        case 4: if constexpr (kMaxBlocks >= 4) return fn(std::integral_constant<int, 4>{}); break;
         default: break;
       }
     }
