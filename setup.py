@@ -119,7 +119,7 @@ setup(
     version="0.1.0",
     description="Training engine for label-efficient segmentation with hybrid diffusion models",
     python_requires=">=3.10",
-    packages=["hybengine", "hybengine.data", "hybengine.engine", "hybengine.kernels", "hybengine.kernels.native"],
+    packages=["hybengine", "hybengine.data", "hybengine.runtime", "hybengine.kernels", "hybengine.kernels.native"],
     package_dir={"hybengine": "hybengine", "hybengine.kernels": "kernels"},
     ext_modules=[Extension(NATIVE_EXT, sources=[], optional=True)],  # optional: installs without it
     cmdclass={"build_ext": CMakeBuild},

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
-from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
+from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, native
 from hybengine.kernels.group_norm_silu import channels_last_kernel, set_channels_last_kernel
 
 # the issue's U-Net shapes, most telling first (a time budget may cut the tail)
@@ -60,18 +60,18 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
     set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
     if name == "fused":
-        backends.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
+        bodies.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "rows":
-        if layout != "nhwc" or (device.type != "cuda" and not backends.INTERPRET):
+        if layout != "nhwc" or (device.type != "cuda" and not bodies.INTERPRET):
             return None
-        backends.set_cpu_backend(None, ops=("group_norm_silu",))
+        bodies.set_cpu_backend(None, ops=("group_norm_silu",))
         set_channels_last_kernel("rows")  # forward and backward, until the next provider
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "native":
         if device.type != "cpu" or not native.available():
             return None
-        backends.set_cpu_backend("native", ops=("group_norm_silu",))  # forward and backward bodies
+        bodies.set_cpu_backend("native", ops=("group_norm_silu",))  # forward and backward bodies
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "reference":
         return lambda x, w, b, s, t: group_norm_silu_reference(x, w, b, groups, eps, s, t)

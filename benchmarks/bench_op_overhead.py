@@ -20,7 +20,7 @@ import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 from harness import RESULTS, append_rows, environment
 
-from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, hybrid_loss, hybrid_loss_reference
+from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, hybrid_loss, hybrid_loss_reference
 from hybengine.kernels.group_norm_silu import group_norm_silu_fwd_op
 from hybengine.kernels.hybrid_loss import hybrid_loss_fwd_op
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cpu")  # the host's work is what is measured; CUDA adds its launch costs
     env = environment(device)
-    print(env, backends.op_backends())
+    print(env, bodies.op_backends())
     rows = []
     for op, case in (("group_norm_silu", gn_case), ("hybrid_loss", loss_case)):
         calls, to_scalar, leaves = case(device)
@@ -81,7 +81,7 @@ def main() -> None:
             for path, call in calls.items():
                 fn = call if mode == "fwd" else (lambda call=call, to_scalar=to_scalar: to_scalar(call()).backward())
                 us[path] = median_us(fn, leaves, args.calls)
-                rows.append({"op": op, "cpu_body": backends.op_backends()[op]["cpu"], "mode": mode, "path": path,
+                rows.append({"op": op, "cpu_body": bodies.op_backends()[op]["cpu"], "mode": mode, "path": path,
                              "us_p50": f"{us[path]:.1f}", **env})
             print(f"{op:16s} {mode:8s} " + "  ".join(f"{k} {v:7.1f} us" for k, v in us.items()))
     append_rows(args.csv, rows)

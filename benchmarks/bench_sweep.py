@@ -1,4 +1,4 @@
-"""R fine-tunes batched (stacked weights, vmap; hybengine/batched_finetune.py) against the same R run one
+"""R fine-tunes batched (stacked weights, vmap; hybengine/finetune/batched.py) against the same R run one
 after another, in one process, on this device; plus what `sweep.runner=auto` picks here and why.
 
 Both sides train the same R runs (scratch starts, seeds 0..R-1, budgets cycled from the sweep config)
@@ -26,11 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import append_rows, commit  # noqa: E402
 
-from hybengine.batched_finetune import run_batched  # noqa: E402
 from hybengine.config import load_config  # noqa: E402
-from hybengine.engine.distributed import pick_device  # noqa: E402
-from hybengine.finetune_runner import prepare_finetune  # noqa: E402
-from hybengine.sweep import choose_runner, device_name  # noqa: E402
+from hybengine.finetune.batched import run_batched  # noqa: E402
+from hybengine.finetune.runner import prepare_finetune  # noqa: E402
+from hybengine.finetune.sweep import choose_runner  # noqa: E402
+from hybengine.runtime.distributed import (
+    device_name,  # noqa: E402
+    pick_device,  # noqa: E402
+)
 from hybengine.training_loop import run_training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

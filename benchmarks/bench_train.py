@@ -13,7 +13,7 @@ Configurations (DESIGN.md, "What fast means"):
           the layout choice of that file
   engine-rows  (only when named) the engine with the channels-last rows GroupNorm-SiLU kernels
   engine-malloc-tuned  (only when named) the engine with train.cpu_malloc=tuned
-          (hybengine/engine/cpu_malloc.py: no page faults for recycled activations; opt-in)
+          (hybengine/runtime/cpu_malloc.py: no page faults for recycled activations; opt-in)
   engine-upsample-subpixel / engine-upsample-reference  (only when named) the engine with the
           U-Net's upsample + 3x3 conv forced to the sub-pixel form (kernels/upsample_conv.py) or to
           the reference, to check the `auto` choice of kernels.upsample_conv on this device

@@ -38,11 +38,12 @@ from kernel_helpers import (  # noqa: E402
     upsample_inputs,
 )
 
-from hybengine.kernels import backends, hybrid_loss  # noqa: E402
+from hybengine import ops  # noqa: E402
+from hybengine.config import KernelConfig  # noqa: E402
+from hybengine.kernels import bodies, hybrid_loss  # noqa: E402
 from hybengine.kernels.group_norm_silu import (  # noqa: E402
     group_norm_silu_bwd_triton,
     group_norm_silu_fwd_triton,
-    set_channels_last_kernel,
 )
 from hybengine.kernels.launch import split_plan  # noqa: E402
 
@@ -136,16 +137,13 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes, run, layouts, l
 
 def gn_rows_checks(ck: Checker, device, dtypes, shapes):
     """The channels-last rows kernels (group_norm_silu_rows.py): the shapes, forced chunks, determinism."""
-    previous = set_channels_last_kernel("rows")
-    try:
+    with ops.using(KernelConfig(group_norm_silu_channels_last="rows"), device):
         for n, c, h, w, g in shapes:
             for dt in dtypes:
                 inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
                 ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
                        partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
         gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
-    finally:
-        set_channels_last_kernel(previous)
 
 
 def loss_checks(ck: Checker, device, dtypes, shapes):
@@ -216,16 +214,16 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
-    table = backends.op_backends()
+    table = bodies.op_backends()
     print(f"device {device}, torch {torch.__version__}, backends {table}", flush=True)
-    if device.type == "cpu" and not backends.INTERPRET:
+    if device.type == "cpu" and not bodies.INTERPRET:
         print("note: without TRITON_INTERPRET=1 the CPU runs the math path; the Triton launchers are skipped")
     # bf16 is wrong under the Triton interpreter (CPU); the GPU covers it
     dtypes = ["fp32", "fp16"] if device.type == "cpu" else ["bf16", "fp32", "fp16"]
     ck = Checker(args.json, {"device": str(device), "torch": torch.__version__, "backends": table})
     t0 = time.perf_counter()
     gn_checks(ck, device, dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
-    if backends.select("group_norm_silu", device.type).startswith("triton"):
+    if bodies.select("group_norm_silu", device.type).startswith("triton"):
         gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes, gn_triton_run,
                                         (False, True), "group_norm_silu")
         gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)

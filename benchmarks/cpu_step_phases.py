@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,46 +53,27 @@ from harness import RESULTS, append_rows, environment  # noqa: E402
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
 
 
-def _timed(owner, attr: str, phase: str, times: dict[str, list[float]]) -> None:
-    fn = getattr(owner, attr)
-
-    def wrapper(*args, **kwargs):
-        if phase == "forward":  # a step starts here: minor page faults so far, for faults per step
-            times["minflt"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        times[phase].append(time.perf_counter() - t0)
-        return out
-
-    setattr(owner, attr, wrapper)
-
-
 def child(name: str, argv: list[str], skip: int) -> None:
     """One configuration's run: prints one JSON line of per-phase medians (ms) and the step time."""
-    from hybengine import training_loop
     from hybengine.cli import parse_args, resolve
-    from hybengine.engine import backends
-    from hybengine.objective import HybridObjective
+    from hybengine.training_loop import run_training
 
     times: dict[str, list[float]] = defaultdict(list)
-    call = HybridObjective.__call__
 
-    def forward(self, *args, **kwargs):
-        if len(times["forward"]) == skip:  # the first timed step: oneDNN reports from here on
-            torch._C._verbose.mkldnn_set_verbose(1)
-        return call(self, *args, **kwargs)
+    @contextmanager
+    def phase(name: str):
+        if name == "forward":  # a step starts here: minor page faults so far, for faults per step
+            times["minflt"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+            if len(times["forward"]) == skip:  # the first timed step: oneDNN reports from here on
+                torch._C._verbose.mkldnn_set_verbose(1)
+        t0 = time.perf_counter()
+        yield
+        times[name].append(time.perf_counter() - t0)
 
-    HybridObjective.__call__ = forward
-    _timed(HybridObjective, "__call__", "forward", times)
-    for backend in (backends.PlainBackend, backends.DeepSpeedBackend):
-        _timed(backend, "backward", "backward", times)
-        _timed(backend, "micro_step", "optimizer", times)
-    _timed(training_loop.EMA, "update", "ema", times)
-    lockstep.install(times)
-    training_loop.run_training(resolve(parse_args(None, argv)), console_logging=False)
+    run_training(resolve(parse_args(None, argv)), console_logging=False, hooks=lockstep.hooks(times, phase=phase))
     result = {"config": name}
-    for phase in PHASES:
-        result[f"{phase}_ms"] = 1e3 * statistics.median(times[phase][skip:]) if times[phase][skip:] else 0.0
+    for p in PHASES:
+        result[f"{p}_ms"] = 1e3 * statistics.median(times[p][skip:]) if times[p][skip:] else 0.0
     flt = times["minflt"][skip:]
     result["faults_per_step"] = (flt[-1] - flt[0]) / (len(flt) - 1) if len(flt) > 1 else 0.0
     print("PHASES " + json.dumps(result), flush=True)

@@ -19,7 +19,6 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,20 +28,11 @@ from pathlib import Path
 
 import torch
 
+from hybengine.runtime.distributed import device_name
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ENV_FIELDS = ["device", "torch", "triton", "date", "commit", "load_avg"]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model} ({os.cpu_count()} cores)"
 
 
 def commit() -> str:
@@ -237,7 +227,7 @@ def kernel_bench_parser(doc: str, *, shapes_help: str, layouts: list[str], provi
 def kernel_bench_setup(args: argparse.Namespace, op: str) -> tuple[torch.device, list[str], int, dict, float, str]:
     """Defaults that depend on the device, then the run's environment, printed:
     (device, timings, rep, environment, copy GB/s, the fused op's implementation on this device)."""
-    from hybengine.kernels import backends
+    from hybengine.kernels import bodies
 
     device = torch.device(args.device)
     args.dtypes = args.dtypes or (["bf16"] if device.type == "cuda" else ["fp32"])
@@ -246,7 +236,7 @@ def kernel_bench_setup(args: argparse.Namespace, op: str) -> tuple[torch.device,
     torch._dynamo.config.cache_size_limit = 64
     env = environment(device)
     copy_gbps = copy_bandwidth_gbps(device)
-    impl = backends.op_backends()[op][device.type]
+    impl = bodies.op_backends()[op][device.type]
     print(f"{env}  fused impl: {impl}  copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
     return device, timings, rep, env, copy_gbps, impl
 

@@ -10,7 +10,7 @@ every step (A B C, B C A, C A B, ...; with two: A B, B A), so every configuratio
 other one equally often.
 
     child side:   python benchmarks/lockstep.py -- <hybengine/train.py arguments>
-                  (or `install(...)` in a script's own child, as cpu_step_phases.py does)
+                  (or `run_training(..., hooks=hooks(...))` in a script's own child, as cpu_step_phases.py does)
     parent side:  run({name: argv}, steps, cwd) -> {name: Turns}
 
 A step, as timed: the loader's next batch, the objective's forward, backward, optimizer, EMA and
@@ -67,13 +67,13 @@ class TurnTakingLoader:
         return getattr(self._loader, name)
 
 
-def install(times: dict[str, list[float]] | None = None) -> None:
-    """Child side: the training loop's loader takes turns on the FIFOs named in the environment."""
-    from hybengine import training_loop
+def hooks(times: dict[str, list[float]] | None = None, **more):
+    """Child side: loop hooks whose loader takes turns on the FIFOs named in the environment
+    (`more`: further LoopHooks fields, e.g. a phase timer)."""
+    from hybengine.training_loop import LoopHooks
 
-    build = training_loop.build_train_loader
     go, done = os.environ[GO], os.environ[DONE]
-    training_loop.build_train_loader = lambda *a, **k: TurnTakingLoader(build(*a, **k), go, done, times)
+    return LoopHooks(wrap_loader=lambda loader: TurnTakingLoader(loader, go, done, times), **more)
 
 
 @dataclass
@@ -191,17 +191,21 @@ def _read(log) -> str:
 
 
 def main() -> None:
-    """Child side for hybengine/train.py: python benchmarks/lockstep.py -- <train.py arguments>."""
+    """Child side: python benchmarks/lockstep.py -- <hybengine/train.py arguments>, trained in turns."""
     args = sys.argv[1:]
     if args[:1] == ["--"]:
         args = args[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import repo_imports  # noqa: F401  (before hybengine: works without an install)
 
-    from hybengine.train import main as train_main
+    from hybengine.cli import parse_args, resolve
+    from hybengine.training_loop import run_training
 
-    install()
-    sys.exit(train_main(args))
+    parsed = parse_args(None, args)
+    cfg = resolve(parsed)
+    if isinstance(cfg, int):
+        sys.exit(cfg)
+    run_training(cfg, resume=parsed.resume, hooks=hooks())
 
 
 if __name__ == "__main__":

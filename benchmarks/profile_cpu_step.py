@@ -37,9 +37,7 @@ from hybengine.unet import build_unet  # noqa: E402
 def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: int, crop: int,
               compiled: bool = False):
     upsample = "reference" if ops_path == "reference" else "subpixel"
-    ops.configure(KernelConfig(group_norm_silu=ops_path, hybrid_loss=ops_path, upsample_conv=upsample),
-                  torch.device("cpu"))
-    impls = dict(ops._IMPL)  # this variant's functions, restored before each of its steps
+    kernels = KernelConfig(group_norm_silu=ops_path, hybrid_loss=ops_path, upsample_conv=upsample)
     torch.manual_seed(0)
     net = build_unet(ModelConfig(preset=preset), 1, 3)
     if layout == "nhwc":
@@ -56,8 +54,7 @@ def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: in
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
     def step():
-        ops._IMPL.update(impls)
-        with autocast():
+        with ops.using(kernels), autocast():  # this variant's ops for each of its steps
             den, mask = objective(net, x, y, gen)
         (den + mask).mean().backward()
         opt.step()

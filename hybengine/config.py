@@ -93,7 +93,7 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
     progress: bool = True  # rich progress bar on rank 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
-    # glibc malloc on CPU runs (hybengine/engine/cpu_malloc.py): "tuned" keeps freed activation
+    # glibc malloc on CPU runs (hybengine/runtime/cpu_malloc.py): "tuned" keeps freed activation
     # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
     # but no step-time gain showed above this host's noise (README, cpu_phases.csv)
     cpu_malloc: str = choice("default", "tuned")
@@ -123,11 +123,11 @@ class FinetuneConfig:
 
 @dataclass
 class SweepConfig:
-    """A label-budget sweep (hybengine/sweep.py): every init x budget x seed is one fine-tune."""
+    """A label-budget sweep (hybengine/finetune/sweep.py): every init x budget x seed is one fine-tune."""
     budgets: list[int] = field(default_factory=list)  # labeled target images per run; empty = one fine-tune
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # label subsets and fine-tune randomness
     inits: list[str] = field(default_factory=list)  # "name=checkpoint folder"; "scratch" (or "name=") = none
-    runner: str = choice("auto", "sequential", "batched")  # auto: measured per device (hybengine/sweep.py)
+    runner: str = choice("auto", "sequential", "batched")  # auto: measured per device (hybengine/finetune/sweep.py)
     batch_runs: int = 12  # R: most fine-tunes trained at once by the batched runner
     out_dir: str = "runs/sweep"  # runs/<init>_b<budget>_s<seed>/, per_image.csv, table.{md,csv}, plot.png
     keep_checkpoints: bool = False  # keep each fine-tune's final snapshot (predict needs one)
@@ -253,6 +253,22 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def dumps(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"section.key": value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_diff(now: Config | dict[str, Any], then: Config | dict[str, Any],
+                ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """The sorted "section.key" names whose values differ between two configs, less `ignore`."""
+    a = flatten(now if isinstance(now, dict) else to_dict(now))
+    b = flatten(then if isinstance(then, dict) else to_dict(then))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in ignore)
 
 
 # ---------------------------------------------------------------------------------------------

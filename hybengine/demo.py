@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hybengine.config import load_config
-from hybengine.engine.atomic import atomic_write_text
-from hybengine.finetune_runner import run_finetune
+from hybengine.finetune.runner import run_finetune
+from hybengine.runtime.atomic import atomic_write_text
 from hybengine.training_loop import run_training
 
 PRETRAIN = "configs/pretrain/scratch_assay_hybrid.yaml"

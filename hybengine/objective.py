@@ -58,12 +58,16 @@ class HybridObjective:
         self, net, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, I, H, W) clean images, y: (B, H, W) labels. Returns (denoise, mask), each (B,) fp32."""
-        cfg = self.cfg
         sigma = self.sample_sigma(x.shape[0], x.device, generator)
         n = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
-        x_n = x + sigma.view(-1, 1, 1, 1) * n
-        c_skip, c_out, c_in, c_noise, lam = edm_precond(sigma, cfg.sigma_data)
-        out = net(c_in.view(-1, 1, 1, 1) * x_n, c_noise)
+        return self.terms(net, x, y, sigma, n)
+
+    def terms(self, net, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, n: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sample (denoise, mask) terms at given noise levels sigma (B,) and noise n (like x)."""
+        cfg = self.cfg
+        x_n = x + per_sample(sigma, x) * n
+        out, c_skip, c_out, lam = precond_forward(net, x_n, sigma, cfg.sigma_data)
         lam = lam if cfg.mode != "supervised" else torch.zeros_like(lam)
         w_mask = cfg.w_mask if cfg.mode != "denoise" else 0.0
         denoise, mask = ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
@@ -72,8 +76,30 @@ class HybridObjective:
         return denoise, mask
 
 
+def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """v (B,) shaped to broadcast over x (..., B, C, H, W)."""
+    return v.view(*([1] * (x.dim() - 4)), -1, 1, 1, 1)
+
+
+def precond_forward(net, x_n: torch.Tensor, sigma: torch.Tensor, sigma_data: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's preconditioned network, the one place it is applied: F = net(c_in * x_n, c_noise).
+
+    Returns (F, c_skip, c_out, lam): the raw output F (B, I+K, H, W), which the fused loss reads
+    with c_skip and c_out, and the denoising weight lam. D(x_n; sigma) = c_skip x_n + c_out F[:, :I]
+    (`denoise`); F[:, I:] are the mask logits. x_n may carry leading axes (vmapped runs)."""
+    c_skip, c_out, c_in, c_noise, lam = edm_precond(sigma, sigma_data)
+    return net(per_sample(c_in, x_n) * x_n, c_noise), c_skip, c_out, lam
+
+
+def denoise(net, x_n: torch.Tensor, sigma: float, sigma_data: float) -> torch.Tensor:
+    """D(x_n; sigma) for a batch x_n (B, I, H, W) at one noise level."""
+    s = torch.full((x_n.shape[0],), sigma, device=x_n.device, dtype=torch.float32)
+    out, c_skip, c_out, _ = precond_forward(net, x_n, s, sigma_data)
+    return per_sample(c_skip, x_n) * x_n + per_sample(c_out, x_n) * out[:, :x_n.shape[1]].float()
+
+
 def predict_logits(net, x: torch.Tensor, sigma_clean: float, sigma_data: float) -> torch.Tensor:
     """Mask logits (B, K, H, W) for clean images, conditioned on the fixed small noise level."""
     sigma = torch.full((x.shape[0],), sigma_clean, device=x.device)
-    _, _, c_in, c_noise, _ = edm_precond(sigma, sigma_data)
-    return net(c_in.view(-1, 1, 1, 1) * x, c_noise)[:, x.shape[1]:]
+    return precond_forward(net, x, sigma, sigma_data)[0][:, x.shape[1]:]

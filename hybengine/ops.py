@@ -3,7 +3,10 @@
 The U-Net and the objective call `group_norm_silu`, `upsample_conv` and `hybrid_loss` from here and
 nowhere else.
 `configure` resolves each op once per run (before any compile) and logs the path it took, so the
-hot path is a plain dictionary lookup that torch.compile traces through.
+hot path is a plain dictionary lookup that torch.compile traces through. `using(...)` does the same
+for a block and restores what was in force (benchmarks, tests). These two are the only writers of
+the op table and of the kernels' channels-last choice; inside a fused op, kernels/bodies.py picks the
+body per device (Triton, the interpreter, native C++, math).
 
 `auto` choices, and why (figures: benchmarks/results/, README "Throughput"):
 - CUDA: the fused Triton ops. Side by side in one bench_train.py invocation (bf16, base preset,
@@ -21,7 +24,8 @@ hot path is a plain dictionary lookup that torch.compile traces through.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -51,7 +55,7 @@ def _fused(name: str) -> Callable | None:
 
 def _cpu_fused_body() -> str:
     try:
-        from .kernels.backends import op_backends
+        from .kernels.bodies import op_backends
     except ImportError:
         return "unavailable"
     return str(op_backends().get("group_norm_silu", {}).get("cpu", "unknown"))
@@ -80,7 +84,7 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
         return "fused", "auto: fused Triton op on CUDA"
     if device.type == "cuda":
         return "reference", "auto: fused op unavailable (is triton installed?)"
-    from .kernels.backends import op_backends
+    from .kernels.bodies import op_backends
 
     body = op_backends().get(name, {}).get("cpu", "unknown")
     if body == "native" and fused is not None:
@@ -105,25 +109,56 @@ def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
     return "subpixel", "auto: sub-pixel form, 2.25x fewer conv FLOPs, measured faster on CPU"
 
 
-def configure(cfg: KernelConfig, device: torch.device) -> dict[str, str]:
-    """Resolves every op for this run, logs the choice, and returns {op: path}."""
+def configure(cfg: KernelConfig, device: torch.device, *, quiet: bool = False) -> dict[str, str]:
+    """Resolves every op for this run, logs the choice (unless `quiet`), and returns {op: path}.
+
+    This and `using` are the only writers of the op table and of the kernels' channels-last choice."""
+    emit = (lambda *a: None) if quiet else log.info
     for name in _REFERENCE:
         path, reason = resolve(name, getattr(cfg, name), device)
         _IMPL[name] = _fused(name) if path == "fused" else _REFERENCE[name]
         _CHOSEN[name] = path
-        log.info("op %s on %s: %s (%s)", name, device.type, path, reason)
+        emit("op %s on %s: %s (%s)", name, device.type, path, reason)
     path, reason = resolve_upsample_conv(cfg.upsample_conv, device)
     _IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = _UPSAMPLE_CONV[path], path
-    log.info("op upsample_conv on %s: %s (%s)", device.type, path, reason)
+    emit("op upsample_conv on %s: %s (%s)", device.type, path, reason)
     # set on every run, so one run's choice never leaks into the next
     from .kernels.group_norm_silu import DEFAULT_CHANNELS_LAST_KERNEL, set_channels_last_kernel
 
     cl = cfg.group_norm_silu_channels_last
     set_channels_last_kernel(DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl)
     if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
-        log.info("group_norm_silu on channels-last CUDA tensors: %s kernels (%s)",
-                 DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl, cl)
+        emit("group_norm_silu on channels-last CUDA tensors: %s kernels (%s)",
+             DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl, cl)
     return dict(_CHOSEN)
+
+
+def chosen() -> dict[str, str]:
+    """{op: path} in force now."""
+    return dict(_CHOSEN)
+
+
+@contextmanager
+def using(cfg: KernelConfig | None = None, device: torch.device | str = "cpu", *, cpu_body: str | None = None,
+          quiet: bool = True) -> Iterator[dict[str, str]]:
+    """For a block (benchmarks, tests): the ops `cfg` resolves to on `device` and, with `cpu_body`,
+    the fused ops' CPU body forced ("native", "math", "triton-interpreter"; kernels/bodies.py).
+    Everything in force before comes back after the block. Yields {op: path}."""
+    from .kernels import bodies
+    from .kernels.group_norm_silu import channels_last_kernel, set_channels_last_kernel
+
+    saved = dict(_IMPL), dict(_CHOSEN), channels_last_kernel()
+    try:
+        if cfg is not None:
+            configure(cfg, torch.device(device), quiet=quiet)
+        with bodies.cpu_backend(cpu_body) if cpu_body else nullcontext():
+            yield dict(_CHOSEN)
+    finally:
+        _IMPL.clear()
+        _IMPL.update(saved[0])
+        _CHOSEN.clear()
+        _CHOSEN.update(saved[1])
+        set_channels_last_kernel(saved[2])
 
 
 def group_norm_silu(x, weight, bias, groups: int, eps: float, scale=None, shift=None) -> torch.Tensor:

@@ -3,7 +3,7 @@
     python -m hybengine.sample --checkpoint runs/scratch_assay/pretrain_hybrid --out runs/samples.png \
         [--n 8] [--steps 18] [--size 64] [--seed 0] [--weights ema|raw]
 
-Top row: generated images; bottom row: the same images with the model's mask tinted (hybengine/sampler.py
+Top row: generated images; bottom row: the same images with the model's mask tinted (hybengine/inference.py
 says how the pair is drawn). Only a `hybrid` (or `denoise`, image only) checkpoint generates images; a
 `supervised` one never learnt to denoise and is refused.
 """
@@ -13,33 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .predict import load_model, overlay, to_display
-from .sampler import sample_pairs
-
-
-def save_grid(images: np.ndarray, masks: np.ndarray, path: Path, title: str) -> None:
-    """images (n, C, H, W) float, masks (n, H, W) -> PNG grid: images above, overlays below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.5), dpi=120, squeeze=False)
-    for i in range(n):
-        shown = to_display(images[i])
-        axes[0, i].imshow(shown)
-        axes[1, i].imshow(overlay(shown, masks[i]))
-        for ax in axes[:, i]:
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+from .inference import load_model, sample_pairs, save_grid
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +19,16 @@ import numpy as np
 import torch
 
 from . import ops
-from .config import Config, config_from_dict, dumps, to_dict
+from .config import Config, config_diff, config_from_dict, dumps, flatten, to_dict
 from .data import build_train_loader
-from .engine import cpu_malloc, faults
-from .engine.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
-from .engine.checkpoint import CheckpointManager
-from .engine.distributed import DistInfo, setup
-from .engine.ema import EMA
-from .engine.run_log import MetricsLog, setup_logging
 from .objective import HybridObjective
+from .runtime import cpu_malloc, faults
+from .runtime.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
+from .runtime.checkpoint import CheckpointManager
+from .runtime.distributed import DistInfo, setup
+from .runtime.ema import EMA
+from .runtime.run_log import MetricsLog, setup_logging
+from .schedule import learning_rate
 from .unet import UNet, build_unet
 
 log = logging.getLogger("hybengine.train")
@@ -33,6 +36,21 @@ log = logging.getLogger("hybengine.train")
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@dataclass
+class LoopHooks:
+    """Where benchmarks and tools plug into the loop instead of patching it (all optional).
+
+    wrap_loader: takes the training loader and returns the iterable the loop draws batches from
+                 (benchmarks/lockstep.py: batches wait for their turn);
+    phase:       a context manager around each phase of a step, named "forward", "backward",
+                 "optimizer" or "ema" (benchmarks/cpu_step_phases.py times them);
+    on_step:     called with the step number after every optimizer step."""
+
+    wrap_loader: Callable[[Iterable], Iterable] | None = None
+    phase: Callable[[str], AbstractContextManager] | None = None
+    on_step: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -79,10 +97,12 @@ def _make_backend(cfg: Config, net: UNet, dist: DistInfo):
 
 
 def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict | None = None,
-                 console_logging: bool = True) -> TrainResult:
+                 console_logging: bool = True, hooks: LoopHooks | None = None) -> TrainResult:
     """Trains per `cfg`; `init_weights` (a state dict) starts from pretrained weights (fine-tuning)."""
     # ---- set-up -------------------------------------------------------------------------------
     t = cfg.train
+    hooks = hooks or LoopHooks()
+    phase = hooks.phase or (lambda name: nullcontext())
     dist = setup(t.engine)
     out_dir = Path(t.out_dir)
     if console_logging:
@@ -151,7 +171,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     sums = torch.zeros(3, device=dist.device)  # (loss, denoise, mask) summed over logged micro-batches
     n_sum, bad_run, micro_index = 0, 0, 0
     t_last, step_last = time.perf_counter(), step
-    it = iter(loader)
+    it = iter(hooks.wrap_loader(loader) if hooks.wrap_loader else loader)
     try:
         while step < t.steps:
             # ---- one micro-batch: forward, finite check, backward -----------------------------
@@ -160,7 +180,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
             y = y.to(dist.device, non_blocking=True)
             if cfg.model.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with backend.autocast():
+            with phase("forward"), backend.autocast():
                 denoise, mask = objective(forward_net, x, y, gen)
             loss = (denoise + mask).mean()
             if micro_index in faults.NAN_AT_BATCHES:
@@ -176,17 +196,23 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                         f"checkpoint under {out_dir / 'checkpoints'} is intact: lower optim.lr or check the data")
                 continue
             bad_run = 0
-            backend.set_lr(_lr(cfg, step + 1))
-            backend.backward(loss)
+            backend.set_lr(learning_rate(cfg, step + 1))
+            with phase("backward"):
+                backend.backward(loss)
             sums += torch.stack([loss.detach(), denoise.detach().mean(), mask.detach().mean()]).float()
             n_sum += 1
-            if not backend.micro_step():
+            with phase("optimizer"):
+                stepped = backend.micro_step()
+            if not stepped:
                 continue
             step += 1
 
             # ---- EMA ---------------------------------------------------------------------------
             if ema is not None:
-                ema.update(net)
+                with phase("ema"):
+                    ema.update(net)
+            if hooks.on_step is not None:
+                hooks.on_step(step)
 
             # ---- maintenance: metrics once per log_every steps (the one routine host sync) -----
             if step % t.log_every == 0 or step == t.steps:
@@ -196,7 +222,8 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                 if not all(math.isfinite(v) for v in means):
                     log.warning("non-finite running mean at step %d", step)
                 metrics.write({"step": step, "loss": means[0], "denoise": means[1], "mask": means[2],
-                               "images_per_s": ips, "lr": _lr(cfg, step), "peak_mem_mb": _peak_mem_mb(dist.device)})
+                               "images_per_s": ips, "lr": learning_rate(cfg, step),
+                               "peak_mem_mb": _peak_mem_mb(dist.device)})
                 sums.zero_()
                 n_sum, t_last, step_last = 0, now, step
 
@@ -221,11 +248,6 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _lr(cfg: Config, step: int) -> float:
-    """Linear warm-up over optim.warmup_steps, then constant; `step` counts from 1."""
-    return cfg.optim.lr * min(1.0, step / max(1, cfg.optim.warmup_steps))
-
-
 _RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",
                 "train.out_dir", "train.threads", "train.cpu_malloc", "train.max_bad_steps", "data.num_workers",
                 "data.loader"}  # both loaders yield identical batches (tests/test_data_dali.py)
@@ -233,19 +255,10 @@ _RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log
 
 def _check_resume_config(cfg: Config, saved: dict) -> None:
     """A resumed run must train the same thing; only bookkeeping keys may change."""
-    now, then = _flatten(to_dict(cfg)), _flatten(to_dict(config_from_dict(saved)))
-    changed = sorted(k for k in now if now[k] != then.get(k) and k not in _RESUME_FREE)
+    then = config_from_dict(saved)
+    changed = config_diff(cfg, then, _RESUME_FREE)
     if changed:
-        detail = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
+        now_f, then_f = flatten(to_dict(cfg)), flatten(to_dict(then))
+        detail = ", ".join(f"{k}: {then_f.get(k)!r} -> {now_f.get(k)!r}" for k in changed)
         raise ValueError(f"--resume with a different config would not continue the same run ({detail}); "
                          "resume with the saved config (it is in the run folder's config.yaml)")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

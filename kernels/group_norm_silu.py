@@ -31,8 +31,8 @@ import os
 
 import torch
 
-from . import backends
-from .backends import tl, triton
+from . import bodies
+from .bodies import tl, triton
 from .launch import check_sample_size, forced_plan, split_plan
 from .layout import as_n_c_p, write_back
 
@@ -718,8 +718,8 @@ def group_norm_silu_bwd_math(dy, x, weight, bias, scale, shift, mean, rstd, grou
     return (out, *_param_grads(s1, s2, weight, bias, scale, shift))
 
 
-backends.register_impl("group_norm_silu", "triton", group_norm_silu_fwd_triton, group_norm_silu_bwd_triton)
-backends.register_impl("group_norm_silu", "math", group_norm_silu_fwd_math, group_norm_silu_bwd_math)
+bodies.register_impl("group_norm_silu", "triton", group_norm_silu_fwd_triton, group_norm_silu_bwd_triton)
+bodies.register_impl("group_norm_silu", "math", group_norm_silu_fwd_math, group_norm_silu_bwd_math)
 
 
 # ----------------------------------------------------------------------------- op registration
@@ -735,8 +735,8 @@ def group_norm_silu_fwd_op(
     groups: int,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd); the implementation is picked by `backends.implementation`."""
-    return backends.implementation("group_norm_silu", x).fwd(x, weight, bias, scale, shift, groups, eps)
+    """(y, mean, rstd); the implementation is picked by `bodies.implementation`."""
+    return bodies.implementation("group_norm_silu", x).fwd(x, weight, bias, scale, shift, groups, eps)
 
 
 @group_norm_silu_fwd_op.register_fake
@@ -759,7 +759,7 @@ def group_norm_silu_bwd_op(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dscale, dshift); dscale/dshift are (N, C) even when scale/shift are None."""
-    impl = backends.implementation("group_norm_silu", x)
+    impl = bodies.implementation("group_norm_silu", x)
     return impl.bwd(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps)
 
 
@@ -801,7 +801,7 @@ class _GroupNormSiLUEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scale, shift, groups, eps):
-        impl = backends.implementation("group_norm_silu", x)
+        impl = bodies.implementation("group_norm_silu", x)
         y, mean, rstd = impl.fwd(x, weight, bias, scale, shift, groups, eps)
         ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
         ctx.impl, ctx.groups, ctx.eps = impl, groups, eps

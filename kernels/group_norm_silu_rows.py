@@ -30,7 +30,7 @@ chooses between it and the group kernels.
 """
 import torch
 
-from .backends import tl, triton
+from .bodies import tl, triton
 from .group_norm_silu import _channel_affine, _gns_param_grads_kernel, _modulation
 from .launch import forced_plan, split_plan
 from .layout import as_n_c_p, write_back

@@ -24,8 +24,8 @@ fixed order afterwards: no atomics, no (B, K, H, W) intermediates, deterministic
 """
 import torch
 
-from . import backends
-from .backends import tl, triton
+from . import bodies
+from .bodies import tl, triton
 from .launch import check_sample_size, forced_plan, split_plan
 from .layout import as_n_c_p, as_n_p, write_back
 
@@ -329,8 +329,8 @@ def hybrid_loss_bwd_math(dF, g_denoise, g_mask, mask_scale, n_img: int):
     return dout
 
 
-backends.register_impl("hybrid_loss", "triton", hybrid_loss_fwd_triton, hybrid_loss_bwd_triton)
-backends.register_impl("hybrid_loss", "math", hybrid_loss_fwd_math, hybrid_loss_bwd_math)
+bodies.register_impl("hybrid_loss", "triton", hybrid_loss_fwd_triton, hybrid_loss_bwd_triton)
+bodies.register_impl("hybrid_loss", "math", hybrid_loss_fwd_math, hybrid_loss_bwd_math)
 
 
 # ----------------------------------------------------------------------------- op registration
@@ -350,7 +350,7 @@ def hybrid_loss_fwd_op(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(denoise, mask, dF, mask_scale); dF is empty when not need_grad."""
-    impl = backends.implementation("hybrid_loss", out)
+    impl = bodies.implementation("hybrid_loss", out)
     return impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
 
 
@@ -367,7 +367,7 @@ def hybrid_loss_bwd_op(
     dF: torch.Tensor, g_denoise: torch.Tensor, g_mask: torch.Tensor, mask_scale: torch.Tensor, n_img: int
 ) -> torch.Tensor:
     """d out = g_denoise * dF[:, :I] and (g_mask * mask_scale) * dF[:, I:], per sample."""
-    return backends.implementation("hybrid_loss", dF).bwd(dF, g_denoise, g_mask, mask_scale, n_img)
+    return bodies.implementation("hybrid_loss", dF).bwd(dF, g_denoise, g_mask, mask_scale, n_img)
 
 
 @hybrid_loss_bwd_op.register_fake
@@ -396,7 +396,7 @@ class _HybridLossEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
-        impl = backends.implementation("hybrid_loss", out)
+        impl = bodies.implementation("hybrid_loss", out)
         denoise, mask, dF, mask_scale = impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
         ctx.save_for_backward(dF, mask_scale)
         ctx.impl, ctx.n_img = impl, x.shape[1]

@@ -1,7 +1,7 @@
 """Which implementation of each fused op runs on each device: `python -m hybengine.kernels.info`.
 
 Prints the native library's state (path, the torch it was built for, the kernel copies compiled
-and the one this CPU runs) and the backend table of `backends.op_backends()`, as this process
+and the one this CPU runs) and the backend table of `bodies.op_backends()`, as this process
 sees it (TRITON_INTERPRET and HYBENGINE_CPU_BACKEND included).
 """
 from __future__ import annotations
@@ -10,13 +10,13 @@ import os
 
 import torch
 
-from . import backends, native
+from . import bodies, native
 
 
 def report() -> str:
-    table = backends.op_backends()
+    table = bodies.op_backends()
     lines = [
-        f"torch {torch.__version__}, triton {'yes' if backends.HAS_TRITON else 'no'}"
+        f"torch {torch.__version__}, triton {'yes' if bodies.HAS_TRITON else 'no'}"
         f" (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}),"
         f" HYBENGINE_CPU_BACKEND={os.environ.get('HYBENGINE_CPU_BACKEND') or '-'}",
         f"native library: {native.status()}",

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_sweep import small_target
 
-from hybengine import sweep as sweep_mod
-from hybengine.batched_finetune import _clip_per_member, check_batchable, run_batched
 from hybengine.config import load_config
-from hybengine.finetune_runner import evaluate, prepare_finetune
-from hybengine.sweep import choose_runner
+from hybengine.finetune import sweep as sweep_mod
+from hybengine.finetune.batched import _clip_per_member, check_batchable, run_batched
+from hybengine.finetune.runner import evaluate, prepare_finetune
+from hybengine.finetune.sweep import choose_runner
 from hybengine.training_loop import run_training
 
 from tiny_run import tiny_overrides

@@ -20,7 +20,7 @@ def _python(code: str) -> str:
 
 @glibc_only
 def test_apply_follows_the_setting_and_the_device_and_reports_what_is_in_force():
-    out = _python("from hybengine.engine import cpu_malloc as m; "
+    out = _python("from hybengine.runtime import cpu_malloc as m; "
                   "print(m.apply('default', 'cpu'), m.apply('tuned', 'cuda'), m.apply('tuned', 'cpu'), "
                   "m.apply('default', 'cpu'), sep='|')")
     assert out.split("|") == ["default", "default", "tuned", "tuned (earlier run in this process)"]
@@ -30,7 +30,7 @@ def test_apply_follows_the_setting_and_the_device_and_reports_what_is_in_force()
 def test_tuned_malloc_stops_the_page_faults_of_repeated_activation_sized_allocations():
     code = """
 import resource, torch
-from hybengine.engine import cpu_malloc
+from hybengine.runtime import cpu_malloc
 def faults_per_round():
     for _ in range(3):  # let glibc's own dynamic threshold settle first
         a = torch.ones(3 << 20); b = torch.ones(5 << 20); del a, b
@@ -48,7 +48,7 @@ print(before, faults_per_round())
 
 
 def test_config_key_is_validated_and_free_on_resume_and_in_sweeps(capsys):
-    from hybengine.sweep import BOOKKEEPING
+    from hybengine.finetune.sweep import BOOKKEEPING
     from hybengine.training_loop import _RESUME_FREE
 
     cfg = resolve(parse_args(None, ["train.cpu_malloc=default"]))

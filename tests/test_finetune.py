@@ -4,7 +4,7 @@ import pytest
 
 from hybengine.config import load_config
 from hybengine.data import DatasetError
-from hybengine.finetune_runner import run_finetune
+from hybengine.finetune.runner import run_finetune
 from hybengine.training_loop import run_training
 
 from tiny_run import DEMO_TARGET, tiny_overrides

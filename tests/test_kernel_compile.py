@@ -9,7 +9,7 @@ import pytest
 import torch
 from kernel_helpers import TinyBlock, assert_compiled_matches_eager, tiny_batch
 
-from hybengine.kernels import backends, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
+from hybengine.kernels import bodies, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
 from hybengine.kernels.group_norm_silu import group_norm_silu_bwd_math, group_norm_silu_fwd_math
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -34,18 +34,18 @@ def test_compiled_graph_holds_the_fused_ops():
 
 def test_op_backends_reports_every_op_and_device():
     table = op_backends()
-    assert set(table) == set(backends.OPS)
+    assert set(table) == set(bodies.OPS)
     for op, per_device in table.items():
         assert set(per_device) == {"cpu", "cuda"}
-        assert per_device["cpu"] in backends.CPU_BACKENDS, op
+        assert per_device["cpu"] in bodies.CPU_BACKENDS, op
         assert per_device["cuda"] in ("triton", "triton-interpreter", "math"), op
-    if backends.INTERPRET:
+    if bodies.INTERPRET:
         assert table["group_norm_silu"]["cpu"] == "triton-interpreter"
 
 
 def test_forcing_an_unknown_backend_fails():
     with pytest.raises(ValueError, match="unknown CPU backend"):
-        backends.set_cpu_backend("cuda-graphs")
+        bodies.set_cpu_backend("cuda-graphs")
 
 
 def test_native_hook_is_used_when_registered(monkeypatch):
@@ -60,12 +60,12 @@ def test_native_hook_is_used_when_registered(monkeypatch):
         calls.append("bwd")
         return group_norm_silu_bwd_math(*args)
 
-    for op in backends.OPS:  # start from no native kernels (the C++ library may be loaded)
-        monkeypatch.setitem(backends._impls, op, {k: v for k, v in backends._impls[op].items() if k != "native"})
-    backends.register_native("group_norm_silu", fwd, bwd)
+    for op in bodies.OPS:  # start from no native kernels (the C++ library may be loaded)
+        monkeypatch.setitem(bodies._impls, op, {k: v for k, v in bodies._impls[op].items() if k != "native"})
+    bodies.register_native("group_norm_silu", fwd, bwd)
     with pytest.raises(RuntimeError, match="not available for hybrid_loss"):
-        backends.set_cpu_backend("native")
-    with backends.cpu_backend("native", ops=("group_norm_silu",)):
+        bodies.set_cpu_backend("native")
+    with bodies.cpu_backend("native", ops=("group_norm_silu",)):
         assert op_backends()["group_norm_silu"]["cpu"] == "native"
         x = torch.randn(1, 4, 3, 3, requires_grad=True)
         group_norm_silu(x, torch.ones(4), torch.zeros(4), 2).sum().backward()
@@ -74,7 +74,7 @@ def test_native_hook_is_used_when_registered(monkeypatch):
 
 def test_math_backend_in_compiled_loss(monkeypatch):
     """The math path also runs inside a compiled graph and matches the reference."""
-    monkeypatch.setattr(backends, "_cpu_forced", {"hybrid_loss": "math"})
+    monkeypatch.setattr(bodies, "_cpu_forced", {"hybrid_loss": "math"})
     assert op_backends()["hybrid_loss"]["cpu"] == "math"
     x_n, x, y, c_skip, c_out, lam, _ = tiny_batch()
     out = torch.randn(2, 5, 7, 9)
@@ -83,7 +83,7 @@ def test_math_backend_in_compiled_loss(monkeypatch):
                                hybrid_loss_reference(out, x_n, x, y, c_skip, c_out, lam, 0.5))
 
 
-@pytest.mark.skipif(not backends.HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(not bodies.HAS_TRITON, reason="triton not installed")
 def test_kernels_compile_for_sm90():
     """The main kernel variants compile to an H100 cubin (no GPU needed): what the interpreter can't see."""
     script = Path(__file__).with_name("kernel_aot.py")
@@ -95,9 +95,9 @@ def test_kernels_compile_for_sm90():
 
 def test_cpu_backend_block_restores_the_choice_before_it():
     before = op_backends()
-    with backends.cpu_backend("math"):
+    with bodies.cpu_backend("math"):
         assert {per["cpu"] for per in op_backends().values()} == {"math"}
-        with backends.cpu_backend("math", ops=("hybrid_loss",)):
+        with bodies.cpu_backend("math", ops=("hybrid_loss",)):
             pass
         assert op_backends()["group_norm_silu"]["cpu"] == "math"
     assert op_backends() == before

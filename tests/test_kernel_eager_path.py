@@ -1,7 +1,7 @@
 """The fused ops' two entry paths agree: eager calls (an autograd.Function over the op bodies) and
 the `torch.library` custom ops that torch.compile traces.
 
-Both call the same body (`backends.implementation`), so their outputs and gradients must be
+Both call the same body (`bodies.implementation`), so their outputs and gradients must be
 bit-identical, and the eager path must not go through the custom op (its Python layers are the host
 overhead it exists to avoid). That compiled graphs hold the custom ops is checked in
 tests/test_kernel_compile.py.

@@ -14,7 +14,7 @@ from kernel_helpers import (
     gn_inputs,
 )
 
-from hybengine.kernels import backends, group_norm_silu
+from hybengine.kernels import bodies, group_norm_silu
 from hybengine.kernels.group_norm_silu import (
     group_norm_silu_bwd_math,
     group_norm_silu_bwd_triton,
@@ -25,7 +25,7 @@ from hybengine.kernels.launch import split_plan
 
 # triton 3.6's interpreter turns 1-element arrays into loop bounds (a numpy deprecation, fine < 2.4)
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-needs_triton = pytest.mark.skipif(backends.select("group_norm_silu", "cpu") != "triton-interpreter",
+needs_triton = pytest.mark.skipif(bodies.select("group_norm_silu", "cpu") != "triton-interpreter",
                                   reason="Triton interpreter not active")
 
 # (n, c, h, w, groups): C not a power of two, H*W = 7*9, N = 1, one group, many groups, and a
@@ -121,14 +121,14 @@ def test_opcheck():
 
 @pytest.fixture
 def math_backend():
-    with backends.cpu_backend("math"):
+    with bodies.cpu_backend("math"):
         yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_math_path(math_backend, channels_last, dtype):
-    assert backends.op_backends()["group_norm_silu"]["cpu"] == "math"
+    assert bodies.op_backends()["group_norm_silu"]["cpu"] == "math"
     check_group_norm_silu(gn_inputs(2, 6, 7, 9, channels_last=channels_last), 3, dtype)
     check_group_norm_silu(gn_inputs(1, 5, 7, 9, scale=False), 1, dtype)
 
@@ -139,7 +139,7 @@ def test_math_backward_gradcheck():
     leaves = [v.requires_grad_() for v in (x, weight, bias, s, t)]
     fn = lambda x, w, b, s, t: group_norm_silu(x, w, b, 2, 1e-5, s, t)
     assert torch.autograd.gradcheck(fn, leaves)
-    assert backends.implementation("group_norm_silu", x).name == "math"
+    assert bodies.implementation("group_norm_silu", x).name == "math"
 
 
 def test_math_functions_keep_the_launcher_contract():

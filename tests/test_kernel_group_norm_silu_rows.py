@@ -9,13 +9,15 @@ from kernel_helpers import (
     gn_inputs,
 )
 
-from hybengine.kernels import backends
+from hybengine import ops
+from hybengine.config import KernelConfig
+from hybengine.kernels import bodies
 from hybengine.kernels import group_norm_silu_rows as rows
 from hybengine.kernels.group_norm_silu import set_channels_last_kernel
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
-    pytest.mark.skipif(backends.select("group_norm_silu", "cpu") != "triton-interpreter",
+    pytest.mark.skipif(bodies.select("group_norm_silu", "cpu") != "triton-interpreter",
                        reason="Triton interpreter not active"),
 ]
 
@@ -44,9 +46,8 @@ def rows_selected(monkeypatch):
 
     monkeypatch.setattr(rows, "group_norm_silu_fwd_rows", count("fwd", fwd))
     monkeypatch.setattr(rows, "group_norm_silu_bwd_rows", count("bwd", bwd))
-    previous = set_channels_last_kernel("rows")
-    yield calls
-    set_channels_last_kernel(previous)
+    with ops.using(KernelConfig(group_norm_silu_channels_last="rows"), "cuda"):
+        yield calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -119,20 +120,17 @@ def test_choice_is_validated():
 
 def test_run_config_selects_the_kernels():
     """kernels.group_norm_silu_channels_last reaches the op when a run resolves its ops for CUDA."""
-    from hybengine import ops
-    from hybengine.config import ConfigError, KernelConfig, load_config
+    from hybengine.config import ConfigError, load_config
     from hybengine.kernels.group_norm_silu import channels_last_kernel
 
     previous = channels_last_kernel()
-    try:
+    with ops.using():  # what configure sets below is undone after the block
         cfg = load_config(None, ["kernels.group_norm_silu_channels_last=rows"])
         assert cfg.kernels.group_norm_silu_channels_last == "rows"
         ops.configure(KernelConfig(group_norm_silu_channels_last="rows"), torch.device("cuda"))
         assert channels_last_kernel() == "rows"
         ops.configure(KernelConfig(), torch.device("cuda"))
         assert channels_last_kernel() == "groups"
-    finally:
-        set_channels_last_kernel(previous)
-        ops.configure(KernelConfig(), torch.device("cpu"))
+    assert channels_last_kernel() == previous
     with pytest.raises(ConfigError, match="group_norm_silu_channels_last"):
         load_config(None, ["kernels.group_norm_silu_channels_last=columns"])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from kernel_helpers import LOSS_NAMES, W_MASK, assert_matches, check_hybrid_loss, loss_inputs, loss_terms_and_grad
 
-from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference
+from hybengine.kernels import bodies, hybrid_loss, hybrid_loss_reference
 from hybengine.kernels.hybrid_loss import hybrid_loss_bwd_triton, hybrid_loss_fwd_math, hybrid_loss_fwd_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-needs_triton = pytest.mark.skipif(backends.select("hybrid_loss", "cpu") != "triton-interpreter",
+needs_triton = pytest.mark.skipif(bodies.select("hybrid_loss", "cpu") != "triton-interpreter",
                                   reason="Triton interpreter not active")
 
 # (b, I, K, h, w): H*W = 7*9, grayscale and RGB, binary and multi-class, N = 1, an all-ignored sample
@@ -92,14 +92,14 @@ def test_opcheck():
 
 @pytest.fixture
 def math_backend():
-    with backends.cpu_backend("math"):
+    with bodies.cpu_backend("math"):
         yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_math_path(math_backend, channels_last, dtype):
-    assert backends.op_backends()["hybrid_loss"]["cpu"] == "math"
+    assert bodies.op_backends()["hybrid_loss"]["cpu"] == "math"
     for shape in SHAPES.values():
         check_hybrid_loss(*loss_inputs(*shape, channels_last=channels_last), dtype)
 
@@ -109,7 +109,7 @@ def test_math_gradcheck():
     out, *rest = loss_inputs(3, 1, 3, 3, 4)[0]
     fn = lambda out: hybrid_loss(out, *rest, W_MASK)
     assert torch.autograd.gradcheck(fn, (out.requires_grad_(),))
-    assert backends.implementation("hybrid_loss", out).name == "math"
+    assert bodies.implementation("hybrid_loss", out).name == "math"
 
 
 def test_math_fwd_keeps_the_launcher_contract():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from kernel_helpers import GN_NAMES, check_group_norm_silu, gn_inputs, gn_outputs_and_grads, max_err
 
-from hybengine.kernels import backends, group_norm_silu, group_norm_silu_reference, native
+from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native library: {native.status()}")
 
@@ -26,7 +26,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @pytest.fixture(autouse=True)
 def native_backend():
-    with backends.cpu_backend("native", ops=("group_norm_silu",)):
+    with bodies.cpu_backend("native", ops=("group_norm_silu",)):
         yield
 
 
@@ -35,7 +35,7 @@ def native_backend():
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(shape, channels_last, dtype):
     """Error vs float64 within a few ulps, or within 4x PyTorch's own error in that dtype."""
-    assert backends.implementation("group_norm_silu", torch.empty(1)).name == "native"
+    assert bodies.implementation("group_norm_silu", torch.empty(1)).name == "native"
     n, c, h, w, g = SHAPES[shape]
     check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=channels_last), g, DTYPES[dtype])
 

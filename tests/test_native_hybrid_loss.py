@@ -5,7 +5,7 @@ import pytest
 import torch
 from kernel_helpers import W_MASK, check_hybrid_loss, loss_inputs, loss_terms_and_grad
 
-from hybengine.kernels import backends, hybrid_loss, hybrid_loss_reference, native
+from hybengine.kernels import bodies, hybrid_loss, hybrid_loss_reference, native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native library: {native.status()}")
 
@@ -22,7 +22,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @pytest.fixture(autouse=True)
 def native_backend():
-    with backends.cpu_backend("native", ops=("hybrid_loss",)):
+    with bodies.cpu_backend("native", ops=("hybrid_loss",)):
         yield
 
 
@@ -30,7 +30,7 @@ def native_backend():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(shape, channels_last, dtype):
-    assert backends.implementation("hybrid_loss", torch.empty(1)).name == "native"
+    assert bodies.implementation("hybrid_loss", torch.empty(1)).name == "native"
     check_hybrid_loss(*loss_inputs(*SHAPES[shape], channels_last=channels_last), DTYPES[dtype])
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from kernel_helpers import TinyBlock, assert_compiled_matches_eager, tiny_batch
 
-from hybengine.kernels import backends, info, native
+from hybengine.kernels import bodies, info, native
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native library: {native.status()}")
 
 
 @pytest.fixture
 def native_backend():
-    with backends.cpu_backend("native"):
+    with bodies.cpu_backend("native"):
         yield
 
 
@@ -34,24 +34,24 @@ def test_compiled_graph_holds_the_ops_and_runs_native(native_backend, monkeypatc
     from torch._dynamo.testing import CompileCounterWithBackend
 
     calls = []
-    for op in backends.OPS:
-        impl = backends._impls[op]["native"]
+    for op in bodies.OPS:
+        impl = bodies._impls[op]["native"]
         record = lambda *a, f=impl.fwd, op=op: (calls.append(op), f(*a))[1]
-        patched = {**backends._impls[op], "native": backends.Impl("native", record, impl.bwd)}
-        monkeypatch.setitem(backends._impls, op, patched)
+        patched = {**bodies._impls[op], "native": bodies.Impl("native", record, impl.bwd)}
+        monkeypatch.setitem(bodies._impls, op, patched)
     counter = CompileCounterWithBackend("aot_eager")
     torch.compile(TinyBlock(), backend=counter, fullgraph=True)(*tiny_batch())[0].backward()
     assert counter.frame_count == 1
     targets = {str(node.target) for gm in counter.graphs for node in gm.graph.nodes}
     assert {"hybengine.group_norm_silu_fwd.default", "hybengine.hybrid_loss_fwd.default"} <= targets
-    assert sorted(set(calls)) == sorted(backends.OPS)
+    assert sorted(set(calls)) == sorted(bodies.OPS)
 
 
 @needs_native
 def test_info_reports_native_on_cpu(native_backend):
     text = info.report()
     assert "kernels compiled: DEFAULT" in text and "running:" in text
-    for op in backends.OPS:
+    for op in bodies.OPS:
         assert any(line.split()[:2] == [op, "native"] for line in text.splitlines()), text
 
 
@@ -67,7 +67,7 @@ def run_info(**env) -> subprocess.CompletedProcess:
 def assert_fell_back(proc: subprocess.CompletedProcess, reason: str):
     assert proc.stderr.count("native CPU kernels unavailable") == 1, proc.stderr  # logged once
     assert reason in proc.stdout, proc.stdout
-    for op in backends.OPS:
+    for op in bodies.OPS:
         assert any(line.split()[:2] == [op, "math"] for line in proc.stdout.splitlines()), proc.stdout
 
 

@@ -8,9 +8,8 @@ from PIL import Image
 
 from hybengine import sample as sample_cli
 from hybengine.config import load_config
+from hybengine.inference import noise_levels, overlay, predict_folder, sample_pairs
 from hybengine.objective import edm_precond
-from hybengine.predict import overlay, predict_folder
-from hybengine.sampler import noise_levels, sample_pairs
 from hybengine.training_loop import run_training
 
 from tiny_run import DEMO_TARGET, tiny_overrides

@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from hybengine import sweep as sweep_mod
 from hybengine.config import load_config
-from hybengine.finetune_runner import prepare_finetune
-from hybengine.sweep import SweepError, parse_inits, plan_sweep, run_config, run_sweep
+from hybengine.finetune import sweep as sweep_mod
+from hybengine.finetune.runner import prepare_finetune
+from hybengine.finetune.sweep import SweepError, parse_inits, plan_sweep, run_config, run_sweep
 from hybengine.training_loop import run_training
 
 from tiny_run import DEMO_TARGET, run_cli, tiny_overrides

@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from hybengine.engine.checkpoint import find_snapshot, load_weights
+from hybengine.runtime.checkpoint import find_snapshot, load_weights
 
 from tiny_run import run_cli, tiny_overrides
 

@@ -4,8 +4,8 @@ The library (sources beside this file, built by the top-level CMakeLists.txt whe
 defines the ops `torch.ops.hybengine_native.{group_norm_silu,hybrid_loss}_{fwd,bwd}` with the
 argument lists and results of the ops' math bodies; `load()` registers them as the "native" CPU
 implementation of `hybengine::group_norm_silu_*` and `hybengine::hybrid_loss_*` through
-`backends.register_native`. The public ops, their schemas, fake and autograd registrations are
-unchanged; only the body that runs on CPU tensors changes (see `backends.select`).
+`bodies.register_native`. The public ops, their schemas, fake and autograd registrations are
+unchanged; only the body that runs on CPU tensors changes (see `bodies.select`).
 
 When the library is missing (no compiler or cmake at install time, a torch without headers),
 was built for another torch, or fails to load, nothing is registered: the ops keep their math
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .. import backends
+from .. import bodies
 
 log = logging.getLogger("hybengine.kernels.native")
 
@@ -75,8 +75,8 @@ def load() -> bool:
         log.warning("native CPU kernels unavailable (%s); CPU ops fall back to math/reference", reason)
         return False
     ops = torch.ops.hybengine_native
-    backends.register_native("group_norm_silu", ops.group_norm_silu_fwd.default, ops.group_norm_silu_bwd.default)
-    backends.register_native("hybrid_loss", ops.hybrid_loss_fwd.default, ops.hybrid_loss_bwd.default)
+    bodies.register_native("group_norm_silu", ops.group_norm_silu_fwd.default, ops.group_norm_silu_bwd.default)
+    bodies.register_native("hybrid_loss", ops.hybrid_loss_fwd.default, ops.hybrid_loss_bwd.default)
     _status.update(loaded="yes", path=str(path))
     return True
 

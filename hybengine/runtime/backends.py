@@ -17,7 +17,7 @@ from torch import nn
 
 from .atomic import atomic_torch_save
 
-log = logging.getLogger("hybengine.engine")
+log = logging.getLogger("hybengine.runtime")
 
 
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("hybengine.engine")
+log = logging.getLogger("hybengine.runtime")
 
 
 @dataclass
@@ -67,3 +69,14 @@ def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
 
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name and core count (for results rows)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "CPU"
+    return f"{model} ({os.cpu_count()} cores)"

@@ -4,7 +4,7 @@ target test split.
 Fine-tuning is vanilla (DESIGN.md): all weights, mask loss only, clean input at `sigma_clean`. It is
 the training loop in `supervised` mode on the labeled subset. `prepare_finetune` resolves what a run
 trains (its config, start weights and labeled subset) and `write_result` records what it scored, so the
-sequential path here and the batched runner (hybengine/batched_finetune.py) share both ends.
+sequential path here and the batched runner (hybengine/finetune/batched.py) share both ends.
 """
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .config import Config, config_from_dict
-from .data import FolderDataset, labeled_subset, validate_folder
-from .engine.atomic import atomic_write_text
-from .engine.checkpoint import load_weights
-from .metrics import image_metrics, summarize
-from .objective import predict_logits
-from .training_loop import run_training
-from .unet import UNet
+from ..config import Config, config_from_dict
+from ..data import FolderDataset, labeled_subset, validate_folder
+from ..inference import predict_padded
+from ..metrics import image_metrics, summarize
+from ..runtime.atomic import atomic_write_text
+from ..runtime.checkpoint import load_weights
+from ..training_loop import run_training
+from ..unet import UNet
 
 log = logging.getLogger("hybengine.finetune")
 
@@ -60,15 +59,6 @@ def evaluate(net: UNet, cfg: Config, split: str, dataset: FolderDataset | None =
         per_image.append({"name": name, **image_metrics(pred, mask, cfg.data.num_classes, cfg.data.ignore_index)})
     net.train()
     return {"per_image": per_image, **summarize(per_image, cfg.data.num_classes)}
-
-
-def predict_padded(net: UNet, x: torch.Tensor, sigma_clean: float, sigma_data: float) -> torch.Tensor:
-    """Mask logits for images of any size: reflect-pad to the net's multiple, predict, crop back."""
-    f = net.downsample_factor
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % f, (-W) % f
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-    return predict_logits(net, xp, sigma_clean, sigma_data)[..., :H, :W].float()
 
 
 def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config, dict | None]:

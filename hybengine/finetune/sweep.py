@@ -1,12 +1,12 @@
 """Label-budget sweeps: every initialisation x budget x seed is one fine-tune, then the reports.
 
     python -m hybengine.finetune --config configs/finetune/scratch_assay_sweep.yaml [key=value ...]
-(the fine-tune entry point dispatches here when `sweep.budgets` is set; `python -m hybengine.sweep` is
+(the fine-tune entry point dispatches here when `sweep.budgets` is set; `python -m hybengine.finetune.sweep` is
 the same command). Layout under `sweep.out_dir`:
 
     runs/<init>_b<budget>_s<seed>/   config.yaml, metrics.jsonl, result.json (written last, atomically)
     runner.json                      what `sweep.runner=auto` measured and chose, per device
-    per_image.csv, runs.csv, table.csv, table.md, plot.png      (hybengine/reports.py)
+    per_image.csv, runs.csv, table.csv, table.md, plot.png      (hybengine/finetune/reports.py)
 
 Before anything trains, the whole plan is checked: the target train split is scanned once (a pool with
 no labeled image is an error), every budget must fit the pool, every checkpoint must load and match
@@ -19,7 +19,7 @@ again after an interruption. The batched runner writes results per group of `swe
 an interrupted group is redone whole.
 
 Runner: `sequential` loops over `run_finetune`; `batched` trains groups of up to `sweep.batch_runs` runs
-at once (hybengine/batched_finetune.py); `auto` times one training step of R runs both ways on this
+at once (hybengine/finetune/batched.py); `auto` times one training step of R runs both ways on this
 device, with the sweep's model, batch and crop, and picks the faster (batched only if it saves at least
 `AUTO_MARGIN`), logging both times; the measurement is kept in runner.json and reused when the device
 and the step shape are unchanged.
@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -41,16 +40,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from .batched_finetune import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
-from .config import Config, ConfigError, SweepConfig, dumps, load_config, to_dict
-from .data import DatasetError, FolderDataset, validate_folder
-from .engine.atomic import atomic_write_text
-from .engine.distributed import pick_device
-from .engine.run_log import setup_logging
-from .finetune_runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
+from ..config import Config, ConfigError, SweepConfig, config_diff, dumps, load_config
+from ..data import DatasetError, FolderDataset, validate_folder
+from ..runtime.atomic import atomic_write_text
+from ..runtime.checkpoint import save_final_weights
+from ..runtime.distributed import device_name, pick_device
+from ..runtime.run_log import setup_logging
+from .batched import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
 from .reports import write_reports
+from .runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
 
-log = logging.getLogger("hybengine.sweep")
+log = logging.getLogger("hybengine.finetune.sweep")
 
 # Keys that change how a run is watched, not what it trains: a finished run stays finished across them.
 BOOKKEEPING = {"train.progress", "train.log_every", "train.threads", "train.cpu_malloc", "train.ckpt_every",
@@ -152,20 +152,12 @@ def is_done(cfg: Config, run: PlannedRun, pool: list[str]) -> bool:
         return False
     saved = run.out_dir / "config.yaml"
     run_cfg, _ = prepare_finetune(run_config(cfg, run), pool)
-    then = _flat(yaml.safe_load(saved.read_text())) if saved.is_file() else {}
-    now = _flat(to_dict(run_cfg))
-    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k) and k not in BOOKKEEPING)
+    then = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    changed = config_diff(run_cfg, then, BOOKKEEPING)
     if changed:
         raise SweepError(f"{run.out_dir} holds a result for a different config ({', '.join(changed[:6])} differ); "
                          "delete that folder, or point sweep.out_dir somewhere new")
     return True
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,17 +192,6 @@ def choose_runner(runner: str, run_cfg: Config, R: int, device: torch.device,
     return runner, reason
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "CPU"
-    return f"{model} ({os.cpu_count()} cores)"
-
-
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -226,19 +207,6 @@ def _run_sequential(cfg: Config, runs: list[PlannedRun], pool: list[str], test_s
         run_finetune(run_config(cfg, run), console_logging=False, init_name=run.init, pool=pool, test_set=test_set)
         _finish(cfg, run)
         log.info("[%d/%d] %s done in %.1f s (sequential)", i + 1, len(runs), run.name, time.perf_counter() - t0)
-
-
-def _save_member_weights(run_cfg: Config, net, step: int) -> None:
-    """The final weights in the checkpoint layout load_weights reads (for predict), when kept."""
-    from .engine.atomic import atomic_torch_save
-    from .engine.checkpoint import tag_for
-
-    snap = Path(run_cfg.train.out_dir) / "checkpoints" / tag_for(step)
-    snap.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
-    atomic_torch_save({"model": state, "ema": None, "config": dataclasses.asdict(run_cfg), "step": step},
-                      snap / "weights.pt")
-    atomic_write_text(snap.parent / "latest", snap.name + "\n")
 
 
 def _run_batched(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set: FolderDataset) -> None:
@@ -267,7 +235,7 @@ def _run_batched(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set:
         for (run, run_cfg, _), res in zip(chunk, results, strict=True):
             metrics = evaluate(res.net, run_cfg, run_cfg.data.test_split, test_set)
             if cfg.sweep.keep_checkpoints:
-                _save_member_weights(run_cfg, res.net, res.step)
+                save_final_weights(Path(run_cfg.train.out_dir) / "checkpoints", run_cfg, res.net, res.step)
             write_result(run_cfg, metrics, res.step, run.init)
         done += len(chunk)
         log.info("[%d/%d] batched group of %d done in %.1f s", done, len(runs), len(chunk), time.perf_counter() - t0)

@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import logging
 
-log = logging.getLogger("hybengine.engine")
+log = logging.getLogger("hybengine.runtime")
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's <malloc.h>
 SETTINGS = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20))

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .engine.atomic import atomic_write_text
+from ..runtime.atomic import atomic_write_text
 
 METRICS = ("dice", "iou", "hd95", "assd")
 

@@ -21,7 +21,7 @@ from . import faults
 from .atomic import atomic_rename_dir, atomic_torch_save, atomic_write_text
 from .distributed import DistInfo, barrier
 
-log = logging.getLogger("hybengine.engine")
+log = logging.getLogger("hybengine.runtime")
 _TAG = re.compile(r"^step_(\d{8})$")
 
 
@@ -103,3 +103,17 @@ class CheckpointManager:
         weights = torch.load(snap / "weights.pt", map_location="cpu", weights_only=True)
         log.info("resumed from %s (step %d)", snap, rank_state["step"])
         return rank_state, weights
+
+
+def save_final_weights(root: Path, cfg, net, step: int) -> Path:
+    """Final weights alone (no optimizer or RNG state), in the snapshot layout `load_weights` reads:
+    `root/step_N/weights.pt` and `root/latest`. For runs trained outside CheckpointManager (batched
+    fine-tunes) whose weights are kept for `predict`."""
+    from dataclasses import asdict
+
+    snap = root / tag_for(step)
+    snap.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
+    atomic_torch_save({"model": state, "ema": None, "config": asdict(cfg), "step": step}, snap / "weights.pt")
+    atomic_write_text(root / "latest", snap.name + "\n")
+    return snap

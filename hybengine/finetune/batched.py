@@ -9,8 +9,8 @@ and consumes exactly what that run consumes, in the same order:
   - AdamW, warm-up, global-norm clip and EMA with the same formulas, applied per member: AdamW and the
     EMA are elementwise (stacking changes nothing), the clip norm is taken over each member's slice.
 The forward is `torch.func.vmap` over `functional_call` of one U-Net with the members' weights
-stacked on a leading axis R: x (R, B, I, H, W) -> F (R, B, I+K, H, W). The loss is then computed on
-the (R*B) flattened batch (per-sample terms, hybengine/objective.py, supervised mode) and summed over
+stacked on a leading axis R: x (R, B, I, H, W) -> F (R, B, I+K, H, W). The loss is the training loop's
+own objective (`HybridObjective.terms`, supervised mode) on the (R*B) flattened batch, summed over
 members; the members share no weights, so each one's gradient is its own run's gradient. Results
 match the one-by-one runs up to float summation order (tests/test_batched_finetune.py).
 
@@ -23,9 +23,12 @@ out of step with the others); the sweep then reruns the group one by one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import random
+import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +37,15 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from . import ops
-from .config import Config, KernelConfig, dumps
-from .data import build_train_loader
-from .engine import cpu_malloc
-from .engine.distributed import pick_device
-from .objective import edm_precond, soft_dice_loss
-from .training_loop import _lr
-from .unet import UNet, build_unet
+from .. import ops
+from ..config import Config, KernelConfig, dumps, flatten, to_dict
+from ..data import build_train_loader
+from ..objective import HybridObjective
+from ..runtime import cpu_malloc
+from ..runtime.distributed import pick_device
+from ..schedule import learning_rate
+from ..training_loop import LoopHooks, run_training
+from ..unet import UNet, build_unet
 
 log = logging.getLogger("hybengine.batched")
 
@@ -67,16 +71,11 @@ def vmap_kernels(k: KernelConfig) -> KernelConfig:
     """The op choice inside vmap: references for the U-Net's ops, the configured loss (outside vmap)."""
     return KernelConfig(group_norm_silu="reference", hybrid_loss=k.hybrid_loss, upsample_conv="reference")
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def group_key(run_cfg: Config) -> str:
     """Members with equal keys can train together: same architecture, data, objective and schedule."""
-    flat = _flat(dataclasses.asdict(run_cfg))
+    flat = flatten(to_dict(run_cfg))
     return json.dumps({k: v for k, v in sorted(flat.items()) if k not in MEMBER_KEYS}, sort_keys=True)
 
 
@@ -124,26 +123,24 @@ class BatchedTrainer:
                                            weight_decay=o.weight_decay)
         self.decay = 0.5 ** (1.0 / t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
         self.shadow = [p.detach().clone() for p in self.params.values()] if self.decay is not None else None
-        obj = c0.objective
-        self.sigma = torch.full((t.batch_size,), obj.sigma_clean, device=device)  # supervised: fixed sigma
-        self.c_skip, self.c_out, self.c_in, self.c_noise, _ = edm_precond(self.sigma, obj.sigma_data)
-        self.lam = torch.zeros(self.R * t.batch_size, device=device)  # supervised: no denoise term
-        self.forward = vmap(lambda p, x_in: functional_call(self.net, p, (x_in, self.c_noise)))
+        self.objective = HybridObjective(c0.objective, d.ignore_index)  # supervised: sigma_clean, no noise draw
+        self.sigma = self.objective.sample_sigma(t.batch_size, device, None)
+        # F for every member at once: weights (R, ...), inputs (R, B, ...), c_noise (R, B)
+        self.forward = vmap(lambda p, x_in, c_noise: functional_call(self.net, p, (x_in, c_noise)))
+
+    def _stacked_net(self, R: int, B: int):
+        """The members as one net over the flattened (R*B) batch, for the shared objective."""
+        def net(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return self.forward(self.params, x_in.unflatten(0, (R, B)), c_noise.view(R, B)).flatten(0, 1)
+        return net
 
     def step(self, x: torch.Tensor, y: torch.Tensor, n: torch.Tensor, lr: float) -> torch.Tensor:
         """x, n: (R, B, I, H, W), y: (R, B, H, W). One optimizer step for every member; returns the
-        members' losses (R,), detached. Mirrors HybridObjective (supervised) and the training loop."""
-        c, R, bcast = self.cfg, self.R, (1, -1, 1, 1, 1)
-        obj, d = c.objective, c.data
-        x_n = x + self.sigma.view(bcast) * n
-        out = self.forward(self.params, self.c_in.view(bcast) * x_n)  # (R, B, I+K, H, W)
-        flat = out.flatten(0, 1)
-        denoise, mask = ops.hybrid_loss(flat, x_n.flatten(0, 1), x.flatten(0, 1), y.flatten(0, 1),
-                                        self.c_skip.repeat(R), self.c_out.repeat(R), self.lam, obj.w_mask,
-                                        d.ignore_index)
-        if obj.dice_weight > 0:
-            mask = mask + obj.dice_weight * soft_dice_loss(flat[:, d.image_channels:], y.flatten(0, 1),
-                                                           d.ignore_index)
+        members' losses (R,), detached. The loss is the training loop's objective (HybridObjective.terms)
+        on the (R*B) flattened batch; the members share no weights, so each gets its own gradient."""
+        c, R, B = self.cfg, self.R, x.shape[1]
+        denoise, mask = self.objective.terms(self._stacked_net(R, B), x.flatten(0, 1), y.flatten(0, 1),
+                                             self.sigma.repeat(R), n.flatten(0, 1))
         loss = (denoise + mask).view(R, -1).mean(dim=1)  # (R,): each member's loss.mean()
         if c.train.check_finite:
             finite = torch.isfinite(loss)
@@ -215,7 +212,7 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
                 ys.append(y)
                 ns.append(torch.randn(x.shape, device=device, generator=gens[r], dtype=x.dtype))
             try:
-                sums += trainer.step(torch.stack(xs), torch.stack(ys), torch.stack(ns), _lr(c0, step))
+                sums += trainer.step(torch.stack(xs), torch.stack(ys), torch.stack(ns), learning_rate(c0, step))
             except NonFiniteMembersError as e:
                 raise NonFiniteMembersError(e.members, step) from None
             n_sum += 1
@@ -224,9 +221,10 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
             if step % t.log_every == 0 or step == t.steps:
                 means = (sums / n_sum).tolist()  # host sync
                 ips = n_sum * t.batch_size * R / max(time.perf_counter() - t0, 1e-9)
+                lr = learning_rate(c0, step)
                 for r in range(R):
                     logs[r].write(json.dumps({"step": step, "loss": means[r], "mask": means[r],
-                                              "images_per_s": ips / R, "lr": _lr(c0, step), "batched": R}) + "\n")
+                                              "images_per_s": ips / R, "lr": lr, "batched": R}) + "\n")
                 sums.zero_()
                 n_sum, t0 = 0, time.perf_counter()
     finally:
@@ -241,68 +239,40 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(run_cfg: Config, R: int, device: torch.device, repeats: int = 3) -> tuple[float, float]:
-    """Median seconds per training step, on synthetic batches of run_cfg's shape: (one run on its own,
-    R runs batched). The one-run step is the training loop's (ops as run_cfg.kernels resolves them)."""
-    from .engine.backends import make_optimizer
-    from .engine.ema import EMA
-    from .objective import HybridObjective
-
+    """Median seconds per training step, on a synthetic batch of run_cfg's shape: (one run on its own,
+    R runs batched). The one-run step is the training loop's own (`run_training`, ops as run_cfg.kernels
+    resolves them, fed the batch through its loader hook); after each of its steps, one batched step
+    runs, so that a change in machine load hits both alike. The first pair warms up."""
     t, d = run_cfg.train, run_cfg.data
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(t.batch_size, d.image_channels, d.crop, d.crop, generator=g).to(device)
-    y = torch.randint(0, d.num_classes, (t.batch_size, d.crop, d.crop), generator=g).to(device)
-
-    def timed(fn) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    ops.configure(run_cfg.kernels, device)
-    net = build_unet(run_cfg.model, d.image_channels, d.num_classes).to(device)
-    opt = make_optimizer(net, run_cfg.optim.lr, (run_cfg.optim.beta1, run_cfg.optim.beta2), 0.0)
-    objective = HybridObjective(dataclasses.replace(run_cfg.objective, mode="supervised"), d.ignore_index)
-    gen = torch.Generator(device).manual_seed(1)
-    ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
-
-    def one_step() -> None:
-        denoise, mask = objective(net, x, y, gen)
-        loss = (denoise + mask).mean()
-        bool(torch.isfinite(loss))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(net)
-
-    start = {k: v.detach().clone() for k, v in net.named_parameters()}
+    x = torch.randn(t.batch_size, d.image_channels, d.crop, d.crop, generator=g)
+    y = torch.randint(0, d.num_classes, (t.batch_size, d.crop, d.crop), generator=g)
+    start = {k: v.detach().to(device) for k, v in build_unet(run_cfg.model, d.image_channels, d.num_classes)
+             .named_parameters()}
     trainer = BatchedTrainer(run_cfg, [start] * R, device)
-    xs, ys = x.expand(R, *x.shape).contiguous(), y.expand(R, *y.shape).contiguous()
+    xs, ys = x.expand(R, *x.shape).to(device), y.expand(R, *y.shape).to(device)
     ns = torch.randn(xs.shape, generator=g).to(device)
-    batched_ops = vmap_kernels(run_cfg.kernels)
+    seq_times, bat_times, mark = [], [], [0.0]
 
-    def batched_step() -> None:
-        trainer.step(xs, ys, ns, run_cfg.optim.lr)
+    def after_loop_step(step: int) -> None:
+        _sync(device)
+        seq_times.append(time.perf_counter() - mark[0])
+        with ops.using(vmap_kernels(run_cfg.kernels), device):
+            t0 = time.perf_counter()
+            trainer.step(xs, ys, ns, run_cfg.optim.lr)
+            _sync(device)
+            bat_times.append(time.perf_counter() - t0)
+        mark[0] = time.perf_counter()
 
-    # Interleaved (one-run step, batched step) pairs, so that a change in machine load hits both alike.
-    seq_times, bat_times = [], []
-    ops_log, level = logging.getLogger("hybengine.ops"), logging.getLogger("hybengine.ops").level
-    ops_log.setLevel(logging.WARNING)  # the op choice is switched per pair; logged once above
-    try:
-        for i in range(repeats + 1):  # the first pair warms up (allocations, kernel selection)
-            ops.configure(run_cfg.kernels, device)  # the one-run path keeps its own op choice
-            ts = timed(one_step)
-            ops.configure(batched_ops, device)
-            tb = timed(batched_step)
-            if i:
-                seq_times.append(ts)
-                bat_times.append(tb)
-    finally:
-        ops_log.setLevel(level)
-    sequential, batched = sorted(seq_times)[repeats // 2], sorted(bat_times)[repeats // 2]
-    return sequential, batched
+    with tempfile.TemporaryDirectory() as tmp, ops.using():
+        steps = repeats + 1
+        cfg = dataclasses.replace(
+            run_cfg, objective=dataclasses.replace(run_cfg.objective, mode="supervised"),
+            train=dataclasses.replace(t, steps=steps, out_dir=tmp, ckpt_every=0, log_every=steps, progress=False))
+        hooks = LoopHooks(wrap_loader=lambda loader: itertools.repeat((x, y)), on_step=after_loop_step)
+        mark[0] = time.perf_counter()
+        run_training(cfg, console_logging=False, hooks=hooks)
+    return statistics.median(seq_times[1:]), statistics.median(bat_times[1:])
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ Writes Dice, IoU, HD95 and ASSD per class on the target test split to <train.out
 
     python -m hybengine.finetune --config configs/finetune/scratch_assay_sweep.yaml
 Runs sweep.inits x sweep.budgets x sweep.seeds fine-tunes (resumable) and writes the per-image CSV,
-the mean +- std table and the plot under sweep.out_dir (hybengine/sweep.py).
+the mean +- std table and the plot under sweep.out_dir (hybengine/finetune/sweep.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     if cfg.sweep.budgets:
-        from hybengine.sweep import SweepError, run_sweep
+        from hybengine.finetune.sweep import SweepError, run_sweep
 
         try:
             run_sweep(cfg)
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep error: {e}", file=sys.stderr)
             return 2
         return 0
-    from hybengine.finetune_runner import run_finetune
+    from hybengine.finetune.runner import run_finetune
 
     run_finetune(cfg)
     return 0

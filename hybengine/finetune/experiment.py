@@ -1,12 +1,12 @@
 """An experiment: pretrain one model per objective mode on the source domain, then sweep fine-tunes of
 each (and scratch) on the target domain, then copy the small result files to a results folder.
 
-    python -m hybengine.experiment --config configs/experiments/scratch_assay.yaml
+    python -m hybengine.finetune.experiment --config configs/experiments/scratch_assay.yaml
 
 The experiment YAML names the pretraining config, its modes and overrides, the sweep config and its
 overrides, `out_dir` (pretrain_<mode>/ and sweep/ go there) and `results_dir`. Both stages resume: a
 pretraining whose final snapshot exists is not redone (a partial one continues from its last
-snapshot), and the sweep skips finished fine-tunes (hybengine/sweep.py).
+snapshot), and the sweep skips finished fine-tunes (hybengine/finetune/sweep.py).
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import ConfigError, load_config
-from .engine.atomic import atomic_write_text
-from .engine.checkpoint import find_snapshot, load_weights
-from .engine.distributed import pick_device
-from .sweep import SweepError, device_name, run_sweep
-from .training_loop import run_training
+from ..config import ConfigError, load_config
+from ..runtime.atomic import atomic_write_text
+from ..runtime.checkpoint import find_snapshot, load_weights
+from ..runtime.distributed import device_name, pick_device
+from ..training_loop import run_training
+from .sweep import SweepError, run_sweep
 
 KEYS = {"pretrain": {"config", "modes", "overrides"}, "finetune": {"config", "overrides"},
         "out_dir": None, "results_dir": None}
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in RESULT_FILES:
         if (out / "sweep" / name).is_file():
             shutil.copyfile(out / "sweep" / name, results / name)
-    command = "python -m hybengine.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m hybengine.finetune.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     atomic_write_text(results / "command.md", (
         f"# How these results were made\n\n```\n{command}\n```\n\n"
         f"- machine: {device_name(pick_device(0))}, {torch.get_num_threads()} torch threads, torch "
