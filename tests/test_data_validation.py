@@ -23,7 +23,9 @@ def problems_of(root, **kw) -> str:
 
 
 def test_good_folder_passes(tmp_path):
-    write_pair(tmp_path, "a", GOOD, GOOD_MASK)
+    mask_a = GOOD_MASK.copy()
+    mask_a[2:5, 3:9] = 1  # a split needs some foreground (else 0/255 masks read as indices pass silently)
+    write_pair(tmp_path, "a", GOOD, mask_a)
     write_pair(tmp_path, "b", GOOD, np.full((16, 20), 255, np.uint8))  # ignore_index is allowed
     (tmp_path / "train" / "images" / ".DS_Store").write_bytes(b"junk")  # dotfiles are skipped
     assert validate_folder(tmp_path, "train", cfg_for(tmp_path)) == ["a", "b"]
