@@ -76,7 +76,8 @@ def safe_load(path: Path, allow: list | tuple = (), mmap: bool = False) -> Any:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "error:" in line]
+        first = lines[0].split(" was not")[0] if lines else type(e).__name__
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain types ({first[:200]}); "
             "loading it could run code. Use a snapshot written by this version of hybengine") from None
