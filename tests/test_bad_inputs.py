@@ -21,7 +21,7 @@ from hybengine.config import load_config
 from hybengine.finetune import __main__ as finetune_main
 from hybengine.training_loop import run_training
 
-from tiny_run import DEMO_TARGET, tiny_overrides
+from tiny_run import DEMO_TARGET, run_cli, tiny_overrides
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: one finished tiny run (the folder that must never change) and a good small data folder
@@ -428,3 +428,12 @@ def test_finetune_says_which_model_settings_the_checkpoint_replaces(run_dir, cap
         pretrained_init(load_config(None, tiny_overrides(run_dir / "unused", **{
             "data.root": str(DEMO_TARGET), "finetune.checkpoint": str(run_dir)})))
     assert "replaced" not in caplog.text
+
+
+def test_real_process_exit_code_and_one_line(run_dir):
+    """The same through a real `python hybengine/train.py` process (sys.exit of main's code)."""
+    before = fingerprint(run_dir)
+    r = run_cli(["hybengine/train.py", *tiny(run_dir)])
+    assert r.returncode == 2
+    assert_one_line(r.stderr, "train", "--resume")
+    assert fingerprint(run_dir) == before
