@@ -63,7 +63,9 @@ def main() -> None:
                 train=dataclasses.replace(base.train, out_dir=f"{tmp}/run{r}"))
             members.append(prepare_finetune(cfg))
         run_batched(members[:2])  # warm-up of both paths (allocator, first-call costs), not timed
-        run_training(members[0][0], init_weights=None, console_logging=False)
+        warm = members[0][0]  # into a folder of its own: the timed run below must start fresh
+        run_training(dataclasses.replace(warm, train=dataclasses.replace(warm.train, out_dir=f"{tmp}/warm-up")),
+                     init_weights=None, console_logging=False)
 
         t0 = time.perf_counter()
         for c, w in members:

@@ -7,6 +7,7 @@ runs, naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,24 +169,43 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a list of {item_tp.__name__}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if isinstance(value, str) and tp is not str:
-        value = yaml.safe_load(value)
+        value = yaml.safe_load(value) if value.strip() else value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
+        number = _number(value)
+        if number is None or not math.isfinite(number) or number != int(number):
+            raise ConfigError(f"{key}: expected an integer (a whole number), got {value!r}")
+        return int(number)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
+        return float(number)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this file
+
+
+def _number(value: Any) -> int | float | None:
+    """A number as written: what Python's float() accepts ("1e-3", which YAML leaves a string, "1e3",
+    ".5"), or an int/float; None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
@@ -275,6 +295,9 @@ def config_diff(now: Config | dict[str, Any], then: Config | dict[str, Any],
 # Value checks
 
 
+MAX_SEED = 2**32 // 1000 - 1000  # seed * 1000 + rank (+ 1) seeds numpy, which takes values below 2**32
+
+
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
@@ -319,9 +342,28 @@ def validate(cfg: Config) -> None:
     _check(t.ema_halflife_steps >= 0, f"train.ema_halflife_steps={t.ema_halflife_steps}: must be >= 0")
     _check(t.threads >= 0, f"train.threads={t.threads}: must be >= 0")
     _check(cfg.finetune.budget >= 1, f"finetune.budget={cfg.finetune.budget}: must be >= 1")
+    for key, seed in (("train.seed", t.seed), ("finetune.seed", cfg.finetune.seed),
+                      *((f"sweep.seeds[{i}]", s) for i, s in enumerate(cfg.sweep.seeds))):
+        _check(0 <= seed <= MAX_SEED, f"{key}={seed}: must be in 0..{MAX_SEED} (each rank seeds numpy "
+                                      "with seed * 1000 + rank, which must stay below 2**32)")
+    for key, folder in (("train.out_dir", t.out_dir), ("sweep.out_dir", cfg.sweep.out_dir)):
+        _check(folder.strip() not in ("", "."),
+               f"{key}={folder!r}: name a run folder of its own (e.g. runs/my_run); an empty or '.' "
+               "folder would write the run into the current directory")
+    _check_model(cfg)
     if t.engine == "deepspeed" or t.engine == "auto":
         _check(t.deepspeed_config == "" or t.deepspeed_config.endswith(".json"),
                f"train.deepspeed_config={t.deepspeed_config!r}: must name a DeepSpeed .json file")
+
+
+def _check_model(cfg: Config) -> None:
+    """The architecture the U-Net would be built with (preset filled in) fits data.crop, so that a bad
+    width or crop fails here, at --dry-run, not at run time."""
+    m = apply_model_preset(cfg.model)
+    factor = 2 ** (len(m.channel_mult) - 1)
+    _check(cfg.data.crop % factor == 0,
+           f"data.crop={cfg.data.crop} must be a multiple of {factor} (2 ** (levels - 1) for "
+           f"model.channel_mult={m.channel_mult}); e.g. data.crop={max(factor, cfg.data.crop // factor * factor)}")
 
 
 def apply_model_preset(m: ModelConfig) -> ModelConfig:
@@ -340,7 +382,8 @@ def apply_model_preset(m: ModelConfig) -> ModelConfig:
     for mult in out.channel_mult:
         width = out.channels * mult
         _check(width % out.groups == 0,
-               f"model.groups={out.groups} does not divide the width {width} (channels x channel_mult)")
+               f"model.groups={out.groups} does not divide the width {width} (model.channels={out.channels} x "
+               f"channel_mult {mult}); choose model.channels and model.groups so that it does")
     _check(all(0 <= lv < len(out.channel_mult) for lv in out.attn_levels),
            f"model.attn_levels={out.attn_levels}: levels run 0..{len(out.channel_mult) - 1}")
     return out

@@ -1,7 +1,7 @@
 """Inference without the training loop: load a trained model, predict masks, draw joint samples.
 
 Used by the `predict` and `sample` entry points and by fine-tune evaluation. Predictions are made
-whole at the fixed clean noise level `objective.sigma_clean` (reflect-padded to the U-Net's multiple),
+whole at the fixed clean noise level `objective.sigma_clean` (padded to the U-Net's multiple),
 the convention fine-tuning trains at. The sampler is EDM's deterministic Heun sampler (Karras et al.
 2022, Algorithm 1) over the hybrid model's denoiser D(x; sigma) (hybengine/objective.py):
 
@@ -90,20 +90,32 @@ def predict_folder(checkpoint: str, images: str | Path, out: str | Path, weights
     for path in files:
         try:
             image, mask = predict_file(net, cfg, path)
-        except FileProblem as e:
-            problems.append(f"{path}: {e}")
-            continue
-        Image.fromarray(mask, mode="L").save(out / f"{path.stem}_mask.png")
-        Image.fromarray(overlay(to_display(image), mask), mode="RGB").save(out / f"{path.stem}_overlay.png")
+            Image.fromarray(mask, mode="L").save(out / f"{path.stem}_mask.png")
+            Image.fromarray(overlay(to_display(image), mask), mode="RGB").save(out / f"{path.stem}_overlay.png")
+        except (FileProblem, ValueError, RuntimeError, OSError) as e:  # this file only; the rest are written
+            problems.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return problems
 
 
+def pad_to_multiple(x: torch.Tensor, f: int) -> torch.Tensor:
+    """(..., H, W) -> bottom/right padded to multiples of f, as the augmentation pads a small file:
+    mirrored (repeatedly, when the pad exceeds the side, like numpy's reflect), edge-repeated along a
+    side of one pixel, where there is nothing to mirror."""
+    for dim in (-2, -1):
+        need = (-x.shape[dim]) % f
+        while need:
+            side = x.shape[dim]
+            chunk = need if side == 1 else min(need, side - 1)
+            pad = (0, 0, 0, chunk) if dim == -2 else (0, chunk, 0, 0)
+            x = F.pad(x, pad, mode="replicate" if side == 1 else "reflect")
+            need -= chunk
+    return x
+
+
 def predict_padded(net: UNet, x: torch.Tensor, sigma_clean: float, sigma_data: float) -> torch.Tensor:
-    """Mask logits for images of any size: reflect-pad to the net's multiple, predict, crop back."""
-    f = net.downsample_factor
+    """Mask logits for images of any size (1 x 1 included): pad to the net's multiple, predict, crop back."""
     H, W = x.shape[-2:]
-    ph, pw = (-H) % f, (-W) % f
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+    xp = pad_to_multiple(x, net.downsample_factor)
     return predict_logits(net, xp, sigma_clean, sigma_data)[..., :H, :W].float()
 
 

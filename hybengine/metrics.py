@@ -16,7 +16,13 @@ Empty-mask rules (per image, per class), all written down here and tested by han
   diagonal sqrt(H^2 + W^2), the largest distance the image allows, so that means stay finite and a
   missed or hallucinated structure scores worst, never better than a poor outline.
 Pixels labelled `ignore_index` count nowhere: they are removed from the prediction as well as
-the truth. Aggregates are means over images; `mean_fg` averages classes 1..K-1.
+the truth. Aggregates are means over images; `mean_fg` averages the foreground classes 1..K-1.
+
+Absent-class rule (the summary): a class with no ground-truth pixel in the whole evaluated split would
+score a perfect Dice 1.0 on every image where the model also never predicts it, a score earned by
+nothing. Such a class keeps its per-class means, but is left out of `mean_fg_*` and named in
+`absent_classes` (e.g. a 2-class folder fine-tuned with num_classes=3). If every foreground class is
+absent, `mean_fg_*` is NaN.
 """
 from __future__ import annotations
 
@@ -114,18 +120,26 @@ def image_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     """All per-class metrics of one (H, W) prediction: {'dice', 'iou', 'hd95', 'assd'} -> lists of K floats."""
     dice, iou = dice_iou(*confusion_counts(pred, target, num_classes, ignore_index))
     hd95, assd = surface_distances(pred, target, num_classes, ignore_index)
-    return {"dice": dice.tolist(), "iou": iou.tolist(), "hd95": hd95.tolist(), "assd": assd.tolist()}
+    truth = torch.bincount(target[target != ignore_index].long().flatten(), minlength=num_classes)[:num_classes]
+    return {"dice": dice.tolist(), "iou": iou.tolist(), "hd95": hd95.tolist(), "assd": assd.tolist(),
+            "true_pixels": truth.tolist()}
 
 
 def summarize(per_image: list[dict], num_classes: int) -> dict:
     """Means over images of the per-class metric lists in `per_image` records (Dice, IoU, and HD95 /
-    ASSD where the records have them), plus the foreground means `mean_fg_<metric>`."""
-    fg = slice(1, num_classes)
-    out: dict = {}
+    ASSD where the records have them), plus the foreground means `mean_fg_<metric>` over the
+    foreground classes present in the split's ground truth, and `absent_classes` (the rule above;
+    records without `true_pixels` count every class as present)."""
+    absent: list[int] = []
+    if per_image and "true_pixels" in per_image[0]:
+        total = torch.tensor([r["true_pixels"] for r in per_image], dtype=torch.int64).sum(0)
+        absent = [k for k in range(num_classes) if int(total[k]) == 0]
+    fg = [k for k in range(1, num_classes) if k not in absent]
+    out: dict = {"absent_classes": absent}
     for key in ("dice", "iou", "hd95", "assd"):
         if not per_image or key not in per_image[0]:
             continue
         mean = torch.tensor([r[key] for r in per_image], dtype=torch.float64).mean(0)
         out[key] = mean.tolist()
-        out[f"mean_fg_{key}"] = mean[fg].mean().item()
+        out[f"mean_fg_{key}"] = mean[fg].mean().item() if fg else math.nan
     return out

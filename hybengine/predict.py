@@ -6,14 +6,16 @@
 For every image `<stem>.<ext>` of the folder: `<out>/<stem>_mask.png` (8-bit class-index PNG, the format
 the engine reads) and `<out>/<stem>_overlay.png` (the image in gray with each foreground class tinted).
 Images are normalised as in training (the checkpoint's data.normalize) and predicted whole at the
-fixed clean noise level (reflect-padded to the U-Net's multiple). Unreadable files are listed at the
-end and the exit status is 1; the others are still written.
+fixed clean noise level (padded to the U-Net's multiple as augmentation pads). Files that cannot be
+read or predicted are listed at the end and the exit status is 1; the others are still written. A bad
+checkpoint or folder: one line, exit status 2 (--debug: the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .cli import add_debug, guarded
 from .inference import predict_folder
 
 
@@ -23,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="folder for <stem>_mask.png and <stem>_overlay.png")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    add_debug(p)
     args = p.parse_args(argv)
-    try:
-        problems = predict_folder(args.checkpoint, args.images, args.out, args.weights)
-    except FileNotFoundError as e:
-        print(f"predict error: {e}", file=sys.stderr)
-        return 2
+    problems: list[str] = []
+    code = guarded("predict", args.debug,
+                   lambda: problems.extend(predict_folder(args.checkpoint, args.images, args.out, args.weights)))
+    if code:
+        return code
     for line in problems:
         print(f"skipped {line}", file=sys.stderr)
     return 1 if problems else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import add_debug, guarded
 from .inference import load_model, sample_pairs, save_grid
 
 
@@ -27,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=0, help="image side; 0 = the checkpoint's data.crop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    add_debug(p)
     args = p.parse_args(argv)
-    try:
-        net, cfg = load_model(args.checkpoint, args.weights)
-    except FileNotFoundError as e:
-        print(f"sample error: {e}", file=sys.stderr)
-        return 2
+    return guarded("sample", args.debug, lambda: _sample(args))
+
+
+def _sample(args) -> int:
+    net, cfg = load_model(args.checkpoint, args.weights)
     if cfg.objective.mode == "supervised":
         print(f"sample error: {args.checkpoint} was pretrained in supervised mode and cannot generate images; "
               "use a hybrid checkpoint", file=sys.stderr)

@@ -4,12 +4,13 @@
     deepspeed --num_gpus 2 hybengine/train.py --config ... train.engine=deepspeed
     python hybengine/train.py --config ... --dry-run          # print the resolved config and stop
     python hybengine/train.py --config ... --resume runs/x    # continue a killed run exactly
+Bad config, data, checkpoints or run folders end in one line on stderr and exit code 2 (--debug: traceback).
 """
 from __future__ import annotations
 
 import sys
 
-from hybengine.cli import parse_args, resolve
+from hybengine.cli import guarded, parse_args, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         return cfg
     from hybengine.training_loop import run_training
 
-    run_training(cfg, resume=args.resume)
-    return 0
+    return guarded("train", args.debug, lambda: run_training(cfg, resume=args.resume) and None)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -23,8 +24,9 @@ from .config import Config, config_diff, config_from_dict, dumps, flatten, to_di
 from .data import build_train_loader
 from .objective import HybridObjective
 from .runtime import cpu_malloc, faults
+from .runtime.atomic import atomic_write_text
 from .runtime.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
-from .runtime.checkpoint import CheckpointManager
+from .runtime.checkpoint import CheckpointManager, check_snapshot_files, find_snapshot, read_snapshot_config
 from .runtime.distributed import DistInfo, setup
 from .runtime.ema import EMA
 from .runtime.run_log import MetricsLog, setup_logging
@@ -98,13 +100,18 @@ def _make_backend(cfg: Config, net: UNet, dist: DistInfo):
 
 def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict | None = None,
                  console_logging: bool = True, hooks: LoopHooks | None = None) -> TrainResult:
-    """Trains per `cfg`; `init_weights` (a state dict) starts from pretrained weights (fine-tuning)."""
+    """Trains per `cfg`; `init_weights` (a state dict) starts from pretrained weights (fine-tuning).
+    A fresh run into a folder that already holds a run is refused (RunFolderError); a caller that owns
+    the folder and means to start it over calls `clear_run_files` first."""
     # ---- set-up -------------------------------------------------------------------------------
     t = cfg.train
     hooks = hooks or LoopHooks()
     phase = hooks.phase or (lambda name: nullcontext())
     dist = setup(t.engine)
     out_dir = Path(t.out_dir)
+    # Nothing is written or loaded before these checks pass: a refused run leaves the folder as it was
+    # (run.log, opened next, records the attempt; config.yaml and checkpoints/ come after the data scan).
+    snap = _check_run_folder(cfg, out_dir, resume)
     if console_logging:
         setup_logging(out_dir, dist.rank)
     if t.threads:
@@ -113,9 +120,6 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     torch.manual_seed(t.seed * 1000 + dist.rank)
     np.random.seed(t.seed * 1000 + dist.rank)
     random.seed(t.seed * 1000 + dist.rank)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(dumps(cfg))
     chosen_ops = ops.configure(cfg.kernels, dist.device)
 
     net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
@@ -139,6 +143,9 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
     objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
     gen = torch.Generator(dist.device).manual_seed(t.seed * 1000 + dist.rank + 1)
+    if dist.is_main:  # only now, with data, model and back-end built: a failed start leaves no run behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", dumps(cfg))
     ckpt = CheckpointManager(out_dir / "checkpoints", dist, t.keep_last)
     log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, malloc %s, %.2f M parameters", backend.name,
              dist.world_size, dist.device, t.precision, chosen_ops, malloc_state,
@@ -147,8 +154,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     # ---- resume -------------------------------------------------------------------------------
     step = 0
     if resume:
-        rank_state, weights = ckpt.load(resume, backend)
-        _check_resume_config(cfg, weights["config"])
+        rank_state, weights = ckpt.load(snap, backend)  # the config was checked before set-up
         step = rank_state["step"]
         _set_rng_state(rank_state["rng"], gen)
         loader.load_state_dict(rank_state["loader"])
@@ -246,6 +252,57 @@ def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class RunFolderError(ValueError):
+    """train.out_dir cannot take this run (it is a file, or holds another run and this is not a resume)."""
+
+
+_RUN_FILES = ("config.yaml", "metrics.jsonl", "run.log", "checkpoints")  # what a run writes in its folder
+
+
+def _run_held(out_dir: Path) -> list[str]:
+    """What in out_dir marks a run worth keeping: its config, a non-empty metrics log, snapshots
+    (a run.log alone, or an empty checkpoints/ folder, is a start that failed)."""
+    held = [name for name in ("config.yaml", "metrics.jsonl") if (out_dir / name).is_file()
+            and (out_dir / name).stat().st_size > 0]
+    if (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").glob("step_*")):
+        held.append("checkpoints/")
+    return held
+
+
+def _check_run_folder(cfg: Config, out_dir: Path, resume: str | None) -> Path | None:
+    """Before anything is written or loaded: out_dir can take the run, and a resume continues the same
+    run (config compared first, so a changed architecture never reaches load_state_dict). Returns the
+    snapshot folder to resume from (None for a fresh run)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"train.out_dir={str(out_dir)!r} is a file, not a folder; name a run folder")
+    held = _run_held(out_dir)
+    if not resume:
+        if held:
+            resumable = "" if "checkpoints/" in held else " (it has no snapshot yet, so nothing to resume)"
+            raise RunFolderError(
+                f"train.out_dir={str(out_dir)!r} already holds a run ({', '.join(held)}){resumable}; continue "
+                f"it with --resume {out_dir}, or start over deliberately by deleting that folder (or choose "
+                "another train.out_dir)")
+        return None
+    snap = find_snapshot(resume)
+    if held and out_dir.resolve() not in snap.resolve().parents:
+        raise RunFolderError(f"train.out_dir={str(out_dir)!r} holds another run ({', '.join(held)}) than the "
+                             f"snapshot {snap} being resumed; resume into its own run folder or a new one")
+    _check_resume_config(cfg, read_snapshot_config(snap))
+    check_snapshot_files(snap)  # every file readable the safe way, before any loader (DeepSpeed's) runs
+    return snap
+
+
+def clear_run_files(out_dir: Path) -> None:
+    """Deletes what a run wrote into out_dir (config, metrics, log, snapshots), nothing else."""
+    for name in _RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 _RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",

@@ -1,6 +1,8 @@
 """Every bad input gives one DatasetError naming the file(s); one pass lists them all."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from test_data_helpers import threshold_folder, write_pair, write_png
@@ -23,7 +25,9 @@ def problems_of(root, **kw) -> str:
 
 
 def test_good_folder_passes(tmp_path):
-    write_pair(tmp_path, "a", GOOD, GOOD_MASK)
+    mask_a = GOOD_MASK.copy()
+    mask_a[2:5, 3:9] = 1  # a split needs some foreground (else 0/255 masks read as indices pass silently)
+    write_pair(tmp_path, "a", GOOD, mask_a)
     write_pair(tmp_path, "b", GOOD, np.full((16, 20), 255, np.uint8))  # ignore_index is allowed
     (tmp_path / "train" / "images" / ".DS_Store").write_bytes(b"junk")  # dotfiles are skipped
     assert validate_folder(tmp_path, "train", cfg_for(tmp_path)) == ["a", "b"]
@@ -133,3 +137,28 @@ def test_labeled_subset_selects_train_split_only(tmp_path):
     cfg.labeled_subset = ["img002", "img000"]
     assert FolderDataset(cfg, "train", train=True).names == ["img000", "img002"]
     assert len(FolderDataset(cfg, "test", train=False)) == 2  # evaluation is never subset
+
+
+def test_symlink_loop_is_a_problem_like_a_wrong_extension(tmp_path):  # issue item 8
+    threshold_folder(tmp_path, 2, 8, 8)
+    os.symlink("loop.png", tmp_path / "train" / "images" / "loop.png")  # points at itself
+    os.symlink("missing.png", tmp_path / "train" / "masks" / "img000x.png")
+    msg = problems_of(tmp_path, num_classes=2, normalize="dtype")
+    assert "loop.png: not a readable image file" in msg and "img000x.png: not a readable mask file" in msg
+
+
+def test_masks_without_foreground_name_binary255(tmp_path, caplog):  # issue item 6
+    for i in range(2):
+        mask = np.zeros((16, 20), np.uint8)
+        mask[4:9, 5:12] = 255  # 0/255 binary masks, read with the default mask_format=index
+        write_pair(tmp_path, f"m{i}", GOOD, mask)
+    assert "set data.mask_format=binary255" in problems_of(tmp_path)
+    assert validate_folder(tmp_path, "train", cfg_for(tmp_path, mask_format="binary255", num_classes=2)) == ["m0", "m1"]
+    # every pixel ignore_index: refused too
+    for i in range(2):
+        write_png(tmp_path / "train" / "masks" / f"m{i}.png", np.full((16, 20), 255, np.uint8))
+    assert "every mask pixel is data.ignore_index=255" in problems_of(tmp_path)
+    # a label-budget subset is a sample: a warning there, not a refusal
+    with caplog.at_level("WARNING", logger="hybengine.data"):
+        assert validate_folder(tmp_path, "train", cfg_for(tmp_path, labeled_subset=["m0"])) == ["m0"]
+    assert "binary255" in caplog.text

@@ -87,3 +87,22 @@ def test_sample_cli(hybrid_ckpt, tmp_path, capsys):
                  console_logging=False)
     assert sample_cli.main(["--checkpoint", str(sup), "--out", str(out)]) == 2
     assert "supervised" in capsys.readouterr().err
+
+
+def test_predict_pads_tiny_images_and_reports_failures_per_file(hybrid_ckpt, tmp_path, capsys):
+    """Item 15: a 1x1 and a 1x5 image are padded (edge, as the augmentation pads a one-pixel side) and
+    predicted; an unreadable file is reported on its own line while every other file is written."""
+    from hybengine import predict as predict_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    src = sorted((DEMO_TARGET / "test" / "images").iterdir())[0]
+    shutil.copy(src, images / src.name)
+    Image.fromarray(np.full((1, 1), 77, np.uint8)).save(images / "dot.png")
+    Image.fromarray(np.arange(5, dtype=np.uint8)[None] * 40).save(images / "line.png")
+    (images / "broken.png").write_bytes(b"not a png")
+    code = predict_cli.main(["--checkpoint", str(hybrid_ckpt), "--images", str(images), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("skipped") == 1 and "broken.png" in err and "Traceback" not in err
+    for stem, shape in (("dot", (1, 1)), ("line", (1, 5)), (src.stem, np.asarray(Image.open(src)).shape)):
+        assert np.asarray(Image.open(tmp_path / "out" / f"{stem}_mask.png")).shape == shape

@@ -11,6 +11,7 @@ about 7 MB decoded), and serves augmented training crops or whole evaluation ima
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from hybengine.data.image_io import (
     read_raw,
 )
 
+log = logging.getLogger("hybengine.data")
 CACHE_LIMIT_BYTES = 512 * 2**20  # decoded arrays kept in memory up to this size, else read per item
 ADVICE = ("Fix, replace or remove the files listed (an image and its mask share the file stem; masks are "
           "single-channel class-index PNG), or point data.root / data.labeled_subset at the right data.")
@@ -61,6 +63,42 @@ class FolderScan:
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = field(default=None)  # stem -> (image, mask)
 
 
+@dataclass
+class LabelCounts:
+    """Pixels per kind over a split's masks: a split with no foreground class learns nothing to segment."""
+    foreground: int = 0  # classes >= 1 (not ignore_index)
+    ignored: int = 0  # ignore_index
+    total: int = 0
+
+    def add(self, mask: np.ndarray, ignore_index: int) -> None:
+        ignored = int(np.count_nonzero(mask == ignore_index))
+        self.ignored += ignored
+        self.foreground += int(np.count_nonzero(mask >= 1)) - (ignored if ignore_index >= 1 else 0)
+        self.total += mask.size
+
+    def problems(self, where: Path, cfg: DataConfig, strict: bool = True) -> list[str]:
+        """No foreground class in any mask. Refused (strict) or warned: masks that are ignore_index
+        throughout, and 0/255 masks read as class indices (every 255 is ignore_index, so the model never
+        sees foreground). Background only otherwise: a warning."""
+        if not self.total or self.foreground:
+            return []
+        found = []
+        if self.ignored == self.total:
+            found.append(f"{where}: every mask pixel is data.ignore_index={cfg.ignore_index}, so nothing would "
+                         "be learnt or scored; if 255 marks the foreground of 0/255 masks, set "
+                         "data.mask_format=binary255")
+        elif self.ignored and cfg.mask_format == "index":
+            found.append(f"{where}: no mask holds a class >= 1, and {100 * self.ignored / self.total:.1f}% of "
+                         f"pixels are {cfg.ignore_index} (data.ignore_index, left out of the loss): these look "
+                         "like 0/255 binary masks; set data.mask_format=binary255 (and data.num_classes=2)")
+        else:
+            log.warning("%s: no mask holds a class >= 1 (foreground); the model will learn background only", where)
+        if found and not strict:
+            log.warning("%s", found[0])
+            return []
+        return found
+
+
 def _list_files(folder: Path, extensions: tuple[str, ...], kind: str, problems: list[str]) -> dict[str, Path]:
     """stem -> file, reporting a missing or empty folder, unsupported extensions and duplicate stems."""
     if not folder.is_dir():
@@ -68,7 +106,11 @@ def _list_files(folder: Path, extensions: tuple[str, ...], kind: str, problems: 
         return {}
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if not path.is_file():  # a link to nothing, a link loop, a socket: as bad as a wrong extension
+            problems.append(f"{path}: not a readable {kind} file (a broken symbolic link, a link loop or a "
+                            "special file); fix or remove it")
             continue
         if path.suffix.lower() not in extensions:
             problems.append(f"{path}: unsupported {kind} extension '{path.suffix}' "
@@ -105,6 +147,7 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
         stems = sorted(set(cfg.labeled_subset) & set(stems))
 
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache_limit > 0 else None
+    labels = LabelCounts()
     cached_bytes = 0
     info: dict[str, FileInfo] = {}
     for stem in stems:
@@ -121,6 +164,7 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
             bad = label_problems(mask, cfg.num_classes, cfg.ignore_index, cfg.mask_format)
             if bad:
                 problems.append(f"{masks[stem]}: {bad}")
+            labels.add(mask, cfg.ignore_index)
         except FileProblem as e:
             problems.append(f"{masks[stem]}: {e}")
         if image is not None and mask is not None and image.shape[1:] != mask.shape:
@@ -136,6 +180,8 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
                 cache[stem] = (image, mask)
             else:
                 cache = None  # too large to keep: items are decoded on demand
+    if not problems:  # a label-budget subset is a sample of the split: there a warning, not a refusal
+        problems += labels.problems(base / "masks", cfg, strict=not (cfg.labeled_subset and split == cfg.train_split))
     if problems:
         raise DatasetError.listing(f"dataset {base}", problems, ADVICE)
     return FolderScan(stems, {s: images[s] for s in stems}, {s: masks[s] for s in stems}, info, cache)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from hybengine.cli import parse_args, resolve
+from hybengine.cli import guarded, parse_args, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,19 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, int):
         return cfg
     if cfg.sweep.budgets:
-        from hybengine.finetune.sweep import SweepError, run_sweep
+        from hybengine.finetune.sweep import run_sweep
 
-        try:
-            run_sweep(cfg)
-        except SweepError as e:
-            print(f"sweep error: {e}", file=sys.stderr)
-            return 2
-        return 0
+        return guarded("sweep", args.debug, lambda: run_sweep(cfg) and None)
     from hybengine.finetune.runner import run_finetune
 
-    run_finetune(cfg)
-    return 0
-
+    return guarded("finetune", args.debug, lambda: run_finetune(cfg) and None)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict
+from ..config import Config, ModelConfig, apply_model_preset, config_from_dict
 from ..data import FolderDataset, labeled_subset, validate_folder
 from ..inference import predict_padded
 from ..metrics import image_metrics, summarize
@@ -40,7 +40,23 @@ def pretrained_init(cfg: Config) -> tuple[Config, dict | None]:
     if cfg.finetune.weights == "ema" and w["ema"] is None:
         raise ValueError(f"{cfg.finetune.checkpoint} has no EMA weights; set finetune.weights=raw")
     state = w["ema"] if cfg.finetune.weights == "ema" else w["model"]
+    _report_model_overrides(cfg, saved)
     return dataclasses.replace(cfg, model=saved.model), state
+
+
+def _report_model_overrides(cfg: Config, saved: Config) -> list[str]:
+    """The fine-tune takes the checkpoint's model section whole. Says so in the log for every model.*
+    value set explicitly (differing from the default) that the checkpoint's (preset filled in) replaces;
+    returns those "model.key=given (checkpoint: used)" notes."""
+    given, used, default = apply_model_preset(cfg.model), apply_model_preset(saved.model), ModelConfig()
+    notes = [f"model.{f.name}={getattr(cfg.model, f.name)!r} (checkpoint: {getattr(used, f.name)!r})"
+             for f in dataclasses.fields(ModelConfig)
+             if getattr(cfg.model, f.name) != getattr(default, f.name)
+             and getattr(given, f.name) != getattr(used, f.name)]
+    if notes:
+        log.warning("finetune.checkpoint %s fixes the model section; these settings are replaced by the "
+                    "checkpoint's: %s", cfg.finetune.checkpoint, ", ".join(notes))
+    return notes
 
 
 @torch.no_grad()

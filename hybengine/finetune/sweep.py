@@ -46,6 +46,7 @@ from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import save_final_weights
 from ..runtime.distributed import device_name, pick_device
 from ..runtime.run_log import setup_logging
+from ..training_loop import clear_run_files
 from .batched import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
 from .reports import write_reports
 from .runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
@@ -204,6 +205,7 @@ def _finish(cfg: Config, run: PlannedRun) -> None:
 def _run_sequential(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set: FolderDataset) -> None:
     for i, run in enumerate(runs):
         t0 = time.perf_counter()
+        clear_run_files(run.out_dir)  # no result.json: killed part-way (or never started), so start it over
         run_finetune(run_config(cfg, run), console_logging=False, init_name=run.init, pool=pool, test_set=test_set)
         _finish(cfg, run)
         log.info("[%d/%d] %s done in %.1f s (sequential)", i + 1, len(runs), run.name, time.perf_counter() - t0)

@@ -45,8 +45,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    with _replacing(path) as tmp:
-        torch.save(obj, tmp)
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        # through a Python file object: a full disk raises OSError(ENOSPC), not torch's opaque
+        # "basic_ios::clear: iostream error" / "unexpected pos" from its own C++ writer
+        torch.save(obj, f)
 
 
 def atomic_rename_dir(src: Path, dst: Path) -> None:

@@ -7,14 +7,23 @@ checkpoints/
     rank<r>_state.pt       each rank: step, RNG states, data position
     plain_state.pt | DeepSpeed files   model + optimizer state
 A `.tmp` folder left by a kill is never read and is removed by the next snapshot.
+
+Every file is read with `torch.load(weights_only=True)`: tensors and plain types only, so a crafted
+file in a run folder cannot run code. Ranks' RNG and loader states are stored as such (numpy arrays as
+tensors). DeepSpeed's loader unpickles its own files in full, so before it runs each `.pt` file of the
+snapshot is read the same safe way, with only the three plain classes DeepSpeed's files hold allowed.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from . import faults
@@ -52,10 +61,111 @@ def find_snapshot(path: str | Path) -> Path:
     return snaps[-1]
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds objects other than tensors and plain types; it is not loaded."""
+
+
+class SnapshotWriteError(OSError):
+    """A snapshot could not be written (disk full, ...); the previous snapshot is intact."""
+
+
+def safe_load(path: Path, allow: list | tuple = (), mmap: bool = False) -> Any:
+    """torch.load with weights_only=True (plus the classes in `allow`); a file that needs more is refused
+    with a message naming it, never unpickled."""
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "error:" in line]
+        first = lines[0].split(" was not")[0] if lines else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain types ({first[:200]}); "
+            "loading it could run code. Use a snapshot written by this version of hybengine") from None
+    except RuntimeError as e:  # not a torch file at all (truncated, another format)
+        raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") \
+            from None
+
+
+_WEIGHTS_KEYS = ("model", "ema", "config", "step")
+
+
+def _check_weights(path: Path, w: Any) -> dict:
+    missing = [k for k in _WEIGHTS_KEYS if not isinstance(w, dict) or k not in w]
+    if missing:
+        raise ValueError(f"{path} is not a hybengine snapshot: it lacks {', '.join(repr(k) for k in missing)} "
+                         "(hybengine writes model, ema, config and step); point at a run folder or snapshot "
+                         "folder written by hybengine")
+    if not isinstance(w["config"], dict):
+        raise ValueError(f"{path}: its 'config' is not a mapping of sections; not a hybengine snapshot")
+    return w
+
+
 def load_weights(path: str | Path) -> dict:
     """{'model', 'ema', 'config', 'step'} of a snapshot (CPU tensors); used by fine-tune and predict."""
-    snap = find_snapshot(path)
-    return torch.load(snap / "weights.pt", map_location="cpu", weights_only=True)
+    file = find_snapshot(path) / "weights.pt"
+    return _check_weights(file, safe_load(file))
+
+
+def read_snapshot_config(snap: Path) -> dict:
+    """The resolved config saved in a snapshot (its tensors memory-mapped, not read)."""
+    file = Path(snap) / "weights.pt"
+    return _check_weights(file, safe_load(file, mmap=True))["config"]
+
+
+def _deepspeed_globals() -> list:
+    """The plain classes DeepSpeed's ZeRO files hold beside tensors (loss scaler, stage, fragment map)."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_snapshot_files(snap: Path) -> None:
+    """Reads every .pt file of a snapshot the safe way; raises UnsafeCheckpointError on the first that
+    needs more. Run before a loader (DeepSpeed's) that unpickles in full."""
+    allow = _deepspeed_globals()
+    for file in sorted(Path(snap).rglob("*.pt")):
+        safe_load(file, allow, mmap=True)
+
+
+def _to_plain(obj: Any) -> Any:
+    """numpy arrays and scalars -> tensors and Python numbers (what weights_only=True reads)."""
+    if isinstance(obj, np.ndarray):
+        kind = obj.dtype.str  # e.g. "<u4": stored bit for bit as a signed integer tensor of that size
+        signed = obj.view(f"i{obj.dtype.itemsize}") if obj.dtype.kind == "u" else obj
+        return {"ndarray": torch.from_numpy(np.ascontiguousarray(signed).copy()), "dtype": kind}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v) for v in obj)
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    if isinstance(obj, dict) and obj.keys() == {"ndarray", "dtype"}:
+        return obj["ndarray"].numpy().view(np.dtype(obj["dtype"]))
+    if isinstance(obj, dict):
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_plain(v) for v in obj)
+    return obj
+
+
+def _write_failed(what: Path, root: Path, e: BaseException) -> SnapshotWriteError:
+    free = shutil.disk_usage(root).free
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    reason = "no space left on device" if full else f"writing failed ({str(e).splitlines()[0][:160]})"
+    latest = root / "latest"
+    kept = f"the previous snapshot {latest.read_text().strip()} is intact" if latest.is_file() else \
+        "no earlier snapshot exists"
+    return SnapshotWriteError(e.errno if isinstance(e, OSError) and e.errno else errno.EIO,
+                              f"{reason} while writing the snapshot {what} ({free / 2**20:.1f} MiB free on "
+                              f"that disk); {kept}; free space, then continue with --resume")
 
 
 class CheckpointManager:
@@ -73,11 +183,16 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         barrier(self.dist)
-        backend.save(tmp)
-        atomic_torch_save(rank_state, tmp / f"rank{self.dist.rank}_state.pt")
-        if self.dist.is_main:
-            faults.maybe_kill(faults.KILL_DURING_SAVE, step)
-            atomic_torch_save(weights, tmp / "weights.pt")
+        try:
+            backend.save(tmp)
+            atomic_torch_save(_to_plain(rank_state), tmp / f"rank{self.dist.rank}_state.pt")
+            if self.dist.is_main:
+                faults.maybe_kill(faults.KILL_DURING_SAVE, step)
+                atomic_torch_save(weights, tmp / "weights.pt")
+        except (OSError, RuntimeError) as e:
+            error = _write_failed(tmp, self.root, e)
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back; `latest` still names the old one
+            raise error from e
         barrier(self.dist)
         if self.dist.is_main:
             if final.exists():  # a re-run of the same step replaces the old snapshot
@@ -98,9 +213,10 @@ class CheckpointManager:
         if not rank_file.is_file():
             raise FileNotFoundError(f"{rank_file} is missing: was the run saved with a different number "
                                     f"of ranks than the {self.dist.world_size} running now?")
+        check_snapshot_files(snap)  # before any loader runs, DeepSpeed's included
+        rank_state = _from_plain(safe_load(rank_file))
+        weights = _check_weights(snap / "weights.pt", safe_load(snap / "weights.pt"))
         backend.load(snap)
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
-        weights = torch.load(snap / "weights.pt", map_location="cpu", weights_only=True)
         log.info("resumed from %s (step %d)", snap, rank_state["step"])
         return rank_state, weights
 

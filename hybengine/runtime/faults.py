@@ -2,6 +2,7 @@
 
 HYBENGINE_KILL_AT_STEP=N         SIGKILL this process once optimizer step N is done (before its snapshot)
 HYBENGINE_KILL_DURING_SAVE=N     SIGKILL while the snapshot of step N is half written
+HYBENGINE_KILL_RANK=r            the kills above hit only global rank r (the RANK the launcher sets)
 HYBENGINE_NAN_AT_BATCHES=i,j     replace the loss of micro-batches i, j (0-based, counted per run) with NaN
 Unset (the normal case) they cost one dictionary lookup at start-up.
 """
@@ -18,6 +19,7 @@ def _int_env(name: str) -> int | None:
 
 KILL_AT_STEP = _int_env("HYBENGINE_KILL_AT_STEP")
 KILL_DURING_SAVE = _int_env("HYBENGINE_KILL_DURING_SAVE")
+KILL_RANK = _int_env("HYBENGINE_KILL_RANK")
 NAN_AT_BATCHES = frozenset(int(i) for i in os.environ.get("HYBENGINE_NAN_AT_BATCHES", "").split(",") if i)
 
 
@@ -26,5 +28,5 @@ def kill_now() -> None:
 
 
 def maybe_kill(point: int | None, step: int) -> None:
-    if point is not None and step == point:
+    if point is not None and step == point and KILL_RANK in (None, int(os.environ.get("RANK", "0"))):
         kill_now()
