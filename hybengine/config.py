@@ -63,7 +63,7 @@ class ObjectiveConfig:
     # which terms train (DESIGN.md): hybrid = denoise + mask at random sigma; supervised = mask on clean
     # input at sigma_clean; supervised-noisy = mask at hybrid's sigmas without the denoise term (the
     # control that separates the generative term from noise augmentation); denoise = image term only
-    mode: str = choice("hybrid", "supervised", "supervised-noisy", "denoise")
+    mode: str = choice("hybrid", "supervised", "denoise", "supervised-noisy")
     P_mean: float = -1.2  # ln(sigma) ~ N(P_mean, P_std^2) during training (EDM)
     P_std: float = 1.2
     sigma_data: float = 0.5  # EDM data standard deviation

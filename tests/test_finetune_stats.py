@@ -103,3 +103,27 @@ def test_contrast_table_holm_over_the_declared_family():
     fam = [r for r in rows if r["score"] == "mean"]
     assert all(r["p_holm"] == pytest.approx(min(1, 2 * r["p"])) for r in fam)  # both p equal: 2p
     assert all(math.isnan(r["p_holm"]) for r in rows if r["score"] != "mean")
+
+
+def test_records_round_trip_through_the_committed_csv_files(tmp_path):
+    """Committed results (runs.csv + per_image.csv) give back the records the contrasts need."""
+    from hybengine.finetune.reports import records_from_csv, write_contrasts, write_reports
+
+    recs = []
+    for init, shift in (("hybrid", 0.1), ("scratch", 0.0)):
+        for s in range(3):
+            per_image = [{"name": f"im{i}", "dice": [0.9, 0.5 + shift + 0.01 * s + 0.02 * i, 0.3 + shift]}
+                         for i in range(2)]
+            dice = [sum(p["dice"][k] for p in per_image) / 2 for k in range(3)]
+            recs.append({"init": init, "budget": 1, "seed": s, "labeled": [f"x{s}"], "per_image": per_image,
+                         "dice": dice, "mean_fg_dice": (dice[1] + dice[2]) / 2})
+    write_reports(recs, tmp_path, "t", class_names=["bg", "cell", "nucleus"], console=None)
+    back = records_from_csv(tmp_path)
+    assert len(back) == 6
+    r = next(r for r in back if r["init"] == "hybrid" and r["seed"] == 2)
+    assert r["dice"] == pytest.approx([0.9, 0.63, 0.4]) and r["mean_fg_dice"] == pytest.approx(0.515)
+    rows = contrast_table(back, [("hybrid", "scratch")], [1], {"mean": score_of("dice")}, n_boot=200)
+    assert rows[0]["mean"] == pytest.approx(0.1)
+    write_contrasts(rows, tmp_path, "t")
+    text = (tmp_path / "contrasts.md").read_text()
+    assert "hybrid − scratch" in text and "Caution: some cells rest on 3 label seeds" in text

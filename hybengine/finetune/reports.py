@@ -248,5 +248,36 @@ def write_contrasts(rows: list[dict], out_dir: Path, title: str, note: str = "")
     atomic_write_text(out_dir / "contrasts.csv", _csv_text(
         list(CONTRAST_FIELDS), [[_fmt(r[k]) if isinstance(r[k], float) else r[k] for k in CONTRAST_FIELDS]
                                 for r in rows]))
+    seeds = [r["label_seeds"] for r in rows if r["label_seeds"]]
+    if seeds and min(seeds) < 6:
+        note += (f"\n\nCaution: some cells rest on {min(seeds)} label seeds. A percentile bootstrap over so few "
+                 "seeds is too narrow (3 seeds allow 10 distinct resamples), and the exact signed-rank test cannot "
+                 f"go below p = {2 / 2 ** min(seeds):.3g}: an interval that excludes 0 there is not evidence.")
     atomic_write_text(out_dir / "contrasts.md", f"# {title}\n\n{note}\n\n" + contrast_markdown(rows))
     plot_contrasts(rows, out_dir / "contrasts.png", title)
+
+
+def records_from_csv(results_dir: Path) -> list[dict]:
+    """Fine-tune records (init, budget, seed, mean_fg_dice, dice per class, ...) rebuilt from a results
+    folder's runs.csv and per_image.csv, so committed results can be re-analysed without the runs."""
+    results_dir = Path(results_dir)
+    with open(results_dir / "runs.csv", newline="") as f:
+        runs = {(r["init"], int(r["budget"]), int(r["seed"])): r for r in csv.DictReader(f)}
+    per_class: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    classes: list[str] = []
+    with open(results_dir / "per_image.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["init"], int(r["budget"]), int(r["seed"]))
+            if r["class"] not in classes:
+                classes.append(r["class"])
+            for m in METRICS:
+                if r[m] != "":
+                    per_class.setdefault(key, {}).setdefault(m, {}).setdefault(r["class"], []).append(float(r[m]))
+    records = []
+    for key, r in runs.items():
+        rec = {"init": key[0], "budget": key[1], "seed": key[2], "labeled": r["labeled"].split()}
+        rec.update({f"mean_fg_{m}": float(r[f"mean_fg_{m}"]) for m in METRICS if r.get(f"mean_fg_{m}")})
+        for m, by_class in per_class.get(key, {}).items():
+            rec[m] = [sum(by_class[c]) / len(by_class[c]) for c in classes]
+        records.append(rec)
+    return records
