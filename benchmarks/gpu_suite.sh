@@ -129,6 +129,28 @@ dali_gpu() {
 export PY DALI_SITE OUT
 export -f env_info install dali_setup dali_gpu
 
+# science (issue 15, only when named in STAGES): the simulated-pair experiment at GPU size
+# (configs/experiments/simulated_pair_gpu.yaml: wider model, longer schedules, 3 pretraining seeds x
+# 8 label seeds x budgets 1, 2, 5, 10 x 5 starts, batched fine-tunes), SCIENCE_SHARDS processes
+# sharing the GPU, stopped SCIENCE_ANALYSE_S before the stage limit so that the paired analysis
+# (--analyse-only) still reports every label seed that finished. Results: $OUT/science/.
+# SCIENCE_CONFIG: another experiment YAML (the CPU dry run passes a tiny one).
+science() {
+  local cfg="${SCIENCE_CONFIG:-configs/experiments/simulated_pair_gpu.yaml}" n="${SCIENCE_SHARDS:-4}"
+  local budget=$(( ${SCIENCE_LIMIT_S:-360} - ${SCIENCE_ANALYSE_S:-45} )) pids=() i
+  for i in $(seq 0 $((n - 1))); do
+    timeout --kill-after=5 "$budget" "$PY" -m hybengine.finetune.experiment --config "$cfg" --shard "$i/$n" \
+      > "$OUT/science_shard$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || echo "a science shard stopped early (rc $?): --analyse-only reports what finished"; done
+  "$PY" -m hybengine.finetune.experiment --config "$cfg" --analyse-only || return 1
+  local res
+  res="$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['results_dir'])" "$cfg")"
+  mkdir -p "$OUT/science" && cp -r "$res"/. "$OUT/science/" && cat "$OUT/science/contrasts.md"
+}
+export -f science
+
 CHECK_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then  # dry run: small shapes only
   GN_ARGS=(--quick)
@@ -159,6 +181,7 @@ stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss
 stage bench_upsample_conv "${UPSAMPLE_LIMIT_S:-60}" "$PY" benchmarks/bench_upsample_conv.py --device "$DEVICE" \
   --layouts nhwc --repeats 5 --csv "$OUT/upsample_conv.csv"
 stage dali "${DALI_LIMIT_S:-150}" dali_gpu
+stage science "${SCIENCE_LIMIT_S:-360}" science
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then

@@ -53,26 +53,39 @@ class ModelConfig:
     dropout: float = 0.0  # dropout inside residual blocks
     channels_last: bool = False  # NHWC activations (measured per device: see hybengine/ops.py)
     compile: bool = False  # torch.compile the U-Net
+    # what the noise embedding's sinusoids read: "edm" = c_noise = ln(sigma)/4 as it is (EDM); "x1000" =
+    # 1000 * c_noise, the old form (close to a hash of sigma), only to reproduce old runs. Checkpoints
+    # saved without this key used x1000 and are refused (hybengine/unet.py check_checkpoint_embedding)
+    noise_embedding: str = choice("edm", "x1000")
 
 
 @dataclass
 class ObjectiveConfig:
-    mode: str = choice("hybrid", "supervised", "denoise")  # which terms train (DESIGN.md)
+    # which terms train (DESIGN.md): hybrid = denoise + mask at random sigma; supervised = mask on clean
+    # input at sigma_clean; supervised-noisy = mask at hybrid's sigmas without the denoise term (the
+    # control that separates the generative term from noise augmentation); denoise = image term only
+    mode: str = choice("hybrid", "supervised", "denoise", "supervised-noisy")
     P_mean: float = -1.2  # ln(sigma) ~ N(P_mean, P_std^2) during training (EDM)
     P_std: float = 1.2
     sigma_data: float = 0.5  # EDM data standard deviation
     sigma_clean: float = 0.002  # fixed noise level for supervised pretraining, fine-tuning, prediction
+    # hybrid and supervised-noisy: this share of each batch is drawn at sigma_clean instead of
+    # logN(P_mean, P_std), so the mask head is trained where fine-tuning and prediction use it
+    clean_share: float = 0.25
     w_mask: float = 0.2  # weight of the mask term (the paper down-weights it)
-    dice_weight: float = 0.0  # optional soft-Dice term added to the mask term
+    dice_weight: float = 1.0  # mask term = w_mask * (CE + dice_weight * soft-Dice); 0 = plain CE
 
 
 @dataclass
 class OptimConfig:
     lr: float = 3e-4  # AdamW peak learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
     beta1: float = 0.9
     beta2: float = 0.99
-    warmup_steps: int = 100  # linear warm-up, then constant
+    warmup_steps: int = 100  # linear warm-up to lr over these steps
+    # after warm-up: "constant" keeps lr; "cosine" decays it to lr * min_lr_ratio at train.steps
+    decay: str = choice("constant", "cosine")
+    min_lr_ratio: float = 0.05  # cosine decay's floor, as a fraction of lr
     grad_clip: float = 1.0  # global-norm clip; 0 disables
 
 
@@ -120,6 +133,11 @@ class FinetuneConfig:
     weights: str = choice("ema", "raw")  # which pretrained weights to start from
     budget: int = 1  # labeled target images
     seed: int = 0  # picks the labeled subset and the fine-tune randomness
+    # fine-tune length grows with the budget: train.steps + steps_per_label * budget (same for every start)
+    steps_per_label: int = 0
+    # how a budget's images are drawn (hybengine/data/label_budget.py): "foreground" = among images whose
+    # mask holds a class other than 0 first (still nested per seed); "any" = from the whole pool
+    subset_policy: str = choice("foreground", "any")
 
 
 @dataclass
@@ -330,6 +348,8 @@ def validate(cfg: Config) -> None:
     _check(o.P_std > 0 and o.sigma_data > 0 and o.sigma_clean > 0,
            "objective.P_std, objective.sigma_data and objective.sigma_clean must be > 0")
     _check(o.w_mask >= 0 and o.dice_weight >= 0, "objective.w_mask and objective.dice_weight must be >= 0")
+    _check(0 <= o.clean_share <= 1, f"objective.clean_share={o.clean_share}: must be in [0, 1]")
+    _check(0 <= op.min_lr_ratio <= 1, f"optim.min_lr_ratio={op.min_lr_ratio}: must be in [0, 1]")
     _check(op.lr > 0, f"optim.lr={op.lr}: must be > 0")
     _check(0 <= op.beta1 < 1 and 0 <= op.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     _check(op.warmup_steps >= 0 and op.grad_clip >= 0 and op.weight_decay >= 0,
@@ -351,6 +371,8 @@ def validate(cfg: Config) -> None:
                f"{key}={folder!r}: name a run folder of its own (e.g. runs/my_run); an empty or '.' "
                "folder would write the run into the current directory")
     _check_model(cfg)
+    _check(cfg.finetune.steps_per_label >= 0,
+           f"finetune.steps_per_label={cfg.finetune.steps_per_label}: must be >= 0")
     if t.engine == "deepspeed" or t.engine == "auto":
         _check(t.deepspeed_config == "" or t.deepspeed_config.endswith(".json"),
                f"train.deepspeed_config={t.deepspeed_config!r}: must name a DeepSpeed .json file")

@@ -33,21 +33,47 @@ class GroupNormSiLU(nn.Module):
 
 
 class NoiseEmbedding(nn.Module):
-    """c_noise (B,) -> sinusoidal features -> MLP -> (B, emb_dim)."""
+    """c_noise (B,) -> sinusoidal features -> MLP -> (B, emb_dim).
 
-    def __init__(self, channels: int, emb_dim: int):
+    `model.noise_embedding` picks what the sinusoids read (config.py):
+      edm:   angles = c_noise * freqs             EDM's `EDMPrecond`: c_noise = ln(sigma)/4 fed as it is,
+                                                  so nearby sigmas give nearby features;
+      x1000: angles = 1000 * c_noise * freqs      the integer-DDPM-timestep scale this engine once applied
+                                                  to ln(sigma)/4; its top frequencies turn by radians for
+                                                  a 1 % change of sigma. Kept only to reproduce old runs.
+    """
+
+    SCALE = {"edm": 1.0, "x1000": 1000.0}
+
+    def __init__(self, channels: int, emb_dim: int, form: str = "edm"):
         super().__init__()
         half = channels // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
+        self.register_buffer("freqs", freqs * self.SCALE[form], persistent=False)
         self.mlp = nn.Sequential(
             nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU()
         )
 
+    def features(self, c_noise: torch.Tensor) -> torch.Tensor:
+        """The sinusoidal features (B, channels) before the MLP."""
+        angles = c_noise.float()[:, None] * self.freqs[None, :]
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        angles = c_noise.float()[:, None] * 1000.0 * self.freqs[None, :]  # EDM scales c_noise up
-        feats = torch.cat([angles.cos(), angles.sin()], dim=1)
+        feats = self.features(c_noise)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))  # bf16 modules (DeepSpeed bf16) get bf16
+
+
+def check_checkpoint_embedding(saved_config: dict, source: str) -> None:
+    """Refuses a checkpoint saved before `model.noise_embedding` existed: its weights were trained on the
+    x1000 embedding, and loading them under the EDM one (the default its config would now get) would
+    condition every layer on features it never saw. Raises ValueError naming the file and the choices."""
+    model = saved_config.get("model", {}) if isinstance(saved_config, dict) else {}
+    if "noise_embedding" not in model:
+        raise ValueError(
+            f"{source}: this checkpoint predates model.noise_embedding (it was trained with ln(sigma)/4 "
+            "scaled by 1000 before the sinusoids, not EDM's form); pretrain it again with this version, "
+            "or, to reproduce the old run, pretrain with model.noise_embedding=x1000")
 
 
 class ResBlock(nn.Module):
@@ -100,7 +126,7 @@ class UNet(nn.Module):
         ch, g = cfg.channels, cfg.groups
         emb_dim = 4 * ch
         self.levels = len(cfg.channel_mult)
-        self.embed = NoiseEmbedding(ch, emb_dim)
+        self.embed = NoiseEmbedding(ch, emb_dim, cfg.noise_embedding)
         self.conv_in = nn.Conv2d(image_channels, ch, 3, padding=1)
 
         # Each encoder stage's output is kept for the decoder; each decoder ResBlock consumes one.

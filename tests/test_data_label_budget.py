@@ -27,3 +27,50 @@ def test_nested_and_deterministic():
 def test_impossible_budgets(names, budget, match):
     with pytest.raises(DatasetError, match=match):
         labeled_subset(names, budget, 0)
+
+
+def _classes(names, empty_every=2):
+    """Every `empty_every`-th name is pure background; the others hold classes 0, 1 and some 2."""
+    return {n: frozenset({0}) if i % empty_every == 0 else frozenset({0, 1} | ({2} if i % 3 else set()))
+            for i, n in enumerate(sorted(names))}
+
+
+def test_foreground_policy_draws_images_that_can_teach_and_stays_nested():
+    classes = _classes(NAMES)
+    fg = {n for n, c in classes.items() if c != {0}}
+    for seed in range(20):
+        sets = [labeled_subset(NAMES, b, seed, "foreground", classes) for b in range(1, len(NAMES) + 1)]
+        assert set(sets[len(fg) - 1]) == fg  # foreground images first...
+        for small, big in zip(sets, sets[1:], strict=False):
+            assert big[: len(small)] == small  # ...and nested
+        assert sorted(sets[-1]) == sorted(NAMES)
+    # the plain draw hits a pure-background single image about half the time; the policy never does
+    assert sum(classes[labeled_subset(NAMES, 1, s)[0]] == {0} for s in range(40)) > 5
+
+
+def test_foreground_policy_needs_classes():
+    with pytest.raises(DatasetError, match="needs every name's mask classes"):
+        labeled_subset(NAMES, 1, 0, "foreground")
+    with pytest.raises(DatasetError, match="policy 'best' is unknown"):
+        labeled_subset(NAMES, 1, 0, "best", _classes(NAMES))
+
+
+def test_coverage_warning():
+    from hybengine.data.label_budget import coverage_warning
+
+    classes = {"a": frozenset({0, 1}), "b": frozenset({0, 1, 2}), "c": frozenset({0})}
+    assert coverage_warning(["a", "b"], classes, 3) is None
+    msg = coverage_warning(["a", "c"], classes, 3)
+    assert "holds no pixel of class(es) [2]" in msg
+
+
+def test_mask_classes_reads_the_masks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hybengine.data.label_budget import mask_classes
+
+    (tmp_path / "train" / "masks").mkdir(parents=True)
+    Image.fromarray(np.array([[0, 2], [255, 0]], np.uint8)).save(tmp_path / "train" / "masks" / "x.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "train" / "masks" / "y.png")
+    assert mask_classes(tmp_path, "train", ["x", "y"], "index", 255) == {"x": frozenset({0, 2}), "y": frozenset({0})}

@@ -43,9 +43,9 @@ class _Probe(torch.nn.Module):
         return torch.zeros(inp.shape[0], inp.shape[1] + 3, *inp.shape[2:])
 
 
-@pytest.mark.parametrize("mode", ["hybrid", "supervised", "denoise"])
+@pytest.mark.parametrize("mode", ["hybrid", "supervised", "supervised-noisy", "denoise"])
 def test_modes_switch_the_terms(mode):
-    cfg = ObjectiveConfig(mode=mode, w_mask=0.3)
+    cfg = ObjectiveConfig(mode=mode, w_mask=0.3, dice_weight=0.0, clean_share=0.0)
     obj = HybridObjective(cfg, ignore_index=255)
     x = torch.randn(4, 1, 8, 8)
     y = torch.randint(0, 3, (4, 8, 8))
@@ -58,13 +58,50 @@ def test_modes_switch_the_terms(mode):
     if mode == "supervised":
         assert torch.all(den == 0)
         assert torch.allclose(net.c_noise, torch.full((4,), math.log(cfg.sigma_clean) / 4))
+    elif mode == "supervised-noisy":  # the mask term alone, at random sigma (noise augmentation only)
+        assert torch.all(den == 0)
+        assert net.c_noise.std() > 0
     else:
         assert torch.all(den > 0)
         assert net.c_noise.std() > 0  # random sigma per sample
 
 
+def test_dice_is_added_inside_w_mask():
+    """mask_b = w_mask * (CE + dice_weight * softDice); with a zero output softDice is known by hand."""
+    cfg = ObjectiveConfig(mode="supervised", w_mask=0.3, dice_weight=2.0)
+    x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    _, mask = HybridObjective(cfg, 255)(_Probe(), x, y, torch.Generator().manual_seed(0))
+    logits = torch.zeros(2, 3, 8, 8)
+    expected = 0.3 * (math.log(3) + 2.0 * soft_dice_loss(logits, y, 255))
+    assert torch.allclose(mask, expected, atol=1e-6)
+    assert ObjectiveConfig().dice_weight > 0  # soft-Dice + CE is the default
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "supervised-noisy"])
+def test_mask_term_is_trained_at_the_finetune_sigma(mode):
+    """In hybrid (and its control) a clean_share of every batch is at sigma_clean, where fine-tuning and
+    prediction use the net, and the mask term of those samples reaches the weights."""
+    cfg = ObjectiveConfig(mode=mode, clean_share=0.25)
+    obj = HybridObjective(cfg, 255)
+    sigma = obj.sample_sigma(16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    at_clean = sigma == cfg.sigma_clean
+    assert int(at_clean.sum()) == 4 and bool(at_clean[:4].all())
+    assert bool((sigma[4:] > 3 * cfg.sigma_clean).all())  # the rest from logN(P_mean, P_std): far above
+    # the mask head's gradient from the clean samples alone is non-zero, through c_noise = ln(sigma_clean)/4
+    net = torch.nn.Conv2d(1, 4, 1)
+    net_fn = lambda inp, c_noise: net(inp) + c_noise.view(-1, 1, 1, 1)  # noqa: E731
+    x, y = torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16, 4, 4))
+    _, mask = obj.terms(net_fn, x, y, sigma, torch.randn_like(x))
+    mask[at_clean].sum().backward()
+    assert net.weight.grad[1:].abs().sum() > 0  # the K mask channels
+    # without the share, P(sigma < 0.01) is ~0.2 % (the audit's finding): none of 2000 draws at sigma_clean
+    plain = HybridObjective(ObjectiveConfig(mode=mode, clean_share=0.0), 255)
+    drawn = plain.sample_sigma(2000, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert not bool((drawn == cfg.sigma_clean).any()) and float((drawn < 0.01).float().mean()) < 0.01
+
+
 def test_sigma_distribution_follows_P_mean_P_std():
-    obj = HybridObjective(ObjectiveConfig(P_mean=-1.2, P_std=1.2), 255)
+    obj = HybridObjective(ObjectiveConfig(P_mean=-1.2, P_std=1.2, clean_share=0.0), 255)
     ln_sigma = obj.sample_sigma(200_000, torch.device("cpu"), torch.Generator().manual_seed(1)).log()
     assert ln_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
     assert ln_sigma.std().item() == pytest.approx(1.2, abs=0.02)

@@ -49,3 +49,37 @@ def test_noise_conditioning_changes_output():
         torch.nn.init.normal_(p, std=0.1)
     x = torch.randn(1, 1, 8, 8)
     assert not torch.allclose(net(x, torch.tensor([-1.0])), net(x, torch.tensor([1.0])))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a, b, dim=1).item()
+
+
+def test_noise_embedding_is_smooth_in_sigma():
+    """EDM's form: nearby sigmas give nearby features (the old x1000 form was close to a hash of sigma)."""
+    import math
+
+    from hybengine.unet import NoiseEmbedding
+
+    def c(s):
+        return torch.tensor([math.log(s) / 4])
+
+    edm, old = NoiseEmbedding(32, 128, "edm"), NoiseEmbedding(32, 128, "x1000")
+    assert ModelConfig().noise_embedding == "edm"
+    assert _cos(edm.features(c(0.002)), edm.features(c(0.0021))) > 0.999
+    assert _cos(old.features(c(0.002)), old.features(c(0.0021))) < 0.9
+    # smooth over the whole range: a 1 % step in sigma never moves the features by more than 0.01 rad
+    sig = torch.logspace(-3, 2, 200)
+    f0, f1 = edm.features(sig.log() / 4), edm.features((sig * 1.01).log() / 4)
+    assert (f0 - f1).abs().max().item() < 0.01
+
+
+def test_old_checkpoint_config_is_refused():
+    from hybengine.config import Config, to_dict
+    from hybengine.unet import check_checkpoint_embedding
+
+    saved = to_dict(Config())
+    check_checkpoint_embedding(saved, "run/new")  # a new checkpoint passes
+    del saved["model"]["noise_embedding"]
+    with pytest.raises(ValueError, match="run/old: this checkpoint predates model.noise_embedding"):
+        check_checkpoint_embedding(saved, "run/old")

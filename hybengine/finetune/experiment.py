@@ -3,14 +3,20 @@ each (and scratch) on the target domain, then copy the small result files to a r
 
     python -m hybengine.finetune.experiment --config configs/experiments/scratch_assay.yaml
 
-The experiment YAML names the pretraining config, its modes and overrides, the sweep config and its
-overrides, `out_dir` (pretrain_<mode>/ and sweep/ go there) and `results_dir`. Both stages resume: a
-pretraining whose final snapshot exists is not redone (a partial one continues from its last
-snapshot), and the sweep skips finished fine-tunes (hybengine/finetune/sweep.py).
+The experiment YAML names the pretraining config, its modes, seeds and overrides, the sweep config and
+its overrides, `out_dir` (pretrain_<mode>[_p<seed>]/ and sweep/ go there) and `results_dir`. Optional:
+`simulate` (a simulated domain pair written first, hybengine/data/simulated.py) and `analysis` (the
+endpoint, the contrasts and the family of tests Holm-corrected, fixed before the experiment runs;
+hybengine/finetune/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
+pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed).
+Both stages resume: a pretraining whose final snapshot exists is not redone (a partial one continues
+from its last snapshot), and the sweep skips finished fine-tunes (hybengine/finetune/sweep.py).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import platform
 import shlex
 import shutil
@@ -22,14 +28,20 @@ import torch
 import yaml
 
 from ..config import ConfigError, load_config
+from ..data import DatasetError
+from ..data.simulated import spec_from_dict, write_pair
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import find_snapshot, load_weights
 from ..runtime.distributed import device_name, pick_device
 from ..training_loop import run_training
+from .reports import write_contrasts, write_reports
+from .stats import contrast_table, score_of
 from .sweep import SweepError, run_sweep
 
-KEYS = {"pretrain": {"config", "modes", "overrides"}, "finetune": {"config", "overrides"},
+KEYS = {"pretrain": {"config", "modes", "seeds", "overrides"}, "finetune": {"config", "overrides"},
         "out_dir": None, "results_dir": None}
+OPTIONAL = {"simulate", "analysis"}
+ANALYSIS_KEYS = {"metric", "classes", "class_names", "contrasts", "family", "n_boot"}
 RESULT_FILES = ("table.md", "table.csv", "runs.csv", "per_image.csv", "plot.png", "runner.json")
 
 
@@ -44,64 +56,164 @@ def load_experiment(path: str | Path) -> dict:
             if unknown or not {"config"} <= set(spec[key]):
                 raise ConfigError(f"{path}: section '{key}' takes {sorted(sub)} (config required), got "
                                   f"{sorted(spec[key])}")
-    unknown = set(spec) - set(KEYS)
+    unknown = set(spec) - set(KEYS) - OPTIONAL
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(KEYS)}")
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(set(KEYS) | OPTIONAL)}")
+    analysis = spec.get("analysis")
+    if analysis is not None:
+        unknown = set(analysis) - ANALYSIS_KEYS
+        if unknown or "contrasts" not in analysis:
+            raise ConfigError(f"{path}: section 'analysis' takes {sorted(ANALYSIS_KEYS)} (contrasts required), "
+                              f"got {sorted(analysis)}")
+        for pair in [*analysis["contrasts"], *analysis.get("family", {}).get("contrasts", [])]:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ConfigError(f"{path}: analysis contrast {pair!r} must be a pair [a, b] of start names")
     return spec
 
 
-def pretrain(spec: dict, out: Path) -> dict[str, Path]:
-    """Runs (or resumes, or skips when finished) each pretraining mode; returns {mode: run folder}."""
+def pretrain_plan(spec: dict) -> list[tuple[str, str, int | None]]:
+    """(start name, mode, seed or None) of every pretraining, seeds outermost."""
+    pre = spec["pretrain"]
+    seeds = pre.get("seeds")
+    return [(mode if seed is None else f"{mode}_p{seed}", mode, seed)
+            for seed in seeds or [None] for mode in pre.get("modes", ["hybrid"])]
+
+
+def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Path]:
+    """Runs (or resumes, or skips when finished) this shard's pretrainings (every n-th of the plan), then
+    waits until every other shard's are finished; returns {name: run folder} of all of them."""
     pre = spec["pretrain"]
     folders = {}
-    for mode in pre.get("modes", ["hybrid"]):
-        folder = out / f"pretrain_{mode}"
-        cfg = load_config(pre["config"], [*pre.get("overrides", []), f"objective.mode={mode}",
+    plan = pretrain_plan(spec)
+    for i, (name, mode, seed) in enumerate(plan):
+        folder = folders[name] = out / f"pretrain_{name}"
+        if i % shard[1] != shard[0]:
+            continue
+        extra = [] if seed is None else [f"train.seed={seed}"]
+        cfg = load_config(pre["config"], [*pre.get("overrides", []), *extra, f"objective.mode={mode}",
                                           f"train.out_dir={folder}"])
         resume = None
+        if _finished(folder, cfg.train.steps):
+            print(f"pretrain {name}: finished earlier ({folder})", flush=True)
+            continue
         try:
-            snap = find_snapshot(folder)
-            if load_weights(snap)["step"] >= cfg.train.steps:
-                print(f"pretrain {mode}: finished earlier ({snap})", flush=True)
-                folders[mode] = folder
-                continue
-            resume = str(snap)
+            resume = str(find_snapshot(folder))
         except FileNotFoundError:
             pass
         t0 = time.perf_counter()
         run_training(cfg, resume=resume)
-        print(f"pretrain {mode}: {cfg.train.steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
-        folders[mode] = folder
+        print(f"pretrain {name}: {cfg.train.steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+    if shard[1] > 1:
+        steps = {name: load_config(pre["config"], pre.get("overrides", [])).train.steps for name, _, _ in plan}
+        while not all(_finished(folders[n], steps[n]) for n in folders):
+            time.sleep(10)  # another shard is still pretraining
     return folders
+
+
+def _finished(folder: Path, steps: int) -> bool:
+    try:
+        return load_weights(find_snapshot(folder))["step"] >= steps
+    except FileNotFoundError:
+        return False
+
+
+def analyse(spec: dict, records: list[dict], results: Path, title: str) -> list[dict]:
+    """The contrasts of spec['analysis'] over the sweep's records -> contrasts.{md,csv,png} in results."""
+    a = spec["analysis"]
+    metric = a.get("metric", "dice")
+    names = a.get("class_names", [])
+    scores = {f"mean foreground {metric}": score_of(metric)}
+    for k in a.get("classes", []):
+        scores[f"{names[k] if k < len(names) else f'class {k}'} {metric}"] = score_of(metric, k)
+    contrasts = [tuple(c) for c in a["contrasts"]]
+    budgets = sorted({r["budget"] for r in records})
+    fam = a.get("family", {})
+    fam_pairs = {tuple(c) for c in fam.get("contrasts", a["contrasts"])}
+    fam_budgets = set(fam.get("budgets", budgets))
+    primary = next(iter(scores))
+    rows = contrast_table(records, contrasts, budgets, scores, n_boot=int(a.get("n_boot", 10000)),
+                          family=lambda r: r["score"] == primary and (r["a"], r["b"]) in fam_pairs
+                          and r["budget"] in fam_budgets)
+    note = (f"Paired differences A − B over seeds (hybengine/finetune/stats.py): mean over the (pretraining "
+            f"seed, label seed) grid, 95 % two-way bootstrap interval (resampling both seed axes), exact "
+            f"Wilcoxon signed-rank p over label seeds; Holm over the declared family ({primary}: "
+            f"{sorted(fam_pairs)} at budgets {sorted(fam_budgets)}). Bold: interval excludes 0.")
+    write_contrasts(rows, results, title, note)
+    return rows
+
+
+def sweep_records(out: Path, starts) -> list[dict]:
+    """The finished fine-tunes' result.json records of this experiment's starts (and scratch)."""
+    names = {*starts, "scratch"}
+    records = [json.loads(f.read_text()) for f in sorted((out / "sweep" / "runs").glob("*/result.json"))]
+    return [r for r in records if r["init"] in names]
+
+
+def analyse_only(path: str) -> int:
+    """Reports over the finished fine-tunes only (an interrupted experiment): table + contrasts."""
+    spec = load_experiment(path)
+    out, results = Path(spec["out_dir"]), Path(spec["results_dir"])
+    starts = [name for name, _, _ in pretrain_plan(spec)]
+    records = sweep_records(out, starts)
+    if not records:
+        print(f"experiment error: no finished fine-tune under {out / 'sweep' / 'runs'}", file=sys.stderr)
+        return 2
+    cfg = load_config(spec["finetune"]["config"], spec["finetune"].get("overrides", []))
+    write_reports(records, results, title=f"{spec['out_dir']} (finished fine-tunes: {len(records)})",
+                  class_names=cfg.sweep.class_names, inits=[*starts, "scratch"])
+    if "analysis" in spec:
+        analyse(spec, records, results, f"{spec['out_dir']}: paired differences in fine-tuned Dice "
+                                        f"({len(records)} finished fine-tunes)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="experiment YAML (configs/experiments/)")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th pretraining and label seed from the "
+                   "i-th (start n processes, then --analyse-only once all have finished)")
+    p.add_argument("--analyse-only", action="store_true",
+                   help="train nothing: write the reports and contrasts of the fine-tunes finished so far")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
+    if args.analyse_only:
+        return analyse_only(args.config)
     try:
         spec = load_experiment(args.config)
         out = Path(spec["out_dir"])
+        if "simulate" in spec:
+            write_pair(spec_from_dict(spec["simulate"]))
         ft = spec["finetune"]
         load_config(ft["config"], ft.get("overrides", []))  # a config error stops us before pretraining
+        shard = tuple(int(v) for v in args.shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ConfigError(f"--shard {args.shard}: expected i/n with 0 <= i < n")
         t0 = time.perf_counter()
-        folders = pretrain(spec, out)
+        folders = pretrain(spec, out, shard)
         t_pre = time.perf_counter() - t0
-        inits = [f"{mode}={folder}" for mode, folder in folders.items()] + ["scratch"]
+        inits = [f"{name}={folder}" for name, folder in folders.items()] + ["scratch"]
         cfg = load_config(ft["config"], [*ft.get("overrides", []), f"sweep.inits=[{','.join(inits)}]",
                                          f"sweep.out_dir={out / 'sweep'}"])
         t0 = time.perf_counter()
-        run_sweep(cfg)
+        # one label seed at a time, so that an interrupted experiment leaves whole seeds (every start
+        # and budget) behind, which the paired analysis can use (--analyse-only)
+        for i, seed in enumerate(cfg.sweep.seeds[shard[0]::shard[1]]):
+            run_sweep(dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=[seed])),
+                      console_logging=i == 0)
         t_sweep = time.perf_counter() - t0
-    except (ConfigError, SweepError) as e:
+    except (ConfigError, SweepError, DatasetError) as e:
         print(f"experiment error: {e}", file=sys.stderr)
         return 2
+    if shard[1] > 1:
+        print(f"shard {args.shard} finished; when every shard has, run --analyse-only", flush=True)
+        return 0
     results = Path(spec["results_dir"])
     results.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
         if (out / "sweep" / name).is_file():
             shutil.copyfile(out / "sweep" / name, results / name)
+    if "analysis" in spec:
+        analyse(spec, sweep_records(out, folders), results, f"{spec['out_dir']}: paired differences in fine-tuned Dice")
     command = "python -m hybengine.finetune.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     atomic_write_text(results / "command.md", (
         f"# How these results were made\n\n```\n{command}\n```\n\n"

@@ -171,3 +171,113 @@ def write_reports(records: list[dict], out_dir: Path, title: str, class_names: l
     plot(agg, out_dir / "plot.png", title)
     (console or Console()).print(rich_table(agg, title))
     return agg
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired contrasts (hybengine/finetune/stats.py): A - B per score and budget, 95 % interval, p-values
+
+CONTRAST_FIELDS = ("score", "a", "b", "budget", "pretrain_seeds", "label_seeds", "mean", "ci_low", "ci_high",
+                   "w_plus", "p", "p_holm")
+
+
+def contrast_markdown(rows: list[dict]) -> str:
+    """One table per score: rows = contrasts, columns = budgets, cells = mean [95 % CI] and p (Holm)."""
+    out = []
+    for score in dict.fromkeys(r["score"] for r in rows):
+        sub = [r for r in rows if r["score"] == score]
+        budgets = sorted({r["budget"] for r in sub})
+        pairs = list(dict.fromkeys((r["a"], r["b"]) for r in sub))
+        out.append(f"### {score}\n")
+        out.append("| contrast | " + " | ".join(f"{b} label{'s' if b > 1 else ''}" for b in budgets) + " |")
+        out.append("|---|" + "---:|" * len(budgets))
+        for a, b in pairs:
+            cells = []
+            for budget in budgets:
+                r = next((r for r in sub if (r["a"], r["b"], r["budget"]) == (a, b, budget)), None)
+                if r is None or math.isnan(r["mean"]):
+                    cells.append("")
+                    continue
+                mark = "**" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
+                holm = "" if math.isnan(r["p_holm"]) else f", Holm {r['p_holm']:.3g}"
+                cells.append(f"{mark}{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{mark} "
+                             f"p {r['p']:.3g}{holm}")
+            out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_contrasts(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per score: A - B against budget with 95 % bootstrap intervals, one line per contrast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = list(dict.fromkeys(r["score"] for r in rows))
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.8), dpi=120, squeeze=False)
+    for ax, score in zip(axes[0], scores, strict=True):
+        sub = [r for r in rows if r["score"] == score and not math.isnan(r["mean"])]
+        pairs = list(dict.fromkeys((r["a"], r["b"]) for r in sub))
+        budgets = sorted({r["budget"] for r in sub})
+        for i, (a, b) in enumerate(pairs):
+            pts = sorted((r for r in sub if (r["a"], r["b"]) == (a, b)), key=lambda r: r["budget"])
+            offset = 1 + 0.04 * (i - (len(pairs) - 1) / 2)
+            ax.errorbar([r["budget"] * offset for r in pts], [r["mean"] for r in pts],
+                        yerr=[[r["mean"] - r["ci_low"] for r in pts], [r["ci_high"] - r["mean"] for r in pts]],
+                        marker="o", capsize=3, label=f"{a} − {b}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        if budgets:
+            ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled target images (budget)")
+        ax.set_ylabel(f"paired difference, {score}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_contrasts(rows: list[dict], out_dir: Path, title: str, note: str = "") -> None:
+    """contrasts.csv, contrasts.md and contrasts.png in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "contrasts.csv", _csv_text(
+        list(CONTRAST_FIELDS), [[_fmt(r[k]) if isinstance(r[k], float) else r[k] for k in CONTRAST_FIELDS]
+                                for r in rows]))
+    seeds = [r["label_seeds"] for r in rows if r["label_seeds"]]
+    if seeds and min(seeds) < 6:
+        note += (f"\n\nCaution: some cells rest on {min(seeds)} label seeds. A percentile bootstrap over so few "
+                 "seeds is too narrow (3 seeds allow 10 distinct resamples), and the exact signed-rank test cannot "
+                 f"go below p = {2 / 2 ** min(seeds):.3g}: an interval that excludes 0 there is not evidence.")
+    atomic_write_text(out_dir / "contrasts.md", f"# {title}\n\n{note}\n\n" + contrast_markdown(rows))
+    plot_contrasts(rows, out_dir / "contrasts.png", title)
+
+
+def records_from_csv(results_dir: Path) -> list[dict]:
+    """Fine-tune records (init, budget, seed, mean_fg_dice, dice per class, ...) rebuilt from a results
+    folder's runs.csv and per_image.csv, so committed results can be re-analysed without the runs."""
+    results_dir = Path(results_dir)
+    with open(results_dir / "runs.csv", newline="") as f:
+        runs = {(r["init"], int(r["budget"]), int(r["seed"])): r for r in csv.DictReader(f)}
+    per_class: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    classes: list[str] = []
+    with open(results_dir / "per_image.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["init"], int(r["budget"]), int(r["seed"]))
+            if r["class"] not in classes:
+                classes.append(r["class"])
+            for m in METRICS:
+                if r[m] != "":
+                    per_class.setdefault(key, {}).setdefault(m, {}).setdefault(r["class"], []).append(float(r[m]))
+    records = []
+    for key, r in runs.items():
+        rec = {"init": key[0], "budget": key[1], "seed": key[2], "labeled": r["labeled"].split()}
+        rec.update({f"mean_fg_{m}": float(r[f"mean_fg_{m}"]) for m in METRICS if r.get(f"mean_fg_{m}")})
+        for m, by_class in per_class.get(key, {}).items():
+            rec[m] = [sum(by_class[c]) / len(by_class[c]) for c in classes]
+        records.append(rec)
+    return records

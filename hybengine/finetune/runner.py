@@ -17,12 +17,13 @@ import torch
 
 from ..config import Config, ModelConfig, apply_model_preset, config_from_dict
 from ..data import FolderDataset, labeled_subset, validate_folder
+from ..data.label_budget import coverage_warning, mask_classes
 from ..inference import predict_padded
 from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import load_weights
 from ..training_loop import run_training
-from ..unet import UNet
+from ..unet import UNet, check_checkpoint_embedding
 
 log = logging.getLogger("hybengine.finetune")
 
@@ -79,18 +80,27 @@ def evaluate(net: UNet, cfg: Config, split: str, dataset: FolderDataset | None =
 
 def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config, dict | None]:
     """(run config, start weights or None) of the fine-tune that cfg.finetune describes: the checkpoint's
-    architecture, the seed's nested labeled subset of `pool` (the train split's stems; scanned if None),
-    supervised mode, the plain engine, train.seed = finetune.seed."""
+    architecture, the seed's nested labeled subset of `pool` (the train split's stems; scanned if None)
+    under finetune.subset_policy, supervised mode, train.steps + finetune.steps_per_label * budget steps
+    (the same schedule for every start), the plain engine, train.seed = finetune.seed."""
     ft = cfg.finetune
+    if ft.checkpoint:  # an old (x1000-embedding) checkpoint is refused before its weights are used
+        check_checkpoint_embedding(load_weights(ft.checkpoint)["config"], ft.checkpoint)
     cfg, init = pretrained_init(cfg)
+    d = cfg.data
     if pool is None:
-        pool = validate_folder(cfg.data.root, cfg.data.train_split, dataclasses.replace(cfg.data, labeled_subset=[]))
-    subset = labeled_subset(pool, ft.budget, ft.seed)
+        pool = validate_folder(d.root, d.train_split, dataclasses.replace(d, labeled_subset=[]))
+    classes = mask_classes(d.root, d.train_split, pool, d.mask_format, d.ignore_index)
+    subset = labeled_subset(pool, ft.budget, ft.seed, ft.subset_policy, classes)
+    warning = coverage_warning(subset, classes, d.num_classes)
+    if warning:
+        log.warning("budget %d, seed %d: %s", ft.budget, ft.seed, warning)
     run_cfg = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, labeled_subset=subset),
+        data=dataclasses.replace(d, labeled_subset=subset),
         objective=dataclasses.replace(cfg.objective, mode="supervised"),
-        train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain"),
+        train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain",
+                                  steps=cfg.train.steps + ft.steps_per_label * ft.budget),
     )
     return run_cfg, init
 
