@@ -119,6 +119,9 @@ class FinetuneConfig:
     weights: str = choice("ema", "raw")  # which pretrained weights to start from
     budget: int = 1  # labeled target images
     seed: int = 0  # picks the labeled subset and the fine-tune randomness
+    # A target with another number of classes than the checkpoint: keep the body and the image rows of
+    # the output conv, re-initialise its mask rows for data.num_classes (false: such a target is refused)
+    new_head: bool = False
 
 
 @dataclass

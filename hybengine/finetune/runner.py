@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict
+from ..config import Config, ModelConfig, config_from_dict
 from ..data import FolderDataset, labeled_subset, validate_folder
 from ..inference import predict_padded
 from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import load_weights
 from ..training_loop import run_training
-from ..unet import UNet
+from ..unet import UNet, build_unet
 
 log = logging.getLogger("hybengine.finetune")
 
@@ -35,12 +35,35 @@ def pretrained_init(cfg: Config) -> tuple[Config, dict | None]:
     saved = config_from_dict(w["config"])
     for key in ("image_channels", "num_classes"):
         if getattr(saved.data, key) != getattr(cfg.data, key):
+            if key == "num_classes" and cfg.finetune.new_head:
+                continue
+            hint = (f"; set finetune.new_head=true to keep its body and train a new mask head for "
+                    f"{cfg.data.num_classes} classes" if key == "num_classes" else "")
             raise ValueError(f"data.{key}={getattr(cfg.data, key)} but the checkpoint "
-                             f"{cfg.finetune.checkpoint} was trained with {getattr(saved.data, key)}")
+                             f"{cfg.finetune.checkpoint} was trained with {getattr(saved.data, key)}{hint}")
     if cfg.finetune.weights == "ema" and w["ema"] is None:
         raise ValueError(f"{cfg.finetune.checkpoint} has no EMA weights; set finetune.weights=raw")
     state = w["ema"] if cfg.finetune.weights == "ema" else w["model"]
+    if saved.data.num_classes != cfg.data.num_classes:  # finetune.new_head=true
+        state = new_mask_head(state, saved.model, cfg.data.image_channels, cfg.data.num_classes)
+        log.info("finetune.new_head: kept the body and the %d image rows of conv_out of %s; its mask rows, "
+                 "trained for %d classes, are re-initialised for %d", cfg.data.image_channels,
+                 cfg.finetune.checkpoint, saved.data.num_classes, cfg.data.num_classes)
     return dataclasses.replace(cfg, model=saved.model), state
+
+
+def new_mask_head(state: dict, model: ModelConfig, image_channels: int, num_classes: int) -> dict:
+    """`state` with the output conv's mask rows (conv_out rows image_channels..) replaced by a fresh U-Net's
+    for `num_classes` classes; every other weight, the image (denoising) rows included, is kept."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # conv_out starts at zero today; a seeded draw keeps any other init reproducible
+        fresh = build_unet(model, image_channels, num_classes).state_dict()
+    out = dict(state)
+    for name in ("conv_out.weight", "conv_out.bias"):
+        head = fresh[name].to(state[name].dtype)
+        head[:image_channels] = state[name][:image_channels]
+        out[name] = head
+    return out
 
 
 @torch.no_grad()
