@@ -97,6 +97,7 @@ class TrainConfig:
     # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
     # but no step-time gain showed above this host's noise (README, cpu_phases.csv)
     cpu_malloc: str = choice("default", "tuned")
+    tensorboard: bool = False  # also write TensorBoard events to <out_dir>/tensorboard (needs `tensorboard`)
 
 
 @dataclass
