@@ -21,7 +21,7 @@ mallopt (not glibc) is logged and left alone.
 It is opt-in (train.cpu_malloc=tuned). On the 2-core dev VM the faults went, but the step time
 did not move beyond that host's noise. Tuned against default, tiny preset at 64x64: 348.5
 against 354.1 ms per step, then 420.7 against 403.1. At 128x128: 1703.8 against 1645.3 ms
-(benchmarks/results/cpu_phases_{bbc7185,276e5e7,68bd56b_crop128}.log). So
+(benchmarks/results/logs/cpu_phases_{bbc7185,276e5e7,68bd56b_crop128}.log). So
 the engine's CPU config leaves malloc alone, and bench_train.py's engine-malloc-tuned variant
 re-measures it where a host is quieter.
 """
