@@ -26,3 +26,9 @@ def test_every_config_field_has_a_comment():
     assert comments[("TrainConfig", "cpu_malloc")].startswith("glibc malloc")  # a comment block above the field
     fields = {k: v for k, v in comments.items() if k[0] != "Config"}  # Config's fields are the sections
     assert len(fields) > 60 and all(fields.values()), [k for k, v in fields.items() if not v]
+
+
+def test_readme_performance_table_is_generated():
+    module = _load(REPO / "benchmarks" / "render.py")
+    text = module.README.read_text()
+    assert module.BEGIN in text and module.readme_with_headline(text) == text, "run python benchmarks/render.py"
