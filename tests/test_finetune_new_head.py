@@ -72,3 +72,11 @@ def test_new_head_keeps_body_and_image_rows_and_scores(pretrained_k3, target_k2,
     rec = run_finetune(cfg, console_logging=False)
     assert len(rec["dice"]) == 2 and all(0.0 <= d <= 1.0 for d in rec["dice"])
     assert len(rec["per_image"]) == 3 and 0.0 <= rec["mean_fg_dice"] <= 1.0
+
+
+def test_new_head_start_weights_fit_the_batched_runner(pretrained_k3, target_k2, tmp_path):
+    from hybengine.finetune.batched import _start_weights
+
+    run_cfg, init = prepare_finetune(_cfg(tmp_path, target_k2, pretrained_k3, **{"finetune.new_head": "true"}))
+    start = _start_weights(run_cfg, init, torch.device("cpu"))
+    assert start["conv_out.weight"].shape[0] == 1 + 2 and torch.equal(start["conv_out.weight"], init["conv_out.weight"])
