@@ -57,7 +57,7 @@ class Estimate:
             rest = per_step * ((self.pre_steps - step) + self.n_finetunes * self.ft_units)
             self.seconds = elapsed + rest + self.n_finetunes * EVAL_SECONDS
             console.print(f"[bold]demo: {per_step:.2f} s per pretraining step here, so the whole job takes about "
-                          f"{self.seconds / 60:.0f} minutes[/bold] ({self.pre_steps} pretraining steps, "
+                          f"{self.seconds / 60:.1f} minutes[/bold] ({self.pre_steps} pretraining steps, "
                           f"{self.n_finetunes} fine-tunes)")
 
 
@@ -100,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     for init, ckpt in (("hybrid", pre.train.out_dir), ("scratch", "")):
         for budget in args.budgets:
             for seed in args.seeds:
+                t_ft = time.perf_counter()
                 ft = load_config(FINETUNE, [*DEMO_FINETUNE, *ft_over, f"finetune.checkpoint={ckpt}",
                                             f"finetune.budget={budget}", f"finetune.seed={seed}",
                                             f"train.out_dir={out / f'finetune_{init}_b{budget}_s{seed}'}"])
                 records.append({**run_finetune(ft), "init": init})
+                if len(records) == 1 and n_ft > 1:  # the estimate again, from a whole fine-tune
+                    left = (n_ft - 1) * (time.perf_counter() - t_ft)
+                    console.print(f"[bold]demo: {(time.perf_counter() - t0) / 60:.1f} minutes so far, about "
+                                  f"{left / 60:.1f} more for the other {n_ft - 1} fine-tunes[/bold]")
 
     table = Table(title="Oblique-light test frames (2, 5, 8): Dice after fine-tuning")
     for col in ("init", "labels", "seed", *CLASSES, "mean fg"):
