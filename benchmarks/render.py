@@ -206,13 +206,15 @@ def headline() -> str:
     """README's table: the engine's end-to-end ratios in each device's newest training-step run."""
     body = []
     for rows in latest_per_device(read("train.csv"), ("preset",)):
-        r = next((r for r in rows if r["config"] == "engine"), None)
-        if r is None:
+        engine = [r for r in rows if r["config"] == "engine"]  # one row per invocation of that run
+        if not engine:
             continue
+        r = engine[0]
+        vs_plain = [ratio(e["paired_vs_plain"], e["paired_vs_plain_range"]) or ratio(e["vs_plain"]) for e in engine]
+        vs_strong = [ratio(e["paired_vs_strong"], e["paired_vs_strong_range"]) or ratio(e["vs_strong"])
+                     for e in engine]
         body.append([r["device"], f"{r['preset']}, batch {r['batch']}, {r['crop']}x{r['crop']}",
-                     ratio(r["paired_vs_plain"], r["paired_vs_plain_range"]) or ratio(r["vs_plain"]),
-                     ratio(r["paired_vs_strong"], r["paired_vs_strong_range"]) or ratio(r["vs_strong"]),
-                     r["date"]])
+                     ", ".join(v for v in vs_plain if v), ", ".join(v for v in vs_strong if v), r["date"]])
     return table(["device", "model, input", "engine x plain", "engine x strong", "measured"], body)
 
 
