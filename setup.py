@@ -119,10 +119,12 @@ setup(
     version="0.1.0",
     description="Training engine for label-efficient segmentation with hybrid diffusion models",
     python_requires=">=3.10",
-    packages=["hybengine", "hybengine.data", "hybengine.runtime", "hybengine.kernels", "hybengine.kernels.native"],
+    packages=["hybengine", "hybengine.data", "hybengine.finetune", "hybengine.runtime", "hybengine.kernels",
+              "hybengine.kernels.native"],
     package_dir={"hybengine": "hybengine", "hybengine.kernels": "kernels"},
     ext_modules=[Extension(NATIVE_EXT, sources=[], optional=True)],  # optional: installs without it
     cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["hybengine=hybengine.console:main"]},  # hybengine/console.py
     install_requires=[
         "torch>=2.6",
         "numpy",
@@ -137,6 +139,7 @@ setup(
         "deepspeed": ["deepspeed"],
         "dali": ["nvidia-dali-cuda130"],
         "plots": ["matplotlib"],
+        "tensorboard": ["tensorboard"],  # train.tensorboard=true
         "dev": ["pytest", "ruff", "triton", "deepspeed", "matplotlib"],
     },
 )

@@ -66,7 +66,7 @@ class ObjectiveConfig:
     # control that separates the generative term from noise augmentation); denoise = image term only
     mode: str = choice("hybrid", "supervised", "denoise", "supervised-noisy")
     P_mean: float = -1.2  # ln(sigma) ~ N(P_mean, P_std^2) during training (EDM)
-    P_std: float = 1.2
+    P_std: float = 1.2  # spread of ln(sigma) during training (EDM)
     sigma_data: float = 0.5  # EDM data standard deviation
     sigma_clean: float = 0.002  # fixed noise level for supervised pretraining, fine-tuning, prediction
     # hybrid and supervised-noisy: this share of each batch is drawn at sigma_clean instead of
@@ -80,8 +80,8 @@ class ObjectiveConfig:
 class OptimConfig:
     lr: float = 3e-4  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
-    beta1: float = 0.9
-    beta2: float = 0.99
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.99  # AdamW second-moment decay
     warmup_steps: int = 100  # linear warm-up to lr over these steps
     # after warm-up: "constant" keeps lr; "cosine" decays it to lr * min_lr_ratio at train.steps
     decay: str = choice("constant", "cosine")
@@ -103,27 +103,28 @@ class TrainConfig:
     log_every: int = 25  # steps between metric logs (one host sync each)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     check_finite: bool = True  # wait for each loss flag before backward so a NaN never reaches the weights
-    seed: int = 0
+    seed: int = 0  # weights, noise and data order; fine-tunes take finetune.seed
     out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
     progress: bool = True  # rich progress bar on rank 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # glibc malloc on CPU runs (hybengine/runtime/cpu_malloc.py): "tuned" keeps freed activation
     # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
-    # but no step-time gain showed above this host's noise (README, cpu_phases.csv)
+    # but no step-time gain showed above the host's noise (docs/lab/malloc.md)
     cpu_malloc: str = choice("default", "tuned")
+    tensorboard: bool = False  # also write TensorBoard events to <out_dir>/tensorboard (needs `tensorboard`)
 
 
 @dataclass
 class KernelConfig:
     group_norm_silu: str = choice("auto", "fused", "reference")  # auto: fused on CUDA, measured on CPU
-    hybrid_loss: str = choice("auto", "fused", "reference")
+    hybrid_loss: str = choice("auto", "fused", "reference")  # the joint loss; auto as for group_norm_silu
     # Triton kernels for channels-last inputs on CUDA: "groups" (timed on H100/H200) or "rows"
-    # (reads whole pixel rows; not yet timed on a GPU; kernels/group_norm_silu_rows.py). auto:
+    # (reads whole pixel rows; kernels/group_norm_silu_rows.py; docs/performance.md says what is timed). auto:
     # HYBENGINE_GN_CHANNELS_LAST where set, else groups.
     group_norm_silu_channels_last: str = choice("auto", "groups", "rows")
     # The U-Net's nearest-2x upsample + 3x3 conv: "subpixel" computes it as one 2x2 conv with 4x the
     # output channels on the un-upsampled input (kernels/upsample_conv.py, 2.25x fewer FLOPs, same
-    # function). auto: subpixel on CPU (measured), reference on CUDA (not yet timed there).
+    # function). auto: subpixel on CPU, reference on CUDA (docs/performance.md, "Upsample conv").
     upsample_conv: str = choice("auto", "subpixel", "reference")
 
 
@@ -138,6 +139,9 @@ class FinetuneConfig:
     # how a budget's images are drawn (hybengine/data/label_budget.py): "foreground" = among images whose
     # mask holds a class other than 0 first (still nested per seed); "any" = from the whole pool
     subset_policy: str = choice("foreground", "any")
+    # A target with another number of classes than the checkpoint: keep the body and the image rows of
+    # the output conv, re-initialise its mask rows for data.num_classes (false: such a target is refused)
+    new_head: bool = False
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .data.image_io import IMAGE_EXTENSIONS, FileProblem, normalize, read_image
 from .objective import denoise, predict_logits
 from .runtime.checkpoint import load_weights
 from .runtime.distributed import pick_device
-from .unet import UNet, build_unet
+from .unet import UNet, build_unet, check_checkpoint_embedding
 
 # Class k >= 1 is tinted with PALETTE[(k - 1) % len]; background stays untinted.
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -38,6 +38,7 @@ ALPHA = 0.45  # tint opacity in the overlay
 def load_model(checkpoint: str, weights: str = "ema", device: torch.device | None = None):
     """(net in eval mode, its resolved Config) from a run or snapshot folder."""
     w = load_weights(checkpoint)
+    check_checkpoint_embedding(w["config"], str(checkpoint))
     cfg = config_from_dict(w["config"])
     state = w["ema"] if weights == "ema" and w.get("ema") is not None else w["model"]
     device = device or pick_device(0)

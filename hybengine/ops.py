@@ -8,17 +8,15 @@ for a block and restores what was in force (benchmarks, tests). These two are th
 the op table and of the kernels' channels-last choice; inside a fused op, kernels/bodies.py picks the
 body per device (Triton, the interpreter, native C++, math).
 
-`auto` choices, and why (figures: benchmarks/results/, README "Throughput"):
-- CUDA: the fused Triton ops. Side by side in one bench_train.py invocation (bf16, base preset,
-  batch 32, 128x128), the compiled U-Net trained 1.147x faster with them than the same compiled
-  model without them on one H200 (commit 8a0dcf0), and 0.999x and 0.946x as fast on one H100
-  (commit 1dcb9e0, two invocations): a win on one card, break-even on the other.
+`auto` choices, and why (figures: docs/performance.md, from benchmarks/results/):
+- CUDA: the fused Triton ops. Side by side in one bench_train.py invocation, the compiled U-Net
+  trained faster with them than without on an H200 and broke even on an H100 ("Training step").
 - CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
   reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
   body never beat eager ATen.
 - `upsample_conv` (the U-Net's nearest-2x upsample + 3x3 conv): CPU, the sub-pixel form
   (kernels/upsample_conv.py, 2.25x fewer convolution FLOPs, the same function); see
-  `resolve_upsample_conv` for the figures. CUDA keeps the reference until the form is timed there
+  `resolve_upsample_conv`. CUDA keeps the reference until the form is timed there
   (bench_train.py --configs engine engine-upsample-subpixel).
 """
 from __future__ import annotations
@@ -65,11 +63,9 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
     """Returns (path, reason) for op `name` under the config choice on `device`.
 
     CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
-    the reference. Measured on the 2-core dev CPU (Xeon @ 2.5 GHz, AVX-512, torch 2.13.0, fp32,
-    commit 14e9e1b; rows in benchmarks/results/group_norm_silu.csv): group_norm_silu fwd+bwd at
-    the tiny preset's shapes (8,32,64,64) (8,64,32,32) (8,96,64,64), groups 8: NCHW 3.04-3.43x
-    eager and 2.19-2.38x torch.compile of the reference, channels-last 2.11-2.65x eager and
-    2.71-3.75x compile. The Triton interpreter and the math body never beat eager ATen.
+    the reference. The native body beats both eager and torch.compile of the reference, NCHW and
+    channels-last, at the tiny preset's shapes (docs/performance.md, "GroupNorm-SiLU kernel"); the
+    Triton interpreter and the math body never beat eager ATen.
     """
     fused = _fused(name)
     if choice == "reference":
@@ -95,11 +91,9 @@ def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
 def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
     """Returns (path, reason) for the upsample + 3x3 conv: "subpixel" or "reference".
 
-    CPU `auto`: subpixel. Measured on the 2-core dev CPU (torch 2.13.0, fp32, fwd+bwd, interleaved,
-    commit 0703760, benchmarks/results/upsample_conv.csv): 1.459x upsample-then-conv at the tiny
-    preset's Upsample (8x64x32x32, channels-last), 1.471x at 8x128x16x16; in the real training loop
-    the engine ran 1.059x (p10-p90 0.921-1.235) the same engine with the reference upsample, the two
-    in lockstep (benchmarks/cpu_step_phases.py, cpu_phases.csv).
+    CPU `auto`: subpixel: faster than upsample-then-conv at the tiny preset's Upsample shapes, and
+    in the real training loop, paired in lockstep with the same engine using the reference
+    (docs/performance.md, "Upsample conv"; docs/lab/cpu-bound.md, "The sub-pixel upsample conv").
     CUDA `auto`: the reference, until the sub-pixel form has been timed on a GPU.
     """
     if choice != "auto":

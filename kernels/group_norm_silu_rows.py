@@ -5,7 +5,7 @@ Why: a channels-last tensor stores the C channels of a pixel next to each other,
 kernels of group_norm_silu.py, one program per (sample, group), read CG contiguous values per pixel
 and skip C - CG: with 4 bf16 channels per group, 8 useful bytes of every 32-byte sector. On an
 H200 they reached 0.1-0.2 of the copy bandwidth channels-last against 0.3-0.44 NCHW
-(benchmarks/results/gpu/bench_group_norm_silu_h200_8a0dcf0.log). Here every program owns a chunk
+(benchmarks/results/logs/gpu/bench_group_norm_silu_h200_8a0dcf0.log). Here every program owns a chunk
 of pixels of one sample with ALL their channels, a [BLOCK_P, BLOCK_C] tile being BLOCK_P whole
 rows of memory, and the per-group reductions run over small per-channel partials instead:
 

@@ -43,6 +43,7 @@ from ..data import build_train_loader
 from ..objective import HybridObjective
 from ..runtime import cpu_malloc
 from ..runtime.distributed import pick_device
+from ..runtime.progress_plot import write_progress_png
 from ..schedule import learning_rate
 from ..training_loop import LoopHooks, run_training
 from ..unet import UNet, build_unet
@@ -230,6 +231,8 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     finally:
         for f in logs:
             f.close()
+    for c in run_cfgs:
+        write_progress_png(Path(c.train.out_dir))
     return [MemberResult(net, t.steps) for net in trainer.member_nets()]
 
 

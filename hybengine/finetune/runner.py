@@ -23,7 +23,7 @@ from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import load_weights
 from ..training_loop import run_training
-from ..unet import UNet, check_checkpoint_embedding
+from ..unet import UNet, build_unet, check_checkpoint_embedding
 
 log = logging.getLogger("hybengine.finetune")
 
@@ -33,14 +33,24 @@ def pretrained_init(cfg: Config) -> tuple[Config, dict | None]:
     if not cfg.finetune.checkpoint:
         return cfg, None
     w = load_weights(cfg.finetune.checkpoint)
+    check_checkpoint_embedding(w["config"], cfg.finetune.checkpoint)
     saved = config_from_dict(w["config"])
     for key in ("image_channels", "num_classes"):
         if getattr(saved.data, key) != getattr(cfg.data, key):
+            if key == "num_classes" and cfg.finetune.new_head:
+                continue
+            hint = (f"; set finetune.new_head=true to keep its body and train a new mask head for "
+                    f"{cfg.data.num_classes} classes" if key == "num_classes" else "")
             raise ValueError(f"data.{key}={getattr(cfg.data, key)} but the checkpoint "
-                             f"{cfg.finetune.checkpoint} was trained with {getattr(saved.data, key)}")
+                             f"{cfg.finetune.checkpoint} was trained with {getattr(saved.data, key)}{hint}")
     if cfg.finetune.weights == "ema" and w["ema"] is None:
         raise ValueError(f"{cfg.finetune.checkpoint} has no EMA weights; set finetune.weights=raw")
     state = w["ema"] if cfg.finetune.weights == "ema" else w["model"]
+    if saved.data.num_classes != cfg.data.num_classes:  # finetune.new_head=true
+        state = new_mask_head(state, saved.model, cfg.data.image_channels, cfg.data.num_classes)
+        log.info("finetune.new_head: kept the body and the %d image rows of conv_out of %s; its mask rows, "
+                 "trained for %d classes, are re-initialised for %d", cfg.data.image_channels,
+                 cfg.finetune.checkpoint, saved.data.num_classes, cfg.data.num_classes)
     _report_model_overrides(cfg, saved)
     return dataclasses.replace(cfg, model=saved.model), state
 
@@ -58,6 +68,20 @@ def _report_model_overrides(cfg: Config, saved: Config) -> list[str]:
         log.warning("finetune.checkpoint %s fixes the model section; these settings are replaced by the "
                     "checkpoint's: %s", cfg.finetune.checkpoint, ", ".join(notes))
     return notes
+
+
+def new_mask_head(state: dict, model: ModelConfig, image_channels: int, num_classes: int) -> dict:
+    """`state` with the output conv's mask rows (conv_out rows image_channels..) replaced by a fresh U-Net's
+    for `num_classes` classes; every other weight, the image (denoising) rows included, is kept."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # conv_out starts at zero today; a seeded draw keeps any other init reproducible
+        fresh = build_unet(model, image_channels, num_classes).state_dict()
+    out = dict(state)
+    for name in ("conv_out.weight", "conv_out.bias"):
+        head = fresh[name].to(state[name].dtype)
+        head[:image_channels] = state[name][:image_channels]
+        out[name] = head
+    return out
 
 
 @torch.no_grad()
@@ -84,8 +108,6 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
     under finetune.subset_policy, supervised mode, train.steps + finetune.steps_per_label * budget steps
     (the same schedule for every start), the plain engine, train.seed = finetune.seed."""
     ft = cfg.finetune
-    if ft.checkpoint:  # an old (x1000-embedding) checkpoint is refused before its weights are used
-        check_checkpoint_embedding(load_weights(ft.checkpoint)["config"], ft.checkpoint)
     cfg, init = pretrained_init(cfg)
     d = cfg.data
     if pool is None:

@@ -21,12 +21,11 @@ log = logging.getLogger("hybengine.runtime")
 
 
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
-    """AdamW; on CPU its fused kernel. For the tiny U-Net's 104 tensors (0.69 M values) on the 2-core
-    dev CPU, one step took 2.71 ms fused against 15.34 ms for the per-tensor loop that is torch's
-    CPU default, and 12.00 ms with foreach (benchmarks/bench_optimizer.py, commit 4dd13b9,
-    benchmarks/results/optimizer.csv). On CUDA torch's default (foreach) is kept: that is
-    what the GPU rows in benchmarks/results/train.csv measured. Either way a resumed run repeats
-    an uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py): the
+    """AdamW; on CPU its fused kernel, which the optimizer probe measured well ahead of torch's CPU
+    default (the per-tensor loop) and of foreach (docs/lab/cpu-bound.md, "the optimizer question";
+    benchmarks/results/optimizer.csv). On CUDA torch's default (foreach) is kept: that is what the
+    GPU rows of benchmarks/results/train.csv measured. Either way a resumed run repeats an
+    uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py): the
     implementation flags travel in the optimizer state, so a checkpoint continues with the one it
     was written with (one from before this choice keeps torch's default)."""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())

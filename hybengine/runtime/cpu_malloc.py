@@ -19,10 +19,8 @@ untouched. The settings are process-wide and last until the process ends. A C li
 mallopt (not glibc) is logged and left alone.
 
 It is opt-in (train.cpu_malloc=tuned). On the 2-core dev VM the faults went, but the step time
-did not move beyond that host's noise. Tuned against default, tiny preset at 64x64: 348.5
-against 354.1 ms per step, then 420.7 against 403.1. At 128x128: 1703.8 against 1645.3 ms
-(benchmarks/results/cpu_phases_{bbc7185,276e5e7,68bd56b_crop128}.log). So
-the engine's CPU config leaves malloc alone, and bench_train.py's engine-malloc-tuned variant
+did not move beyond that host's noise, at 64x64 or at 128x128 (docs/lab/malloc.md, with its logs).
+So the engine's CPU config leaves malloc alone, and bench_train.py's engine-malloc-tuned variant
 re-measures it where a host is quieter.
 """
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Run output on rank 0: a JSONL metrics log, a text log, and a rich progress bar."""
+"""Run output on rank 0: a JSONL metrics log, its curves as progress.png, optional TensorBoard events,
+a text log, and a rich progress bar."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -11,7 +13,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .progress_plot import read_records, write_progress_png
+
 log = logging.getLogger("hybengine")
+PLOT_EVERY_S = 2.0  # progress.png is redrawn at a log step at most this often (and always at the end)
 
 
 def setup_logging(out_dir: Path | None, rank: int, level: int = logging.INFO) -> None:
@@ -32,12 +37,34 @@ def setup_logging(out_dir: Path | None, rank: int, level: int = logging.INFO) ->
         root.addHandler(fh)
 
 
+def _tensorboard_writer(run_dir: Path):
+    """A SummaryWriter into <run_dir>/tensorboard when the run's config.yaml sets train.tensorboard."""
+    import yaml
+
+    config = run_dir / "config.yaml"
+    wanted = config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("train", {}).get("tensorboard")
+    if not wanted:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("train.tensorboard=true but the tensorboard package is not installed "
+                    "(pip install tensorboard); the curves go to progress.png only")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 class MetricsLog:
-    """Appends one JSON object per line; also drives the progress bar."""
+    """Appends one JSON object per line and redraws the run's progress.png from all of them (those of
+    an earlier, resumed part included); also drives the progress bar, and TensorBoard where asked for."""
 
     def __init__(self, path: Path | None, total_steps: int, start_step: int, show_progress: bool):
         self.path = path
+        self.records = read_records(path) if path is not None else []
         self.file = open(path, "a") if path is not None else None  # noqa: SIM115 - closed in close()
+        self.tensorboard = _tensorboard_writer(path.parent) if path is not None else None
+        self.plot_at = float("-inf")  # perf_counter of the last progress.png
+        self.plotting = path is not None and importlib.util.find_spec("matplotlib") is not None
         self.progress = None
         if show_progress and sys.stderr.isatty():
             self.progress = Progress(
@@ -53,6 +80,13 @@ class MetricsLog:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+            self.records.append(record)
+            if time.perf_counter() - self.plot_at >= PLOT_EVERY_S:
+                self._plot()
+        if self.tensorboard is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["step"])
         if self.progress is not None:
             info = f"loss {record.get('loss', float('nan')):.4f}  {record.get('images_per_s', 0):.0f} img/s"
             self.progress.update(self.task, completed=record["step"], info=info)
@@ -60,8 +94,22 @@ class MetricsLog:
             log.info("step %d  loss %.4f (denoise %.4f, mask %.4f)  %.1f img/s", record["step"], record["loss"],
                      record["denoise"], record["mask"], record["images_per_s"])
 
+    def _plot(self) -> None:
+        """Redraws progress.png; a failure to draw is reported once and never stops the run."""
+        if not self.plotting:
+            return
+        try:
+            write_progress_png(self.path.parent, self.records)
+        except Exception as e:  # noqa: BLE001 - a picture must not end a training run
+            log.warning("progress.png not written (%s: %s); training goes on", type(e).__name__, e)
+            self.plotting = False
+        self.plot_at = time.perf_counter()
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
         if self.file is not None:
             self.file.close()
+            self._plot()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

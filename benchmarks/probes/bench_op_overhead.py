@@ -9,15 +9,17 @@ does around them. Three ways to call the same op body, side by side in one run:
 Modes: fwd (forward only) and fwd+bwd (forward, then backward of a sum). Median microseconds over
 --calls calls after a warm-up; rows appended to benchmarks/results/op_overhead.csv.
 
-    python benchmarks/bench_op_overhead.py
+    python benchmarks/probes/bench_op_overhead.py
 """
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import repo_imports  # noqa: F401  (before hybengine: works without an install)
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, repo_imports
+import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
+import torch  # noqa: E402
 from harness import RESULTS, append_rows, environment
 
 from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, hybrid_loss, hybrid_loss_reference

@@ -2,7 +2,7 @@
 
     cp kernels/native/libhybengine_native.so /tmp/before.so     # the build to compare against
     # ... change kernels/native/*.cpp, then: pip install --no-deps --no-build-isolation -e .
-    python benchmarks/ab_native_lib.py --before /tmp/before.so  # --after: the installed build
+    python benchmarks/probes/ab_native_lib.py --before /tmp/before.so  # --after: the installed build
 
 Both builds register the same op names, so one process can load only one of them
 (HYBENGINE_NATIVE_LIB picks it). This script therefore alternates child processes, before and
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, repo_imports
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALLED = REPO / "kernels" / "native" / "libhybengine_native.so"
 SHAPES = ["8,32,64,64", "8,64,32,32", "8,96,64,64", "8,128,32,32"]  # the tiny preset's channels-last calls
 

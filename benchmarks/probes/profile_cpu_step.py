@@ -1,8 +1,8 @@
 """Where a CPU training step spends its time, and which per-op choices win (issue 6).
 
-    python benchmarks/profile_cpu_step.py                 # variants, interleaved, median ms/step
-    python benchmarks/profile_cpu_step.py --profile native-fp32-nchw   # torch.profiler top ops
-    python benchmarks/profile_cpu_step.py --profile-loop engine        # top ops of the real loop
+    python benchmarks/probes/profile_cpu_step.py                 # variants, interleaved, median ms/step
+    python benchmarks/probes/profile_cpu_step.py --profile native-fp32-nchw   # torch.profiler top ops
+    python benchmarks/probes/profile_cpu_step.py --profile-loop engine        # top ops of the real loop
 
 One step = the training loop's work on one batch (objective forward through the U-Net and the
 joint loss, backward, AdamW step), on a fixed in-memory batch so that only compute is timed (data
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, repo_imports
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
 from harness import RESULTS, append_rows, environment  # noqa: E402
 

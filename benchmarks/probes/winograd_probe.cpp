@@ -1,6 +1,6 @@
 // Winograd F(4x4, 3x3) forward of a 3x3 convolution (stride 1, padding 1) on channels-last fp32
 // tensors: a probe of whether it beats oneDNN's direct convolution on the CPU at the U-Net's
-// shapes (benchmarks/winograd_probe.py builds and times it; nothing in hybengine uses it).
+// shapes (benchmarks/probes/winograd_probe.py builds and times it; nothing in hybengine uses it).
 //
 // Each 4x4 output tile comes from a 6x6 input tile d (origin (4ty-1, 4tx-1), zeros outside):
 //

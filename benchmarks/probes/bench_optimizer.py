@@ -10,15 +10,17 @@ one-time set-up) is timed separately as `first_ms`, then the median of --steps s
 that interleave the implementations, so a change in the host's speed hits all three. Rows are
 appended to benchmarks/results/optimizer.csv.
 
-    python benchmarks/bench_optimizer.py                  # tiny preset, CPU
+    python benchmarks/probes/bench_optimizer.py                  # tiny preset, CPU
 """
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import repo_imports  # noqa: F401  (before hybengine: works without an install)
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, repo_imports
+import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
+import torch  # noqa: E402
 from harness import RESULTS, append_rows, environment, synchronize
 
 from hybengine.config import load_config

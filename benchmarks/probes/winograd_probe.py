@@ -1,12 +1,12 @@
 """Would Winograd 3x3 convolutions get the CPU engine past 1.5x plain? A measured answer (issue 6).
 
-    python benchmarks/winograd_probe.py            # the tiny preset's 3x3 conv shapes, batch 8, fp32
+    python benchmarks/probes/winograd_probe.py            # the tiny preset's 3x3 conv shapes, batch 8, fp32
 
 The CPU engine's convolutions already run close to this CPU's fp32 GEMM rate (README, "On the
 2-core CPU"), so the one lever left on them is fewer FLOPs. Winograd F(4x4, 3x3) needs 4x fewer
 multiplies than a direct 3x3 conv, paid for with transforms that move 2.25x the input and output
 through memory and with 36 GEMMs whose inner size is only the channel count. This probe builds
-that forward (benchmarks/winograd_probe.cpp: transforms in C++, GEMMs through at::mm, i.e.
+that forward (benchmarks/probes/winograd_probe.cpp: transforms in C++, GEMMs through at::mm, i.e.
 oneDNN/MKL), checks it against F.conv2d, and times it against oneDNN's direct convolution on the
 U-Net's channels-last shapes, alternating the two, `--repeats` medians of `--rep` calls each.
 It also times the three parts alone, writing into buffers made beforehand (workspaces kept
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: harness, repo_imports
 from harness import RESULTS, append_rows, bench, environment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
