@@ -52,6 +52,9 @@ class ModelConfig:
     dropout: float = 0.0  # dropout inside residual blocks
     channels_last: bool = False  # NHWC activations (measured per device: see hybengine/ops.py)
     compile: bool = False  # torch.compile the U-Net
+    # with compile: one compiled region for the step's math (U-Net forward, joint loss, their means;
+    # AOTAutograd compiles the backward with it) instead of the U-Net's forward only; noise stays eager
+    compile_step: bool = False
 
 
 @dataclass
@@ -97,6 +100,9 @@ class TrainConfig:
     # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
     # but no step-time gain showed above this host's noise (README, cpu_phases.csv)
     cpu_malloc: str = choice("default", "tuned")
+    # CUDA graphs for the compiled region (torch.compile mode="reduce-overhead"): replays the step's
+    # kernels without per-launch host work; needs model.compile and a CUDA device (ignored on CPU)
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -318,6 +324,8 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1 and t.max_bad_steps >= 1, "train.log_every and train.max_bad_steps must be >= 1")
     _check(t.ema_halflife_steps >= 0, f"train.ema_halflife_steps={t.ema_halflife_steps}: must be >= 0")
     _check(t.threads >= 0, f"train.threads={t.threads}: must be >= 0")
+    _check(m.compile or not m.compile_step, "model.compile_step=true needs model.compile=true")
+    _check(m.compile or not t.cuda_graphs, "train.cuda_graphs=true needs model.compile=true (it is a compile mode)")
     _check(cfg.finetune.budget >= 1, f"finetune.budget={cfg.finetune.budget}: must be >= 1")
     if t.engine == "deepspeed" or t.engine == "auto":
         _check(t.deepspeed_config == "" or t.deepspeed_config.endswith(".json"),
