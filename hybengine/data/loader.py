@@ -79,10 +79,11 @@ class TrainLoader(BatchCounter):
         stream = ShardedEpochStream(len(self.dataset), self.batch_size, self.seed, self.rank,
                                     self.world_size, start_batch=self._batch)
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) % 2**63)
+        narrow = self.mask_dtype != torch.int64  # collate, then cast the masks (uint8 on the wire)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=stream, num_workers=self.num_workers,
             worker_init_fn=_seed_worker, generator=gen, drop_last=False, pin_memory=self.pin_memory,
-            collate_fn=functools.partial(_collate, mask_dtype=self.mask_dtype))
+            collate_fn=functools.partial(_collate, mask_dtype=self.mask_dtype) if narrow else None)
         return iter(loader)
 
     def __iter__(self) -> TrainLoader:
