@@ -190,6 +190,8 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     try:
         while step < t.steps:
             # ---- one micro-batch: forward, finite flag, backward (no host read) ---------------
+            if t.cuda_graphs and dist.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
             x, y = next(it)
             x = x.to(dist.device, non_blocking=True).to(in_dtype)
             y = y.to(dist.device, non_blocking=True).long()  # uint8 on the wire to a GPU (data/loader.py)
