@@ -90,8 +90,12 @@ class TrainConfig:
     ckpt_every: int = 500  # steps between checkpoints; 0: only at the end
     keep_last: int = 2  # checkpoints kept
     log_every: int = 25  # steps between metric logs (one host sync each)
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
-    check_finite: bool = True  # wait for each loss flag before backward so a NaN never reaches the weights
+    # consecutive non-finite losses before the run stops (flags read at log and snapshot steps: the
+    # stop comes at the first such read after the limit; the steps in between changed no weights)
+    max_bad_steps: int = 5
+    # flag non-finite losses on the device and skip their steps' updates (optimizer and EMA), so a
+    # NaN never reaches the weights; no host read per step (hybengine/training_loop.py)
+    check_finite: bool = True
     seed: int = 0
     out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
     progress: bool = True  # rich progress bar on rank 0
