@@ -13,9 +13,10 @@ chrome://tracing or Perfetto) and its times per family; the parent prints one ta
 
 Families: a time goes to the first that matches. Inside the optimizer / ema / data annotations:
 that phase. Else by the op names on its call chain, outermost first (so an op's internals count
-to the op): convolutions; GroupNorm-SiLU (fused op, GroupNorm, SiLU); the joint loss (fused op,
-cross entropy / log-softmax / NLL / MSE); matmul/attention; copies and layout changes (copy_,
-contiguous, clone, cat, memcpy); else other elementwise. On a GPU the times are device (kernel)
+to the op; a compiled kernel by the name inductor gives it, e.g. triton_per_fused_native_group_norm_*):
+convolutions; GroupNorm-SiLU (fused op, GroupNorm, SiLU); the joint loss (fused op, cross entropy /
+log-softmax / NLL / MSE); matmul/attention; copies and layout changes (copy_, contiguous, clone,
+cat, memcpy); else other elementwise. On a GPU the times are device (kernel)
 times, a kernel placed by the op that launched it, and "idle" is the profiled span in which no
 kernel ran (the GPU waiting for the host). On a CPU the times are the ops' self CPU times, and
 "host outside ops" is the step's wall time not spent in any op (the loop's Python, annotations).
@@ -152,6 +153,10 @@ def child(name: str, argv: list[str], warmup: int, steps: int, trace: Path) -> N
 
     cfg = resolve(parse_args(None, argv))
     on_gpu = torch.cuda.is_available()
+    if not on_gpu:  # inductor's C++ kernels get a profiler event each (named after what they fuse)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
     result: dict = {"config": name}
 
