@@ -1,7 +1,7 @@
 """End-to-end training throughput: plain vs strong vs engine, same U-Net, batch and data, one run.
 
     python benchmarks/bench_train.py                     # CPU: tiny preset, a few minutes
-    python benchmarks/bench_train.py --preset base --batch 64 --crop 128 --steps 60   # GPU
+    python benchmarks/bench_train.py --preset base --batch 32 --crop 128 --steps 160 --log-every 10 --rounds 3  # GPU
 
 Configurations (DESIGN.md, "What fast means"):
   plain   eager, fp32, NCHW, reference GroupNorm+SiLU and loss (nn.GroupNorm/SiLU math), torch
@@ -19,7 +19,7 @@ Configurations (DESIGN.md, "What fast means"):
           the reference, to check the `auto` choice of kernels.upsample_conv on this device
   engine-compile  (only when named) the engine with model.compile=true, to check that choice of
           the CPU file (on CUDA the engine compiles already)
-Each configuration is a real `hybengine/train.py` run in its own process (data loading included).
+Each configuration is a real `run_training` (the loop train.py runs) in its own process, data loading included.
 
 --method lockstep (the default on CPU): all configurations' runs start together and take turns one
 training step at a time, the order rotating every step (benchmarks/lockstep.py). This shared
@@ -31,10 +31,16 @@ is the median over steps of this configuration's speed over plain's (or strong's
 step, its range the 10th-90th percentile. `--rounds` lockstep runs are pooled.
 
 --method rounds (the default on CUDA, where a step's GPU work is asynchronous to the loop that a
-turn would time): whole runs one after another over `--rounds` rounds, the order reversed every
-other round; images/s per `log_every` interval of metrics.jsonl, the first interval (warm-up,
-compile) excluded and reported as warm-up seconds; the paired ratio is the median and range over
-rounds of this configuration's median over plain's (or strong's) in the same round.
+turn would time): whole runs one after another over `--rounds` rounds (at least 3 on a GPU), the
+order reversed every other round, each run at least 150 timed steps there. Each run is
+`run_training` in its own process (`--child`, LoopHooks only) with `gc.freeze()` after its first
+step, so the collector does not walk the set-up's objects during timed steps; before round 0 one
+short untimed run per configuration fills the compile caches on disk (`--warm-runs`), so every
+timed run starts warm. Images/s per `log_every` interval of metrics.jsonl (each interval ends with
+the log's host read, so GPU work is inside it); the first interval (warm-up) is excluded and
+reported as warm-up seconds. The paired ratio pairs interval k of a configuration with interval k
+of plain (or strong) in the same round, pooled over rounds: its median, and its 10th-90th
+percentile as the interval, as the lockstep rows do; the per-round medians' ratios are printed.
 Rows go to benchmarks/results/train.csv with the method, device, versions, date and commit.
 
 On a GPU the script also reports the model FLOPs per image (counted with
@@ -88,11 +94,19 @@ def train_args(name: str, common: list[str], device: str, out: Path) -> list[str
 
 
 def run_one(name: str, common: list[str], device: str, out: Path, env: dict) -> list[dict]:
-    args = [sys.executable, str(REPO / "hybengine" / "train.py"), *train_args(name, common, device, out)]
+    args = [sys.executable, str(Path(__file__).resolve()), "--child", "--", *train_args(name, common, device, out)]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{name} failed (exit code {r.returncode}):\n{r.stderr[-4000:]}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def common_args(preset: str, batch: int, crop: int, data: str, steps: int, log_every: int, device: str) -> list[str]:
+    """The train.py overrides every configuration shares (size, data, run length, bookkeeping)."""
+    return [f"model.preset={preset}", f"train.batch_size={batch}", f"data.crop={crop}", f"data.root={data}",
+            f"train.steps={steps}", f"train.log_every={log_every}", "train.ckpt_every=0", "train.progress=false",
+            "train.ema_halflife_steps=10", "optim.warmup_steps=1",
+            "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
 
 
 def _quantile(values: list[float], k: int) -> float:
@@ -127,11 +141,57 @@ def model_flops_per_image(preset: str, image_channels: int, crop: int) -> float:
     return 3.0 * counter.get_total_flops()  # forward + backward (~2x forward)
 
 
+def child(argv: list[str]) -> None:
+    """One timed run (--method rounds): run_training with gc.freeze() once its first step is done."""
+    import gc
+
+    import repo_imports  # noqa: F401  (before hybengine: works without an install)
+
+    from hybengine.cli import parse_args, resolve
+    from hybengine.training_loop import LoopHooks, run_training
+
+    def on_step(step: int) -> None:
+        if step == 1:  # set-up done, first step's buffers allocated: later collections skip all that
+            gc.collect()
+            gc.freeze()
+
+    cfg = resolve(parse_args(None, argv))
+    if isinstance(cfg, int):
+        sys.exit(cfg)
+    run_training(cfg, console_logging=False, hooks=LoopHooks(on_step=on_step))
+
+
+def paired_intervals(per_round: list[dict[str, list[float]]], name: str) -> dict[str, object]:
+    """`name`'s images/s over plain's (and strong's), interval k with interval k of the same round,
+    pooled over rounds: median and 10th-90th percentile."""
+    out: dict[str, object] = {}
+    for base in ("plain", "strong"):
+        this, other = [], []
+        for r in per_round:
+            if name in r and base in r:
+                n = min(len(r[name]), len(r[base]))
+                this += [1.0 / v for v in r[name][:n]]
+                other += [1.0 / v for v in r[base][:n]]
+        ratio, spread = lockstep.paired(other, this) if this else (None, "")
+        out[f"paired_vs_{base}"] = round(ratio, 3) if ratio is not None else ""
+        out[f"paired_vs_{base}_range"] = spread
+    return out
+
+
 def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
-    """Whole runs one after another, the order reversed every round; paired ratios per round."""
+    """Whole runs one after another, the order reversed every round; paired ratios per interval."""
     per_round: list[dict[str, float]] = []  # round -> configuration -> median images/s of that run
+    intervals: list[dict[str, list[float]]] = []  # round -> configuration -> images/s per timed interval
     with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs if args.warm_runs else []:
+            warm_common = [*common, f"train.steps={args.log_every + 2}"]  # a short run: compiles, fills caches
+            try:
+                run_one(name, warm_common, device, Path(tmp) / f"{name}_warm", env)
+                print(f"warm-up run {name}: done", flush=True)
+            except RuntimeError as e:
+                print(f"warm-up run {name}: FAILED\n{e}", flush=True)
         for rnd in range(args.rounds):
+            intervals.append({})
             per_round.append({})
             for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
                 try:
@@ -141,12 +201,18 @@ def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
                     continue
                 timed = [r["images_per_s"] for r in recs[1:]]
                 ips[name] += timed
+                intervals[-1][name] = timed
                 per_round[-1][name] = statistics.median(timed)
                 step_s = args.log_every * args.batch / statistics.median(timed)
                 warm[name].append(recs[0]["time"] - step_s)
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
                 print(f"round {rnd} {name:11s} {statistics.median(timed):8.1f} img/s", flush=True)
-    return {name: paired_ratios(per_round, name) for name in args.configs}
+    for name in args.configs:
+        by_round = paired_ratios(per_round, name)
+        print(f"{name}: per-round ratio of medians x plain {by_round['paired_vs_plain']} "
+              f"({by_round['paired_vs_plain_range']}), x strong {by_round['paired_vs_strong']} "
+              f"({by_round['paired_vs_strong_range']})", flush=True)
+    return {name: paired_intervals(intervals, name) for name in args.configs}
 
 
 def run_lockstep(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
@@ -196,17 +262,27 @@ def main() -> None:
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
     p.add_argument("--method", choices=["lockstep", "rounds"], default=None,
                    help="lockstep (default on CPU) or rounds (default on CUDA, where a step's work is async)")
+    p.add_argument("--warm-runs", type=int, choices=[0, 1], default=None,
+                   help="rounds: one short untimed run per configuration first (default 1 on CUDA, 0 on CPU)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("train_args", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        child(args.train_args)
+        return
     args.method = args.method or ("lockstep" if not torch.cuda.is_available() else "rounds")
+    if args.warm_runs is None:
+        args.warm_runs = int(torch.cuda.is_available())
+    if args.method == "rounds" and torch.cuda.is_available() and (
+            args.rounds < 3 or args.steps - args.log_every < 150):
+        print(f"warning: {args.rounds} rounds of {args.steps - args.log_every} timed steps: a 5% difference "
+              "needs at least 3 rounds of 150 timed steps on a GPU", flush=True)
     if args.steps <= args.log_every + 1:
         p.error(f"--steps {args.steps}: need more than --log-every + 1 = {args.log_every + 1} (the first "
                 f"{args.log_every} are warm-up, the last is not timed in lockstep)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    common = [f"model.preset={args.preset}", f"train.batch_size={args.batch}", f"data.crop={args.crop}",
-              f"data.root={args.data}", f"train.steps={args.steps}", f"train.log_every={args.log_every}",
-              "train.ckpt_every=0", "train.progress=false", "train.ema_halflife_steps=10", "optim.warmup_steps=1",
-              "data.num_workers=0" if device == "cpu" else "data.num_workers=4"]
+    common = common_args(args.preset, args.batch, args.crop, args.data, args.steps, args.log_every, device)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ips: dict[str, list[float]] = {c: [] for c in args.configs}
     warm: dict[str, list[float]] = {c: [] for c in args.configs}

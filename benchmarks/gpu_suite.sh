@@ -126,8 +126,38 @@ dali_gpu() {
   "$PY" benchmarks/bench_data.py --threads 4 --batch 32 --crop 128 --batches 20 --repeats 3 --out "$OUT/data.csv"
 }
 
-export PY DALI_SITE OUT
-export -f env_info install dali_setup dali_gpu
+# step (issue 17): where the base preset's step time goes, and whether it got faster.
+#   profile  benchmarks/profile_step.py: device ms per op family of strong and engine (+ Chrome traces
+#            in $OUT/profile_step/); its compiles also fill the caches the rounds start from
+#   sync     profile_step.py --check-sync: a few engine steps, those that must not read the host under
+#            torch.cuda.set_sync_debug_mode("error") (and the host-read counter)
+#   rounds   bench_train.py --method rounds: plain / strong / engine alternating, 3 rounds of 150 timed
+#            steps each (10 warm-up), gc.freeze(), paired ratio per interval with its p10-p90
+# Estimate on an H200 from the 8a0dcf0 / 1dcb9e0 logs (plain ~150, strong/engine ~280 img/s at batch 32;
+# cold compile strong ~130 s, engine ~70 s): profile ~4 min cold, sync ~0.5 min, rounds ~6.5 min:
+# more than one call cold. STEP_PARTS picks parts, e.g. call 1 STEP_PARTS="profile sync", call 2
+# STEP_PARTS=rounds on the same warm machine (caches kept). STEP_ARGS replaces the size (CPU dry run).
+STEP_PARTS="${STEP_PARTS:-profile sync rounds}"
+step_gpu() {
+  local size=(${STEP_ARGS:---preset base --batch 32 --crop 128})
+  local rc=0
+  case " $STEP_PARTS " in *" profile "*)
+    "$PY" benchmarks/profile_step.py --configs strong engine "${size[@]}" --warmup "${STEP_WARMUP:-5}" \
+      --steps "${STEP_PROFILED:-10}" --out "$OUT/profile_step" || rc=1 ;;
+  esac
+  case " $STEP_PARTS " in *" sync "*)
+    "$PY" benchmarks/profile_step.py --check-sync --configs engine "${size[@]}" || rc=1 ;;
+  esac
+  case " $STEP_PARTS " in *" rounds "*)
+    "$PY" benchmarks/bench_train.py --method rounds "${size[@]}" --rounds "${STEP_ROUNDS:-3}" \
+      --steps "${STEP_STEPS:-160}" --log-every "${STEP_LOG_EVERY:-10}" --warm-runs 0 \
+      --configs plain strong engine --csv "$OUT/train.csv" || rc=1 ;;
+  esac
+  return $rc
+}
+
+export PY DALI_SITE OUT STEP_PARTS
+export -f env_info install dali_setup dali_gpu step_gpu
 
 # science (issue 15, only when named in STAGES): the simulated-pair experiment at GPU size
 # (configs/experiments/simulated_pair_gpu.yaml: wider model, longer schedules, 3 pretraining seeds x
@@ -174,6 +204,12 @@ esac
 stage env 30 env_info
 stage install 45 install
 stage check "${CHECK_LIMIT_S:-130}" "$PY" benchmarks/check_kernels.py --device "$DEVICE" --json "$OUT/check.json" "${CHECK_ARGS[@]}"
+if [ "$DEVICE" = "cpu" ]; then  # dry run of the step stage: the tiny preset, short runs
+  export STEP_ARGS="${STEP_ARGS:---preset tiny --batch 2 --crop 32}" STEP_WARMUP=1 STEP_PROFILED=2 \
+    STEP_ROUNDS="${STEP_ROUNDS:-3}" STEP_STEPS="${STEP_STEPS:-6}" STEP_LOG_EVERY=2
+fi
+# the step profile first after the checks (issue 17)
+stage step "${STEP_LIMIT_S:-590}" step_gpu
 stage bench_group_norm_silu "${GN_LIMIT_S:-150}" "$PY" benchmarks/bench_group_norm_silu.py --device "$DEVICE" \
   --csv "$OUT/group_norm_silu.csv" "${GN_ARGS[@]}"
 stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss.py --device "$DEVICE" \

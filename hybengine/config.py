@@ -57,6 +57,9 @@ class ModelConfig:
     # 1000 * c_noise, the old form (close to a hash of sigma), only to reproduce old runs. Checkpoints
     # saved without this key used x1000 and are refused (hybengine/unet.py check_checkpoint_embedding)
     noise_embedding: str = choice("edm", "x1000")
+    # with compile: one compiled region for the step's math (U-Net forward, joint loss, their means;
+    # AOTAutograd compiles the backward with it) instead of the U-Net's forward only; noise stays eager
+    compile_step: bool = False
 
 
 @dataclass
@@ -101,8 +104,12 @@ class TrainConfig:
     ckpt_every: int = 500  # steps between checkpoints; 0: only at the end
     keep_last: int = 2  # checkpoints kept
     log_every: int = 25  # steps between metric logs (one host sync each)
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
-    check_finite: bool = True  # wait for each loss flag before backward so a NaN never reaches the weights
+    # consecutive non-finite losses before the run stops (flags read at log and snapshot steps: the
+    # stop comes at the first such read after the limit; the steps in between changed no weights)
+    max_bad_steps: int = 5
+    # flag non-finite losses on the device and skip their steps' updates (optimizer and EMA), so a
+    # NaN never reaches the weights; no host read per step (hybengine/training_loop.py)
+    check_finite: bool = True
     seed: int = 0  # weights, noise and data order; fine-tunes take finetune.seed
     out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
     progress: bool = True  # rich progress bar on rank 0
@@ -112,6 +119,9 @@ class TrainConfig:
     # but no step-time gain showed above the host's noise (docs/lab/malloc.md)
     cpu_malloc: str = choice("default", "tuned")
     tensorboard: bool = False  # also write TensorBoard events to <out_dir>/tensorboard (needs `tensorboard`)
+    # CUDA graphs for the compiled region (torch.compile mode="reduce-overhead"): replays the step's
+    # kernels without per-launch host work; needs model.compile and a CUDA device (ignored on CPU)
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -365,6 +375,8 @@ def validate(cfg: Config) -> None:
     _check(t.log_every >= 1 and t.max_bad_steps >= 1, "train.log_every and train.max_bad_steps must be >= 1")
     _check(t.ema_halflife_steps >= 0, f"train.ema_halflife_steps={t.ema_halflife_steps}: must be >= 0")
     _check(t.threads >= 0, f"train.threads={t.threads}: must be >= 0")
+    _check(m.compile or not m.compile_step, "model.compile_step=true needs model.compile=true")
+    _check(m.compile or not t.cuda_graphs, "train.cuda_graphs=true needs model.compile=true (it is a compile mode)")
     _check(cfg.finetune.budget >= 1, f"finetune.budget={cfg.finetune.budget}: must be >= 1")
     for key, seed in (("train.seed", t.seed), ("finetune.seed", cfg.finetune.seed),
                       *((f"sweep.seeds[{i}]", s) for i, s in enumerate(cfg.sweep.seeds))):

@@ -1,7 +1,19 @@
 """The training loop: pretraining (hybrid / supervised / denoise) and fine-tuning share it.
 
-One flat function in sections: set-up / resume / per micro-batch (forward, finite check, backward,
+One flat function in sections: set-up / resume / per micro-batch (forward, finite flag, backward,
 optimizer step) / EMA / maintenance (metrics once per `log_every`) / snapshot.
+
+No host read in a step. A non-finite loss sets a flag on the device; the optimizer step of that
+micro-batch is skipped on the device (the fused AdamW's `found_inf`) and the EMA update with it.
+The flags are read at `log_every` steps and at snapshots only: there the run logs each non-finite
+micro-batch, and stops once `train.max_bad_steps` of them came in a row. What deferred reads change
+(against reading every flag before backward): a bad micro-batch still runs its backward and its
+step is counted (the update is skipped, not redone with the next batch), so with grad_accum > 1 one
+bad micro-batch skips its whole step; the stop comes at the first read after the limit is reached,
+up to `log_every` steps later (no weights change in between: those steps are all skipped); a
+snapshot due at a skipped step waits for the next step that updates (the last step writes anyway).
+DeepSpeed's optimizer has no `found_inf` path: there the flag is read at once and a bad batch is
+dropped before backward, as before.
 """
 from __future__ import annotations
 
@@ -126,7 +138,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     if cfg.data.crop % net.downsample_factor:
         raise ValueError(f"data.crop={cfg.data.crop} must be a multiple of {net.downsample_factor} "
                          f"(2 ** (levels - 1) for model.channel_mult={net.cfg.channel_mult})")
-    loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size)
+    loader = build_train_loader(cfg.data, t.batch_size, t.seed, dist.rank, dist.world_size, device=dist.device)
     if init_weights is not None:
         net.load_state_dict(init_weights)
     if cfg.model.channels_last and dist.use_deepspeed:
@@ -135,10 +147,10 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         log.info("model.channels_last under DeepSpeed: channels-last activations, NCHW weights")
     elif cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if cfg.model.compile:
+    if cfg.model.compile and not cfg.model.compile_step:
         # Compile the forward body only: module hooks (DeepSpeed's timers, ZeRO-3 gathers) stay eager,
         # the U-Net itself must trace as one graph with the fused ops inside; state_dict keys unchanged.
-        net.forward = torch.compile(net.forward, fullgraph=True)
+        net.forward = torch.compile(net.forward, fullgraph=True, mode=_compile_mode(cfg, dist.device))
     backend = _make_backend(cfg, net, dist)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
     objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
@@ -174,56 +186,68 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
 
     metrics = MetricsLog(out_dir / "metrics.jsonl" if dist.is_main else None, t.steps, step,
                          t.progress and dist.is_main)
-    sums = torch.zeros(3, device=dist.device)  # (loss, denoise, mask) summed over logged micro-batches
-    n_sum, bad_run, micro_index = 0, 0, 0
+    forward_loss = _forward_loss(cfg, objective, forward_net, backend, dist.device)
+    finite = _FiniteWatch(t.max_bad_steps, out_dir / "checkpoints") if t.check_finite else None
+    sums = torch.zeros(4, device=dist.device)  # (loss, denoise, mask) summed over good micro-batches, their count
+    step_bad = None  # device flag: a non-finite loss among this optimizer step's micro-batches
+    micro_index, snapshot_due = 0, False
     t_last, step_last = time.perf_counter(), step
     it = iter(hooks.wrap_loader(loader) if hooks.wrap_loader else loader)
     try:
         while step < t.steps:
-            # ---- one micro-batch: forward, finite check, backward -----------------------------
+            # ---- one micro-batch: forward, finite flag, backward (no host read) ---------------
+            if t.cuda_graphs and dist.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
             x, y = next(it)
             x = x.to(dist.device, non_blocking=True).to(in_dtype)
-            y = y.to(dist.device, non_blocking=True)
+            y = y.to(dist.device, non_blocking=True).long()  # uint8 on the wire to a GPU (data/loader.py)
             if cfg.model.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with phase("forward"), backend.autocast():
-                denoise, mask = objective(forward_net, x, y, gen)
-            loss = (denoise + mask).mean()
+                # the noise is drawn here, in objective.__call__'s order: a generator cannot enter a
+                # compiled region (model.compile_step)
+                sigma = objective.sample_sigma(x.shape[0], x.device, gen)
+                n = torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+                loss, terms = forward_loss(x, y, sigma, n)
             if micro_index in faults.NAN_AT_BATCHES:
                 loss = loss * float("nan")
+            record = torch.cat([terms, terms.new_ones(1)])  # (loss, denoise, mask, count)
+            if finite is not None:
+                bad = finite.flag(loss, step + 1, micro_index)
+                if not backend.skips_on_device:
+                    if finite.read():  # DeepSpeed: host read now, the batch dropped before backward
+                        micro_index += 1
+                        continue
+                else:
+                    step_bad = bad if step_bad is None else step_bad | bad
+                    record = torch.where(bad, torch.zeros_like(record), record)
             micro_index += 1
-            if t.check_finite and not bool(torch.isfinite(loss)):  # host sync: waits for this forward
-                bad_run += 1
-                log.warning("non-finite loss at step %d (micro-batch %d); batch skipped (%d in a row)",
-                            step + 1, micro_index - 1, bad_run)
-                if bad_run >= t.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"{bad_run} non-finite losses in a row at step {step + 1}; stopping. The last good "
-                        f"checkpoint under {out_dir / 'checkpoints'} is intact: lower optim.lr or check the data")
-                continue
-            bad_run = 0
             backend.set_lr(learning_rate(cfg, step + 1))
             with phase("backward"):
                 backend.backward(loss)
-            sums += torch.stack([loss.detach(), denoise.detach().mean(), mask.detach().mean()]).float()
-            n_sum += 1
+            sums += record
             with phase("optimizer"):
-                stepped = backend.micro_step()
+                skip = step_bad.float() if step_bad is not None else None
+                stepped = backend.micro_step(skip)
             if not stepped:
                 continue
             step += 1
+            step_bad = None
 
-            # ---- EMA ---------------------------------------------------------------------------
+            # ---- EMA (gated on the same flag) --------------------------------------------------
             if ema is not None:
                 with phase("ema"):
-                    ema.update(net)
+                    ema.update(net, skip)
             if hooks.on_step is not None:
                 hooks.on_step(step)
 
-            # ---- maintenance: metrics once per log_every steps (the one routine host sync) -----
+            # ---- maintenance: flags and metrics once per log_every steps (the routine host reads) --
             if step % t.log_every == 0 or step == t.steps:
+                if finite is not None:
+                    finite.read()  # warnings for non-finite losses; stops at max_bad_steps in a row
                 now = time.perf_counter()
-                means = (sums / max(n_sum, 1)).tolist()  # host sync
+                total = sums.tolist()  # host read
+                means = [v / max(total[3], 1.0) for v in total[:3]]
                 ips = (step - step_last) * batch_images / max(now - t_last, 1e-9)
                 if not all(math.isfinite(v) for v in means):
                     log.warning("non-finite running mean at step %d", step)
@@ -231,12 +255,17 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                                "images_per_s": ips, "lr": learning_rate(cfg, step),
                                "peak_mem_mb": _peak_mem_mb(dist.device)})
                 sums.zero_()
-                n_sum, t_last, step_last = 0, now, step
+                t_last, step_last = now, step
 
             faults.maybe_kill(faults.KILL_AT_STEP, step)
-            # ---- snapshot ----------------------------------------------------------------------
-            if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps:
+            # ---- snapshot (after a step that updated: a skipped one defers it; the last writes) --
+            snapshot_due = snapshot_due or bool(t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps
+            if snapshot_due:
+                if finite is not None and finite.read() and step < t.steps:
+                    log.info("snapshot of step %d deferred: its update was skipped", step)
+                    continue
                 snapshot()
+                snapshot_due = False
     finally:
         metrics.close()
 
@@ -245,6 +274,70 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         ema_net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
         ema.copy_to(ema_net)
     return TrainResult(net, ema_net, step, out_dir, chosen_ops)
+
+
+def _compile_mode(cfg: Config, device: torch.device) -> str | None:
+    """torch.compile's mode: CUDA graphs (reduce-overhead) when train.cuda_graphs asks on a GPU."""
+    if cfg.train.cuda_graphs and device.type != "cuda":
+        log.info("train.cuda_graphs ignored: no CUDA device")
+    return "reduce-overhead" if cfg.train.cuda_graphs and device.type == "cuda" else None
+
+
+def _forward_loss(cfg: Config, objective: HybridObjective, forward_net, backend, device: torch.device):
+    """f(x, y, sigma, n) -> (loss, (loss, denoise, mask) fp32 means): the step's math up to the loss;
+    compiled as one region with model.compile_step (its backward compiled with it by AOTAutograd)."""
+    def forward_loss(x, y, sigma, n):
+        denoise, mask = objective.terms(forward_net, x, y, sigma, n)
+        loss = (denoise + mask).mean()
+        return loss, torch.stack([loss.detach(), denoise.detach().mean(), mask.detach().mean()]).float()
+
+    if not cfg.model.compile_step:
+        return forward_loss
+    if backend.name != "plain":
+        raise ValueError(f"model.compile_step=true needs the plain engine (this run uses {backend.name}): "
+                         "set model.compile_step=false or train.engine=plain")
+    return torch.compile(forward_loss, fullgraph=True, mode=_compile_mode(cfg, device))
+
+
+class _FiniteWatch:
+    """Non-finite losses: flagged on the device per micro-batch, read on the host only in `read`.
+
+    flag(loss, step, micro) -> bool device flag (True: non-finite), kept for the next read;
+    read() -> whether the last step read had a non-finite micro-batch; logs each one, and raises
+    NonFiniteLossError once `max_bad` came in a row (counted in micro-batch order across reads)."""
+
+    def __init__(self, max_bad: int, ckpt_dir: Path):
+        self.max_bad, self.ckpt_dir = max_bad, ckpt_dir
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, micro-batch, flag)
+        self.in_a_row, self.first_bad_step, self.last_skipped = 0, 0, False
+
+    def flag(self, loss: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        bad = ~torch.isfinite(loss.detach())
+        self.pending.append((step, micro, bad))
+        return bad
+
+    def read(self) -> bool:
+        if not self.pending:
+            return self.last_skipped
+        flags = torch.stack([bad for _, _, bad in self.pending]).tolist()  # the host read
+        last_step = self.pending[-1][0]
+        self.last_skipped = any(b for (s, _, _), b in zip(self.pending, flags, strict=True) if s == last_step)
+        pending, self.pending = self.pending, []
+        for (step, micro, _), bad in zip(pending, flags, strict=True):
+            if not bad:
+                self.in_a_row = 0
+                continue
+            self.in_a_row += 1
+            self.first_bad_step = step if self.in_a_row == 1 else self.first_bad_step
+            log.warning("non-finite loss at step %d (micro-batch %d); its update skipped (%d in a row)",
+                        step, micro, self.in_a_row)
+            if self.in_a_row >= self.max_bad:
+                through = f" (through step {step})" if step != self.first_bad_step else ""
+                raise NonFiniteLossError(
+                    f"{self.in_a_row} non-finite losses in a row at step {self.first_bad_step}{through}; "
+                    f"stopping. The last good checkpoint under {self.ckpt_dir} is intact: lower optim.lr "
+                    "or check the data")
+        return self.last_skipped
 
 
 def _peak_mem_mb(device: torch.device) -> float:

@@ -2,7 +2,10 @@
 
     backend.module          the module to call forward on
     backend.backward(loss)  one micro-batch's backward (accumulation handled inside)
-    backend.micro_step()    returns True when this micro-batch closed an optimizer step
+    backend.micro_step(found_inf)   returns True when this micro-batch closed an optimizer step;
+                            found_inf (a device flag, 1.0: skip) skips that step's update on the device
+    backend.skips_on_device True when found_inf skips without a host read (the plain back-end with a
+                            fused AdamW); DeepSpeed has no such path: the loop reads its flag at once
     backend.save(dir) / backend.load(dir)   model + optimizer state (each rank its own shards)
 """
 from __future__ import annotations
@@ -21,22 +24,27 @@ log = logging.getLogger("hybengine.runtime")
 
 
 def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
-    """AdamW; on CPU its fused kernel, which the optimizer probe measured well ahead of torch's CPU
-    default (the per-tensor loop) and of foreach (docs/lab/cpu-bound.md, "the optimizer question";
-    benchmarks/results/optimizer.csv). On CUDA torch's default (foreach) is kept: that is what the
-    GPU rows of benchmarks/results/train.csv measured. Either way a resumed run repeats an
-    uninterrupted one bit for bit (tests/test_train_faults.py, tests/test_deepspeed.py): the
-    implementation flags travel in the optimizer state, so a checkpoint continues with the one it
-    was written with (one from before this choice keeps torch's default)."""
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay,
-                             fused=True if on_cpu else None)
+    """AdamW, torch's fused kernel on every device: its `found_inf` argument skips a step whose loss
+    was not finite without a host read (CPU and CUDA alike). On CPU the optimizer probe measured it
+    well ahead of torch's default (the per-tensor loop) and of foreach (docs/lab/cpu-bound.md,
+    "the optimizer question"; benchmarks/results/optimizer.csv). On CUDA the fused kernel
+    replaces torch's default (foreach), which the older GPU rows in benchmarks/results/train.csv
+    ran with. A resumed run repeats an uninterrupted one bit for bit (tests/test_train_faults.py,
+    tests/test_deepspeed.py): the implementation flags travel in the optimizer state, so a
+    checkpoint continues with the one it was written with (one written with foreach skips a bad
+    step through a host read: `PlainBackend.micro_step`)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
+def _fused(optimizer) -> bool:
+    return all(group.get("fused") for group in optimizer.param_groups)
 
 
 class PlainBackend:
     """Single process: autocast for bf16, gradient accumulation, global-norm clipping."""
 
     name = "plain"
+    skips_on_device = True
 
     def __init__(self, model: nn.Module, optimizer, precision: str, grad_accum: int, grad_clip: float,
                  device: torch.device):
@@ -56,13 +64,22 @@ class PlainBackend:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
 
-    def micro_step(self) -> bool:
+    def micro_step(self, found_inf: torch.Tensor | None = None) -> bool:
+        """found_inf: float32 device flag, 1.0 when a micro-batch of this step had a non-finite loss;
+        the fused AdamW then leaves weights, moments and its step count as they were."""
         self.micro += 1
         if self.micro % self.grad_accum:
             return False
-        if self.grad_clip > 0:
+        if self.grad_clip > 0:  # NaN gradients make a NaN norm: harmless, the step is skipped
             nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip, foreach=True)
-        self.optimizer.step()
+        if found_inf is None:
+            self.optimizer.step()
+        elif _fused(self.optimizer):
+            self.optimizer.found_inf = found_inf  # read by the fused kernel on the device
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not bool(found_inf):  # a checkpoint written with foreach: host read, then skip
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return True
 
@@ -117,6 +134,7 @@ class DeepSpeedBackend:
     """A DeepSpeed engine (ZeRO stage from the JSON) wrapping the model and a torch AdamW."""
 
     name = "deepspeed"
+    skips_on_device = False  # its ZeRO optimizer has no found_inf input: the loop drops bad batches
 
     def __init__(self, model: nn.Module, optimizer, ds_config: dict):
         import deepspeed
@@ -138,7 +156,8 @@ class DeepSpeedBackend:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def micro_step(self) -> bool:
+    def micro_step(self, found_inf: torch.Tensor | None = None) -> bool:
+        assert found_inf is None, "DeepSpeed: the loop drops non-finite batches before backward"
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
         return boundary

@@ -1,6 +1,9 @@
 """Exponential moving average of the weights, with a half-life counted in optimizer steps.
 
     decay = 0.5 ** (1 / halflife);   ema <- decay * ema + (1 - decay) * param      (fp32)
+
+A step whose update the optimizer skipped (non-finite loss) passes its device flag `skip` (1.0):
+the weight of the new value becomes (1 - decay) * (1 - skip), decided on the device, no host read.
 """
 from __future__ import annotations
 
@@ -15,9 +18,17 @@ class EMA:
         self.shadow = [p.detach().float().clone() for p in model.parameters()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
         params = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+        if skip is None:
+            torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+            return
+        # ema += w * (param - ema) with a 0-d device weight: foreach lerp would take a tensor weight
+        # only per tensor (its slow path on CUDA); mul by a 0-d tensor keeps the fused route
+        weight = (1.0 - skip.float()) * (1.0 - self.decay)
+        delta = torch._foreach_sub(params, self.shadow)
+        torch._foreach_mul_(delta, weight)
+        torch._foreach_add_(self.shadow, delta)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.shadow, strict=True))
