@@ -60,7 +60,7 @@ def real_calls(
     small = _hooked_forward(model_cfg, cfg, 1, 2 * _downsample(model_cfg), torch.float32, channels_last, "cpu")
     if [(c.c, c.groups, c.modulated) for c in shapes] != [(c.c, c.groups, c.modulated) for c in small]:
         raise RuntimeError("call_list: the meta and CPU forwards made different GroupNorm-SiLU calls")
-    return [dataclasses.replace(c, channels_last=s.channels_last) for c, s in zip(shapes, small)]
+    return [dataclasses.replace(c, channels_last=s.channels_last) for c, s in zip(shapes, small, strict=True)]
 
 
 def _downsample(model_cfg: ModelConfig) -> int:

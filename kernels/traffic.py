@@ -111,8 +111,10 @@ class Traffic:
 
 
 @contextlib.contextmanager
-def count(l2_budget: int = L2_BUDGET, batch_scale: float = 1.0) -> Iterator[Traffic]:
-    """Record every interpreted Triton launch in the block. Requires TRITON_INTERPRET=1."""
+def count(l2_budget: int = L2_BUDGET, batch_scale: float = 1.0, big_numel: int | None = None) -> Iterator[Traffic]:
+    """Record every interpreted Triton launch in the block. Requires TRITON_INTERPRET=1.
+
+    big_numel: the element count of the big tensors (x's); None: each launch's largest arguments."""
     from triton.runtime import interpreter as interp
 
     if not getattr(interp, "interpreter_builder", None):
@@ -144,7 +146,7 @@ def count(l2_budget: int = L2_BUDGET, batch_scale: float = 1.0) -> Iterator[Traf
 
     def grid_call(self, *args, **kwargs):
         tensors = [a for a in list(args) + list(kwargs.values()) if hasattr(a, "data_ptr") and a.numel() > 0]
-        top = max((a.numel() for a in tensors), default=0)
+        top = big_numel if big_numel is not None else max((a.numel() for a in tensors), default=0)
         big = [(a.data_ptr(), a.data_ptr() + a.numel() * a.element_size()) for a in tensors if a.numel() == top]
         name = getattr(self.fn, "__name__", str(self.fn))
         grid = self.grid if not callable(self.grid) else (0,)
