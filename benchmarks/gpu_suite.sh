@@ -129,6 +129,45 @@ dali_gpu() {
 export PY DALI_SITE OUT
 export -f env_info install dali_setup dali_gpu
 
+# kernels_real (issue 16; STAGES=kernels_real, about 6 minutes cold on an H100/H200): GroupNorm-SiLU
+# over the U-Net's real call list (hybengine.call_list: base preset, batch 32, 128x128, bf16), both
+# layouts, fwd+bwd in CUDA-graph device time: the slab kernels, the group and rows kernels,
+# torch.compile of the reference and eager; per shape, then per step (calls x time summed over the
+# list) with the roofline fraction at the copy bandwidth measured in the same run. The slab
+# kernels (a persistent grid with spin waits) first run a 60 s smoke check; if it fails or hangs
+# they are left out. DEVICE=cpu: batch 1 at 16x16 under the interpreter (a dry run).
+kernels_real() {
+  local providers=(groups rows compile eager)
+  local args=(--real --dtypes bf16 --layouts nhwc nchw --modes fwd+bwd --timing graph --fp32-baseline 0
+              --rep "${KR_REP:-20}" --budget-s "${KR_BUDGET_S:-300}")
+  if [ "$DEVICE" = "cpu" ]; then
+    providers=(groups rows eager)
+    export TRITON_INTERPRET=1  # the Triton kernels through the interpreter
+    args=(--real --batch 1 --crop 16 --dtypes fp32 --layouts nhwc nchw --modes fwd+bwd --timing call
+          --fp32-baseline 0 --rep 2)
+  fi
+  if timeout 60 "$PY" - "$DEVICE" <<'PYEOF'
+import sys
+import torch
+sys.path.insert(0, "tests")
+from kernel_helpers import check_group_norm_silu, gn_inputs
+from hybengine import ops
+from hybengine.config import KernelConfig
+dev = sys.argv[1]
+with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), dev, cpu_body="triton-interpreter"):
+    for cl in (False, True):
+        print("slab smoke", "nhwc" if cl else "nchw", check_group_norm_silu(gn_inputs(4, 64, 16, 16,
+              channels_last=cl, device=dev), 8, torch.float32))
+PYEOF
+  then providers+=(slab)
+  else echo "!!! slab smoke check failed or hung: slab left out"
+  fi
+  "$PY" benchmarks/bench_group_norm_silu.py --device "$DEVICE" --csv "$OUT/group_norm_silu_real.csv" \
+    --providers "${providers[@]}" "${args[@]}"
+}
+export DEVICE
+export -f kernels_real
+
 CHECK_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then  # dry run: small shapes only
   GN_ARGS=(--quick)
@@ -159,6 +198,7 @@ stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss
 stage bench_upsample_conv "${UPSAMPLE_LIMIT_S:-60}" "$PY" benchmarks/bench_upsample_conv.py --device "$DEVICE" \
   --layouts nhwc --repeats 5 --csv "$OUT/upsample_conv.csv"
 stage dali "${DALI_LIMIT_S:-150}" dali_gpu
+stage kernels_real "${KERNELS_REAL_LIMIT_S:-460}" kernels_real
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).
 if [ "$DEVICE" = "cuda" ]; then
