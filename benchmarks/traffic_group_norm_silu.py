@@ -59,10 +59,12 @@ def _design_rows(call: GNCall, real_n: int, sms: int):
 
 def _design_slab(call: GNCall, real_n: int, sms: int):
     slab = importlib.import_module("hybengine.kernels.group_norm_silu_slab")
-
-    fwd = lambda x, w, b, s, t: slab.group_norm_silu_fwd_slab(x, w, b, s, t, call.groups, 1e-5, sms=sms)
+    # the GPU's units and chunks (so its bytes), with the CPU's larger tiles (fewer interpreter steps)
+    cfg = slab.slab_config(call.c, call.h * call.w, call.groups, call.channels_last, True, tile=8192)
+    cfg["NUM_STAGES"] = 1
+    fwd = lambda x, w, b, s, t: slab.group_norm_silu_fwd_slab(x, w, b, s, t, call.groups, 1e-5, sms=sms, config=cfg)
     bwd = lambda dy, x, w, b, s, t, m, r: slab.group_norm_silu_bwd_slab(dy, x, w, b, s, t, m, r, call.groups, 1e-5,
-                                                                        sms=sms)
+                                                                        sms=sms, config=cfg)
     return fwd, bwd
 
 

@@ -47,33 +47,44 @@ from .layout import as_n_c_p, write_back
 UNIT_ELEMS = 1 << 20  # elements per unit at most (unless one group is larger): ~2 units live in L2
 ITEM_ELEMS = 1 << 14  # elements per work item (chunk), about
 MIN_CHUNK = 256  # pixels per chunk at least: partials stay < 1/32 of an element-size per element
+NCHW_CHUNK = 1024  # pixels per chunk of an NCHW unit (each channel's span is contiguous)
 PROGRAMS_PER_SM = 4
 
 
 def slab_config(c: int, hw: int, groups: int, channels_last: bool, on_gpu: bool, unit_elems: int = UNIT_ELEMS,
-                item_elems: int = ITEM_ELEMS, min_chunk: int = MIN_CHUNK, tile: int | None = None) -> dict:
+                item_elems: int = ITEM_ELEMS, min_chunk: int = MIN_CHUNK, nchw_chunk: int = NCHW_CHUNK,
+                tile: int | None = None) -> dict:
     """Launch parameters for one call shape: the one table of this design (keyed on C, HW, layout).
-    The keyword arguments exist for tests, which shrink them to reach many units, chunks and tiles."""
+
+    Units, chunks and so the bytes moved do not depend on `tile` (the traffic counter runs with the
+    CPU's larger tiles); the keyword arguments exist for tests, which shrink them to reach many
+    units, chunks and tiles. Tiles: sm_90 compiles of the real call list's variants (tests/kernel_aot.py
+    --real) showed no spills at 2048 elements and 8 warps, with channels-last tiles of whole pixel
+    rows and NCHW tiles of 2 channels x 1024 pixels (wider NCHW tiles spilled or used 255 registers).
+    """
     cg = c // groups
     gb = 1
     for d in range(1, groups + 1):  # largest divisor of G whose unit fits unit_elems
         if groups % d == 0 and d * cg * hw <= unit_elems:
             gb = d
     cb = gb * cg
-    chunk = max(min_chunk, item_elems // triton.next_power_of_2(cb))
+    if channels_last:  # a chunk: whole pixel rows of the unit's channels
+        chunk = max(min_chunk, item_elems // triton.next_power_of_2(cb))
+    else:  # a chunk: a span of pixels of each of the unit's channels
+        chunk = max(min_chunk, nchw_chunk)
     chunk = min(chunk, triton.next_power_of_2(hw))
     k = math.ceil(hw / chunk)
     if tile is None:  # elements per tile: registers on a GPU, Python steps on the CPU
-        tile = 4096 if on_gpu else 8192
+        tile = 2048 if on_gpu else 8192
     if channels_last:
         block_c = min(triton.next_power_of_2(cb), tile)
         block_p = max(1, min(triton.next_power_of_2(chunk), tile // block_c))
     else:
-        block_p = min(triton.next_power_of_2(chunk), tile)
-        block_c = max(1, min(triton.next_power_of_2(cb), tile // block_p))
+        block_c = min(2, triton.next_power_of_2(cb))
+        block_p = max(1, min(triton.next_power_of_2(chunk), tile // block_c))
     return dict(GB=gb, CB=cb, P_CHUNK=chunk, K=k, U=groups // gb, BLOCK_C=block_c, BLOCK_P=block_p,
                 BLOCK_G=triton.next_power_of_2(gb), BLOCK_CG=triton.next_power_of_2(cg),
-                num_warps=8 if block_c * block_p >= 4096 else 4, NUM_STAGES=2 if on_gpu else 1)
+                num_warps=8 if block_c * block_p >= 2048 else 4, NUM_STAGES=2 if on_gpu else 1)
 
 
 # ----------------------------------------------------------------------------- scheduling

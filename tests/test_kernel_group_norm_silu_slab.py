@@ -26,7 +26,8 @@ SHAPES = {"multi_unit": (2, 16, 7, 9, 4), "odd": (2, 6, 5, 7, 3), "one_group": (
 def tiny_config(x, groups):
     n, c, h, w = x.shape
     return slab.slab_config(c, h * w, groups, x.is_contiguous(memory_format=torch.channels_last) and
-                            not x.is_contiguous(), False, unit_elems=600, item_elems=64, min_chunk=8, tile=32)
+                            not x.is_contiguous(), False, unit_elems=600, item_elems=64, min_chunk=8, nchw_chunk=8,
+                            tile=32)
 
 
 def slab_op(config_fn=tiny_config):
@@ -53,7 +54,8 @@ def slab_op(config_fn=tiny_config):
 
 def test_tiny_config_reaches_every_path():
     for cl in (False, True):
-        cfg = slab.slab_config(16, 63, 4, cl, False, unit_elems=600, item_elems=64, min_chunk=8, tile=32)
+        cfg = slab.slab_config(16, 63, 4, cl, False, unit_elems=600, item_elems=64, min_chunk=8, nchw_chunk=8,
+                               tile=32)
         assert cfg["GB"] == 2 and cfg["K"] == 8 and cfg["P_CHUNK"] == 8
         assert (cfg["BLOCK_P"] < cfg["P_CHUNK"]) if cl else (cfg["BLOCK_C"] < cfg["CB"])
 
