@@ -24,7 +24,6 @@ import datetime
 import importlib
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"scaling {design} C={c} {h}x{w} run batch {n}: fwd raw {r['fwd_raw']:.4f} dram "
                       f"{r['fwd_dram']:.4f} small {r['fwd_raw_small']:.4f}; bwd raw {r['bwd_raw']:.4f} dram "
                       f"{r['bwd_dram']:.4f} small {r['bwd_raw_small']:.4f}", flush=True)
-    rows_out = []
+    append = _writer(a.out, a.batch, a.sms, a.l2_budget_mb)
     for layout in a.layouts.split(","):
         for design in a.designs.split(","):
             if design == "rows" and layout != "channels_last":
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                 call = GNCall(a.run_batch, c, h, w, gr, layout == "channels_last", dt, mod[key])
                 r = count_call(call, design, a.batch, a.sms, budget)
                 r["calls"] = by_shape[key]
-                rows_out.append(r)
+                append(r)
                 weight = by_shape[key] * c * h * w
                 for k in ("fwd_raw", "fwd_dram", "bwd_raw", "bwd_dram", "fwd_raw_small", "bwd_raw_small",
                           "fwd_dram_small", "bwd_dram_small"):
@@ -163,16 +162,27 @@ def main(argv: list[str] | None = None) -> None:
                   f"element-sizes/element (fwd {f['fwd_dram']:.3f}, bwd {f['bwd_dram']:.3f}) + small "
                   f"{f['fwd_dram_small'] + f['bwd_dram_small']:.3f}; raw {f['fwd_raw'] + f['bwd_raw']:.3f} + small "
                   f"{f['fwd_raw_small'] + f['bwd_raw_small']:.3f}  [{time.time() - t0:.0f} s]", flush=True)
-    if a.out and rows_out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        stamp = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": "cpu-interpreter",
-                 "torch": torch.__version__, "l2_budget_mb": a.l2_budget_mb, "sms": a.sms, "batch": a.batch}
-        with open(a.out, "w", newline="") as fh:
-            wr = csv.DictWriter(fh, fieldnames=list(stamp) + list(rows_out[0]))
-            wr.writeheader()
-            for r in rows_out:
-                wr.writerow({**stamp, **r})
-        print(f"wrote {a.out}", file=sys.stderr)
+
+
+def _writer(path: str, batch: int, sms: int, budget_mb: float):
+    """append(row): rows go to the CSV as they come (a cut-short run keeps what it counted)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    stamp = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": "cpu-interpreter",
+             "torch": torch.__version__, "l2_budget_mb": budget_mb, "sms": sms, "batch": batch}
+    state = {}
+
+    def append(row: dict) -> None:
+        if not path:
+            return
+        new = "w" not in state
+        with open(path, "w" if new else "a", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=list(stamp) + list(row))
+            if new:
+                wr.writeheader()
+                state["w"] = True
+            wr.writerow({**stamp, **row})
+
+    return append
 
 
 if __name__ == "__main__":
