@@ -134,31 +134,31 @@ export -f env_info install dali_setup dali_gpu
 # layouts, fwd+bwd in CUDA-graph device time: the slab kernels, the group and rows kernels,
 # torch.compile of the reference and eager; per shape, then per step (calls x time summed over the
 # list) with the roofline fraction at the copy bandwidth measured in the same run. The slab
-# kernels (a persistent grid with spin waits) first run a 60 s smoke check; if it fails or hangs
+# kernels (a persistent grid with spin waits) first run a 120 s smoke check; if it fails or hangs
 # they are left out. DEVICE=cpu: batch 1 at 16x16 under the interpreter (a dry run).
 kernels_real() {
-  local providers=(groups rows compile eager)
+  local providers=(groups rows compile eager) smoke_s=120
   local args=(--real --dtypes bf16 --layouts nhwc nchw --modes fwd+bwd --timing graph --fp32-baseline 0
               --rep "${KR_REP:-20}" --budget-s "${KR_BUDGET_S:-300}")
   if [ "$DEVICE" = "cpu" ]; then
-    providers=(groups rows eager)
+    providers=(groups rows eager) smoke_s=300
     export TRITON_INTERPRET=1  # the Triton kernels through the interpreter
     args=(--real --batch 1 --crop 16 --dtypes fp32 --layouts nhwc nchw --modes fwd+bwd --timing call
           --fp32-baseline 0 --rep 2)
   fi
-  if timeout 60 "$PY" - "$DEVICE" <<'PYEOF'
+  if timeout "$smoke_s" "$PY" -c "
 import sys
 import torch
-sys.path.insert(0, "tests")
+sys.path.insert(0, 'tests')
 from kernel_helpers import check_group_norm_silu, gn_inputs
 from hybengine import ops
 from hybengine.config import KernelConfig
 dev = sys.argv[1]
-with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), dev, cpu_body="triton-interpreter"):
+with ops.using(KernelConfig(group_norm_silu_channels_last='slab'), dev, cpu_body='triton-interpreter'):
     for cl in (False, True):
-        print("slab smoke", "nhwc" if cl else "nchw", check_group_norm_silu(gn_inputs(4, 64, 16, 16,
-              channels_last=cl, device=dev), 8, torch.float32))
-PYEOF
+        inputs = gn_inputs(4, 64, 16, 16, channels_last=cl, device=dev)
+        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, 8, torch.float32))
+" "$DEVICE"
   then providers+=(slab)
   else echo "!!! slab smoke check failed or hung: slab left out"
   fi

@@ -40,7 +40,9 @@ FLOAT_ARGS = {"eps", "w_mask"}
 
 def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strides: tuple, arch: int):
     """Compile one specialisation: pointer dtypes, sizes for the heuristics, constexpr flags."""
-    jit = kernel if hasattr(kernel, "arg_names") else kernel.fn
+    jit = kernel
+    while not isinstance(jit, triton.runtime.JITFunction):  # under triton.heuristics
+        jit = jit.fn
     flags = dict(flags)
     unit_strides = [s for s in unit_strides if s in jit.arg_names]
     values = {**sizes, **{name: CUDA for name in pointers}, **{s: 1 for s in unit_strides}}
