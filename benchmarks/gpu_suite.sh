@@ -137,14 +137,14 @@ export -f env_info install dali_setup dali_gpu
 # kernels (a persistent grid with spin waits) first run a 120 s smoke check; if it fails or hangs
 # they are left out. DEVICE=cpu: batch 1 at 16x16 under the interpreter (a dry run).
 kernels_real() {
-  local providers=(groups rows compile eager) smoke_s=120
+  local providers=(groups rows compile eager) smoke_s=120 smoke_shape=4,64,16,16,8
   local args=(--real --dtypes bf16 --layouts nhwc nchw --modes fwd+bwd --timing graph --fp32-baseline 0
               --rep "${KR_REP:-20}" --budget-s "${KR_BUDGET_S:-300}")
   if [ "$DEVICE" = "cpu" ]; then
-    providers=(groups rows eager) smoke_s=300
+    providers=(groups rows eager) smoke_s=300 smoke_shape=2,16,8,8,4
     export TRITON_INTERPRET=1  # the Triton kernels through the interpreter
     args=(--real --batch 1 --crop 16 --dtypes fp32 --layouts nhwc nchw --modes fwd+bwd --timing call
-          --fp32-baseline 0 --rep 2)
+          --fp32-baseline 0 --rep 2 --budget-s 120)
   fi
   if timeout "$smoke_s" "$PY" -c "
 import sys
@@ -154,11 +154,12 @@ from kernel_helpers import check_group_norm_silu, gn_inputs
 from hybengine import ops
 from hybengine.config import KernelConfig
 dev = sys.argv[1]
+n, c, h, w, g = (int(v) for v in sys.argv[2].split(','))
 with ops.using(KernelConfig(group_norm_silu_channels_last='slab'), dev, cpu_body='triton-interpreter'):
     for cl in (False, True):
-        inputs = gn_inputs(4, 64, 16, 16, channels_last=cl, device=dev)
-        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, 8, torch.float32))
-" "$DEVICE"
+        inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
+        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32), flush=True)
+" "$DEVICE" "$smoke_shape"
   then providers+=(slab)
   else echo "!!! slab smoke check failed or hung: slab left out"
   fi
