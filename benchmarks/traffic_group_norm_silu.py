@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--l2-budget-mb", type=float, default=traffic.L2_BUDGET / 2**20)
     p.add_argument("--max-calls", type=int, default=0, help="only the first K distinct calls (smoke runs)")
     p.add_argument("--skip", nargs="*", default=[], help="shapes CxHxW to leave out (counted by an earlier run)")
+    p.add_argument("--smallest-first", action="store_true", help="count the cheap shapes first")
     p.add_argument("--check-scaling", action="store_true")
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.max_calls:
         shapes = shapes[:a.max_calls]
     shapes = [k for k in shapes if f"{k[0]}x{k[1]}x{k[2]}" not in a.skip]
+    if a.smallest_first:
+        shapes.sort(key=lambda k: k[0] * k[1] * k[2])
     budget = int(a.l2_budget_mb * 2**20)
     print(f"{len(calls)} calls, {len(by_shape)} shapes; run batch {a.run_batch} with the plans of batch {a.batch}, "
           f"{a.sms} SMs; L2 budget {a.l2_budget_mb} MB", flush=True)
