@@ -58,9 +58,11 @@ def slab_config(c: int, hw: int, groups: int, channels_last: bool, on_gpu: bool,
 
     Units, chunks and so the bytes moved do not depend on `tile` (the traffic counter runs with the
     CPU's larger tiles); the keyword arguments exist for tests, which shrink them to reach many
-    units, chunks and tiles. Tiles: sm_90 compiles of the real call list's variants (tests/kernel_aot.py
-    --real) showed no spills at 2048 elements and 8 warps, with channels-last tiles of whole pixel
-    rows and NCHW tiles of 2 channels x 1024 pixels (wider NCHW tiles spilled or used 255 registers).
+    units, chunks and tiles. Tiles: 2048 elements and 8 warps, channels-last tiles of whole pixel
+    rows, NCHW tiles of 2 channels x 1024 pixels (NCHW tiles of 8-16 channels x 256 pixels used 255
+    registers and spilled). sm_90 compiles of the real call list's variants (tests/kernel_aot.py
+    --real) still spill 8-84 bytes in 21 of 77 variants, where ptxas caps at 64 or 128 registers:
+    not tuned yet (next: a register cap per variant, or 4 warps where it spills).
     """
     cg = c // groups
     gb = 1
