@@ -12,6 +12,8 @@ Providers (same inputs, same run):
     rows       the fused op with the channels-last Triton kernels of group_norm_silu_rows.py (nhwc
                rows only; GPU, or the interpreter); `fused` keeps the process's choice ("groups"
                unless HYBENGINE_GN_CHANNELS_LAST says otherwise)
+    groups     the fused op with the group kernels of group_norm_silu.py, whatever the default
+    slab       the fused op with the persistent slab kernels of group_norm_silu_slab.py (both layouts)
     apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
                no modulation: its rows say modulated=False)
 
@@ -26,8 +28,13 @@ Before timing, each configuration measures the max error of y and dx against a f
 for fused (`max_err_*`) and for the reference run in the input dtype (`ref_err_*`). Rows are
 appended, one configuration at a time, to --csv (default benchmarks/results/group_norm_silu.csv).
 
-    python benchmarks/bench_group_norm_silu.py                 # GPU: the U-Net shapes
+    python benchmarks/bench_group_norm_silu.py                 # GPU: the U-Net's real call list
     python benchmarks/bench_group_norm_silu.py --quick         # CPU: one small shape
+
+The GPU default is the real call list (hybengine.call_list: base preset, batch 32, 128x128, the
+configured model.groups): one configuration per distinct (C, H, W, groups) with its number of calls
+per forward, and at the end, per provider, the sum over the list of calls x time ("per step") and
+its fraction of the roofline (5E bytes of every call over the measured copy bandwidth).
 """
 import gc
 import time
@@ -59,6 +66,12 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
 def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device, layout: str):
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
     set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
+    if name in ("groups", "slab"):
+        if device.type != "cuda" and not bodies.INTERPRET:
+            return None
+        bodies.set_cpu_backend(None, ops=("group_norm_silu",))
+        set_channels_last_kernel(name)  # forward and backward, until the next provider
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "fused":
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
@@ -126,42 +139,89 @@ def check(args, dy, groups, eps):
     return err(fused[0], y64), err(fused[1], dx64), err(ref[0], y64), err(ref[1], dx64)
 
 
+def real_shapes(batch: int, crop: int) -> tuple[list[tuple], dict]:
+    """Distinct (N, C, H, W) of the real call list, most elements first, and {shape: (groups, calls)}."""
+    from collections import Counter
+
+    from hybengine.call_list import real_calls
+
+    counts = Counter((c.n, c.c, c.h, c.w, c.groups) for c in real_calls(batch=batch, crop=crop))
+    info = {k[:4]: (k[4], v) for k, v in counts.items()}
+    return sorted(info, key=lambda s: -s[0] * s[1] * s[2] * s[3] * info[s][1]), info
+
+
 def configs(args, device):
+    """[(shape, dtype, layout)] and {shape: (groups, calls per forward)} (calls 1 off the real list)."""
+    info = {}
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    elif args.real or (device.type == "cuda" and not args.quick and not args.hand_picked):
+        shapes, info = real_shapes(args.batch, args.crop)
     else:
         shapes = QUICK_SHAPES if args.quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
     out = [(s, d, lay) for s in shapes for d in args.dtypes for lay in args.layouts]
-    if args.fp32_baseline and not args.quick:  # the plain baseline's precision and layout
+    if args.fp32_baseline and not args.quick and not info:  # the plain baseline's precision and layout
         out += [(s, "fp32", "nchw") for s in shapes[: args.fp32_baseline] if (s, "fp32", "nchw") not in out]
-    return out
+    info = {s: info.get(s, (args.groups, 1)) for s in shapes}
+    return out, info
+
+
+def per_step_summary(p50: dict, info: dict, copy_gbps: float) -> list[str]:
+    """Per (provider, timing, mode, dtype, layout): sum over the configurations of calls x p50, and the
+    roofline fraction of that sum; only groups of configurations every provider ran completely."""
+    lines, groups = [], {}
+    for (provider, timing, mode, shape, dtype, layout), (ms, nbytes) in p50.items():
+        acc = groups.setdefault((provider, timing, mode, dtype, layout), [0.0, 0.0, 0])
+        calls = info[shape][1]
+        acc[0] += calls * ms
+        acc[1] += calls * nbytes
+        acc[2] += 1
+    complete = max((a[2] for a in groups.values()), default=0)
+    for (provider, timing, mode, dtype, layout), (ms, nbytes, n) in sorted(groups.items()):
+        if n < complete:
+            continue
+        gbps = nbytes / (ms * 1e-3) / 1e9
+        lines.append(f"per step {provider:9s} {timing:5s} {mode:7s} {dtype} {layout}: {ms:8.3f} ms over {n} shapes, "
+                     f"{gbps:6.0f} GB/s, roofline {gbps / copy_gbps:.3f}")
+    return lines
 
 
 def main() -> None:
     p = kernel_bench_parser(__doc__, shapes_help="N,C,H,W ...", layouts=["nchw", "nhwc"],
-                            providers=["fused", "rows", "reference", "eager", "compile", "apex", "native"],
+                            providers=["fused", "slab", "groups", "rows", "reference", "eager", "compile", "apex",
+                                       "native"],
                             modes=MODES,
                             dtypes=list(DTYPES), csv_path=RESULTS / "group_norm_silu.csv")
-    p.add_argument("--groups", type=int, default=32)
+    p.add_argument("--groups", type=int, default=32, help="groups of --shapes and the hand-picked shapes")
+    p.add_argument("--real", action="store_true", help="the real call list (the GPU default)")
+    p.add_argument("--hand-picked", action="store_true", help="GPU: the old hand-picked shapes instead")
+    p.add_argument("--batch", type=int, default=32, help="batch of the real call list")
+    p.add_argument("--crop", type=int, default=128, help="crop of the real call list")
     args = p.parse_args()
     device, timings, rep, env, copy_gbps, impl = kernel_bench_setup(args, "group_norm_silu")
     eps, start = 1e-5, time.perf_counter()
+    cfgs, info = configs(args, device)
+    real = any(calls > 1 for _, calls in info.values()) or args.real
+    if real and args.csv == RESULTS / "group_norm_silu.csv":
+        args.csv = RESULTS / "group_norm_silu_real.csv"  # its rows carry a `calls` column
+    step_p50 = {}
 
-    for shape, dtype_name, layout in configs(args, device):
+    for shape, dtype_name, layout in cfgs:
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             print(f"budget of {args.budget_s:.0f}s spent: stopping before {shape} {dtype_name} {layout}")
             break
         dtype, numel = DTYPES[dtype_name], shape[0] * shape[1] * shape[2] * shape[3]
+        groups = info[shape][0]
         torch._dynamo.reset()
         leaves, dy = inputs(shape, dtype, layout == "nhwc", device)
         set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # what `fused` runs; the rows provider checks its own
-        err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, args.groups, eps)
+        err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, groups, eps)
         rows, p50 = [], {}
         for provider in args.providers:
-            fn = make_provider(provider, args.groups, eps, shape[1], dtype, device, layout)
+            fn = make_provider(provider, groups, eps, shape[1], dtype, device, layout)
             if fn is None:
                 continue
-            errs = (err_y, err_dx) if provider != "rows" else check(leaves, dy, args.groups, eps)[:2]
+            errs = (err_y, err_dx) if provider not in ("rows", "slab", "groups") else check(leaves, dy, groups, eps)[:2]
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
                     call = partial(fn, *leaves)
@@ -172,10 +232,13 @@ def main() -> None:
                     continue  # its other modes may still run (compile: bwd alone fails, fwd+bwd works)
                 gbps = ELEMENT_SIZES[mode] * numel * leaves[0].element_size() / (ms * 1e-3) / 1e9
                 p50[(provider, timing, mode)] = ms
+                step_p50[(provider, timing, mode, shape, dtype_name, layout)] = (
+                    ms, ELEMENT_SIZES[mode] * numel * leaves[0].element_size())
                 rows.append({
                     "bench": "group_norm_silu", "provider": provider,
                     "impl": impl if provider == "fused" else provider, "mode": mode, "timing": timing,
-                    "shape": "x".join(map(str, shape)), "groups": args.groups, "dtype": dtype_name,
+                    "shape": "x".join(map(str, shape)), "groups": groups,
+                    **({"calls": info[shape][1]} if real else {}), "dtype": dtype_name,
                     "layout": layout, "modulated": provider != "apex", "ms_p50": f"{ms:.4f}",
                     "ms_p20": f"{ms20:.4f}", "ms_p80": f"{ms80:.4f}", "gbps": f"{gbps:.1f}",
                     "roofline": f"{gbps / copy_gbps:.3f}", "bytes_model": f"{ELEMENT_SIZES[mode]}E",
@@ -192,6 +255,9 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    set_channels_last_kernel(CHANNELS_LAST_DEFAULT)
+    for line in per_step_summary(step_p50, info, copy_gbps):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ within a few times PyTorch's own error on the same rounded inputs. Covered: grou
 hybrid_loss in fp32, bf16 and fp16, NCHW and channels-last, odd and U-Net-like sizes, shapes the
 launch plan splits over several programs per group, forced splits, modulation variants,
 bitwise-deterministic gradients, opcheck, and a fullgraph torch.compile of a tiny U-Net block
-(forward and backward against eager); the same for the channels-last rows kernels; and the
+(forward and backward against eager); the same for the channels-last rows kernels and for the
+slab kernels (both layouts, and the real call list's shapes at batch 2 in bf16); and the
 sub-pixel upsample conv (kernels/upsample_conv.py) in every dtype and layout.
 
     python benchmarks/check_kernels.py --device cuda --json gpu_out/check.json
     TRITON_INTERPRET=1 python benchmarks/check_kernels.py --device cpu --quick    # a dry run
 """
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -146,6 +148,37 @@ def gn_rows_checks(ck: Checker, device, dtypes, shapes):
         gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
 
 
+def gn_slab_run(inputs, chunk):
+    """The slab launchers; `chunk` given: shrunken units and chunks (several per group, partial last)."""
+    from hybengine.kernels.group_norm_silu_slab import group_norm_silu_bwd_slab, group_norm_silu_fwd_slab, slab_config
+
+    x, weight, bias, s, t, dy = inputs
+    cfg = None
+    if chunk is not None:
+        n, c, h, w = x.shape
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        cfg = slab_config(c, h * w, 4, cl, x.is_cuda, unit_elems=2 * (c // 4) * h * w, item_elems=chunk * 4,
+                          min_chunk=chunk, nchw_chunk=chunk)
+    y, mean, rstd = group_norm_silu_fwd_slab(x, weight, bias, s, t, 4, 1e-5, config=cfg)
+    return (y, *group_norm_silu_bwd_slab(dy, x, weight, bias, s, t, mean, rstd, 4, 1e-5, config=cfg))
+
+
+def gn_slab_checks(ck: Checker, device, dtypes, shapes):
+    """The slab kernels (group_norm_silu_slab.py), both layouts: the shapes, the real call list's
+    distinct shapes at batch 2 (on a GPU), shrunken chunks against the plan, determinism."""
+    cases = [(shape, dt) for shape in shapes for dt in dtypes]
+    if device.type == "cuda":  # the real shapes in the first dtype (bf16): the check stage's time limit
+        from hybengine.call_list import real_calls
+
+        cases += [(shape, dtypes[0]) for shape in sorted({(2, c.c, c.h, c.w, c.groups) for c in real_calls()})]
+    with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), device):
+        for ((n, c, h, w, g), dt), cl in itertools.product(cases, (False, True)):
+            inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
+            ck.run(f"group_norm_silu slab {(n, c, h, w)} G={g} {dt} {'nhwc' if cl else 'nchw'}",
+                   partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
+        gn_forced_split_and_determinism(ck, device, dtypes, gn_slab_run, (False, True), "group_norm_silu slab")
+
+
 def loss_checks(ck: Checker, device, dtypes, shapes):
     for shape in shapes:
         for dt in dtypes:
@@ -227,6 +260,7 @@ def main() -> int:
         gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes, gn_triton_run,
                                         (False, True), "group_norm_silu")
         gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
+        gn_slab_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
     loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if args.quick else LOSS_SHAPES)
     upsample_checks(ck, device, dtypes, UPSAMPLE_SHAPES[:1] if args.quick else UPSAMPLE_SHAPES)
     op_checks(ck, device)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU suite (issues 3, 5 and 6). The stage limits add up to about 16 minutes worst case (on the
 # H200, the first base bench_train stage hit its 180 s limit after its plain row, still compiling
-# the strong one: benchmarks/results/gpu/bench_train_base_h200_8a0dcf0.log), more than one 10-minute
+# the strong one: benchmarks/results/logs/gpu/bench_train_base_h200_8a0dcf0.log), more than one 10-minute
 # device call: run it over several calls on the same warm machine with STAGES (below), as the
-# H200 run of commit 8a0dcf0 did (benchmarks/results/gpu/suite_summary_h200_8a0dcf0.txt):
+# H200 run of commit 8a0dcf0 did (benchmarks/results/logs/gpu/suite_summary_h200_8a0dcf0.txt):
 #   call 1  STAGES="env install check bench_group_norm_silu"          about 220 s
 #   call 2  STAGES="bench_hybrid_loss bench_train_base"                about 230 s with a warm cache
 #   call 3  STAGES="dali bench_train_tiny"                             (carries the last DALI part)
@@ -181,6 +181,46 @@ science() {
 }
 export -f science
 
+# kernels_real (issue 16; STAGES=kernels_real, about 6 minutes cold on an H100/H200): GroupNorm-SiLU
+# over the U-Net's real call list (hybengine.call_list: base preset, batch 32, 128x128, bf16), both
+# layouts, fwd+bwd in CUDA-graph device time: the slab kernels, the group and rows kernels,
+# torch.compile of the reference and eager; per shape, then per step (calls x time summed over the
+# list) with the roofline fraction at the copy bandwidth measured in the same run. The slab
+# kernels (a persistent grid with spin waits) first run a 120 s smoke check; if it fails or hangs
+# they are left out. DEVICE=cpu: batch 1 at 16x16 under the interpreter (a dry run).
+kernels_real() {
+  local providers=(groups rows compile eager) smoke_s=120 smoke_shape=4,64,16,16,8
+  local args=(--real --dtypes bf16 --layouts nhwc nchw --modes fwd+bwd --timing graph --fp32-baseline 0
+              --rep "${KR_REP:-20}" --budget-s "${KR_BUDGET_S:-300}")
+  if [ "$DEVICE" = "cpu" ]; then
+    providers=(groups rows eager) smoke_s=300 smoke_shape=2,16,8,8,4
+    export TRITON_INTERPRET=1  # the Triton kernels through the interpreter
+    args=(--real --batch 1 --crop 16 --dtypes fp32 --layouts nhwc nchw --modes fwd+bwd --timing call
+          --fp32-baseline 0 --rep 2 --budget-s 120)
+  fi
+  if timeout "$smoke_s" "$PY" -c "
+import sys
+import torch
+sys.path.insert(0, 'tests')
+from kernel_helpers import check_group_norm_silu, gn_inputs
+from hybengine import ops
+from hybengine.config import KernelConfig
+dev = sys.argv[1]
+n, c, h, w, g = (int(v) for v in sys.argv[2].split(','))
+with ops.using(KernelConfig(group_norm_silu_channels_last='slab'), dev, cpu_body='triton-interpreter'):
+    for cl in (False, True):
+        inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
+        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32), flush=True)
+" "$DEVICE" "$smoke_shape"
+  then providers+=(slab)
+  else echo "!!! slab smoke check failed or hung: slab left out"
+  fi
+  "$PY" benchmarks/bench_group_norm_silu.py --device "$DEVICE" --csv "$OUT/group_norm_silu_real.csv" \
+    --providers "${providers[@]}" "${args[@]}"
+}
+export DEVICE
+export -f kernels_real
+
 CHECK_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then  # dry run: small shapes only
   GN_ARGS=(--quick)
@@ -217,6 +257,7 @@ stage bench_hybrid_loss "${LOSS_LIMIT_S:-55}" "$PY" benchmarks/bench_hybrid_loss
 stage bench_upsample_conv "${UPSAMPLE_LIMIT_S:-60}" "$PY" benchmarks/bench_upsample_conv.py --device "$DEVICE" \
   --layouts nhwc --repeats 5 --csv "$OUT/upsample_conv.csv"
 stage dali "${DALI_LIMIT_S:-150}" dali_gpu
+stage kernels_real "${KERNELS_REAL_LIMIT_S:-460}" kernels_real
 stage science "${SCIENCE_LIMIT_S:-360}" science
 # End-to-end training steps (issue 6): plain vs strong vs engine, base preset at 128x128 first
 # (the issue's target), then tiny; each configuration is a real train.py run (compile excluded).

@@ -498,7 +498,10 @@ def _gns_param_grads_kernel(
 # which has, stays the default; `benchmarks/bench_group_norm_silu.py --providers fused rows`
 # compares them. HYBENGINE_GN_CHANNELS_LAST=rows makes it the process default; a run's config key
 # kernels.group_norm_silu_channels_last (auto: that default) sets it through hybengine.ops.configure.
-CHANNELS_LAST_KERNELS = ("groups", "rows")
+# "slab", group_norm_silu_slab.py (one persistent launch per pass, each input read once from DRAM),
+# applies to both layouts; it is not yet timed on a GPU either (HYBENGINE_GN_CHANNELS_LAST=slab).
+# `_design` below is the one place that turns this choice and an input into a design.
+CHANNELS_LAST_KERNELS = ("groups", "rows", "slab")
 DEFAULT_CHANNELS_LAST_KERNEL = os.environ.get("HYBENGINE_GN_CHANNELS_LAST", "groups")
 if DEFAULT_CHANNELS_LAST_KERNEL not in CHANNELS_LAST_KERNELS:
     raise ValueError(f"HYBENGINE_GN_CHANNELS_LAST={DEFAULT_CHANNELS_LAST_KERNEL!r}: "
@@ -507,7 +510,8 @@ _channels_last_kernel = DEFAULT_CHANNELS_LAST_KERNEL
 
 
 def set_channels_last_kernel(name: str) -> str:
-    """Choose the Triton kernels for channels-last inputs ("groups" or "rows"); returns the previous choice."""
+    """Choose the Triton kernels ("groups", "rows": channels-last only, "slab": both layouts); returns the
+    previous choice."""
     global _channels_last_kernel
     if name not in CHANNELS_LAST_KERNELS:
         raise ValueError(f"unknown channels-last kernel {name!r}; expected one of {CHANNELS_LAST_KERNELS}")
@@ -519,12 +523,15 @@ def channels_last_kernel() -> str:
     return _channels_last_kernel
 
 
-def _rows_path(x: torch.Tensor, hw_per_split: int | None) -> bool:
-    if _channels_last_kernel != "rows" or hw_per_split is not None:
-        return False
+def _design(x: torch.Tensor, hw_per_split: int | None) -> str:
+    """"groups", "rows" or "slab" for this input (a forced split size means the group kernels)."""
+    if hw_per_split is not None or _channels_last_kernel == "groups":
+        return "groups"
+    if _channels_last_kernel == "slab":
+        return "slab"
     from .group_norm_silu_rows import rows_supported
 
-    return rows_supported(x)
+    return "rows" if rows_supported(x) else "groups"
 
 
 def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int, int]:
@@ -554,10 +561,15 @@ def group_norm_silu_fwd_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
     check_sample_size(x, "x", "group_norm_silu")
-    if _rows_path(x, hw_per_split):
+    design = _design(x, hw_per_split)
+    if design == "rows":
         from .group_norm_silu_rows import group_norm_silu_fwd_rows
 
         return group_norm_silu_fwd_rows(x, weight, bias, scale, shift, groups, eps)
+    if design == "slab":
+        from .group_norm_silu_slab import group_norm_silu_fwd_slab
+
+        return group_norm_silu_fwd_slab(x, weight, bias, scale, shift, groups, eps)
     weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
     y = torch.empty_like(x)
     x3, y3 = as_n_c_p(x), as_n_c_p(y)
@@ -597,10 +609,15 @@ def group_norm_silu_bwd_triton(
     parameter kernel (also sums the partials) -> dx kernel.
     """
     check_sample_size(x, "x", "group_norm_silu")
-    if _rows_path(x, hw_per_split):
+    design = _design(x, hw_per_split)
+    if design == "rows":
         from .group_norm_silu_rows import group_norm_silu_bwd_rows
 
         return group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps)
+    if design == "slab":
+        from .group_norm_silu_slab import group_norm_silu_bwd_slab
+
+        return group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps)
     weight, bias = weight.contiguous(), bias.contiguous()
     dx = torch.empty_like(x)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)

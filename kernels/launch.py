@@ -27,15 +27,16 @@ def target_programs(device: torch.device) -> int:
 
 
 def split_plan(
-    rows: int, pixels: int, elems_per_pixel: int, device: torch.device, min_elems: int | None = None
+    rows: int, pixels: int, elems_per_pixel: int, device: torch.device | None, min_elems: int | None = None,
+    target: int | None = None,  # programs to aim for; None: `target_programs(device)`
 ) -> tuple[int, int]:
     """(S, chunk): split each row's `pixels` over S programs of `chunk` pixels when rows are few.
 
     Chunks hold at least `min_elems` elements (pixels * elems_per_pixel) so programs stay worth it.
     """
-    target = target_programs(device)
+    target = target if target is not None else target_programs(device)
     if min_elems is None:
-        min_elems = 4096 if device.type == "cuda" else 256
+        min_elems = 4096 if device is None or device.type == "cuda" else 256
     if 2 * rows >= target:
         return 1, pixels
     want = math.ceil(target / rows)
@@ -43,6 +44,12 @@ def split_plan(
     if chunk >= pixels:
         return 1, pixels
     return math.ceil(pixels / chunk), chunk
+
+
+def gpu_split_plan(rows: int, pixels: int, elems_per_pixel: int, sms: int = 132) -> tuple[int, int]:
+    """The plan `split_plan` makes on a CUDA device with `sms` SMs (132: H100, H200), from any device:
+    the traffic counter replays the GPU's launches under the interpreter."""
+    return split_plan(rows, pixels, elems_per_pixel, None, target=4 * sms)
 
 
 MAX_SAMPLE_ELEMS = 2**31 - 1  # offsets inside one sample are 32-bit in the Triton kernels

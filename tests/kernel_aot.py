@@ -8,6 +8,8 @@ start it as a subprocess).
 
     python tests/kernel_aot.py            # the main variants (what the test runs)
     python tests/kernel_aot.py --all      # every dtype x layout x flag combination
+    python tests/kernel_aot.py --real     # the GroupNorm-SiLU variants of the U-Net's real call list
+                                          # (hybengine.call_list: base preset, batch 32, 128x128, bf16)
 """
 import argparse
 import importlib
@@ -30,6 +32,7 @@ from triton.compiler import ASTSource  # noqa: E402
 gns = importlib.import_module("hybengine.kernels.group_norm_silu")
 rows = importlib.import_module("hybengine.kernels.group_norm_silu_rows")
 hl = importlib.import_module("hybengine.kernels.hybrid_loss")
+slab = importlib.import_module("hybengine.kernels.group_norm_silu_slab")
 
 CUDA = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # what the heuristics look at
 FLOAT_ARGS = {"eps", "w_mask"}
@@ -37,11 +40,14 @@ FLOAT_ARGS = {"eps", "w_mask"}
 
 def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strides: tuple, arch: int):
     """Compile one specialisation: pointer dtypes, sizes for the heuristics, constexpr flags."""
-    jit = kernel.fn
+    jit = kernel
+    while not isinstance(jit, triton.runtime.JITFunction):  # under triton.heuristics
+        jit = jit.fn
+    flags = dict(flags)
     unit_strides = [s for s in unit_strides if s in jit.arg_names]
     values = {**sizes, **{name: CUDA for name in pointers}, **{s: 1 for s in unit_strides}}
-    meta = {}
-    for name, heur in kernel.values.items():  # triton.heuristics, evaluated as at launch
+    meta = dict(flags.pop("_meta", {}))  # launch parameters given by the caller (no heuristics)
+    for name, heur in getattr(kernel, "values", {}).items():  # triton.heuristics, evaluated as at launch
         meta[name] = heur({**values, **flags, **meta})
     constexprs = {**flags, **{k: v for k, v in meta.items() if k != "num_warps"}, **{s: 1 for s in unit_strides}}
     signature = {}
@@ -50,10 +56,20 @@ def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strid
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = "*" + pointers[name]
+        elif name == "SYNC":
+            signature[name] = "*i32"
         else:
             signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
     src = ASTSource(jit, signature, constexprs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": meta["num_warps"]})
+
+
+def occupancy(regs: int, num_warps: int, shared: int) -> str:
+    """Programs per SM on an sm_90 (64 K registers, 64 warps, 228 KB shared memory per SM)."""
+    by_regs = 65536 // max(1, regs * 32 * num_warps)
+    by_warps = 64 // num_warps
+    by_smem = (228 * 1024) // shared if shared else by_warps
+    return f"{min(by_regs, by_warps, by_smem)} programs/SM ({num_warps} warps, {shared} B shared)"
 
 
 def ptxas_report(ptx: str, arch: int) -> str:
@@ -125,17 +141,65 @@ def variants(everything: bool):
             yield "_hybrid_loss_finish_kernel", hl._hybrid_loss_finish_kernel, io, {"B": 64}, {"N_IMG": 3}, ()
 
 
+def real_variants(everything: bool):
+    """The slab and group kernels at every distinct shape of the real call list, both layouts, bf16."""
+    from hybengine.call_list import real_calls
+    from hybengine.kernels.launch import gpu_split_plan
+
+    shapes = sorted({(c.c, c.h * c.w, c.groups) for c in real_calls()})
+    layouts = {"nchw": ("stride_xp", "stride_yp", "stride_dp", "stride_gp"),
+               "nhwc": ("stride_xc", "stride_yc", "stride_dc", "stride_gc")}
+    dt = "bf16"
+    io = {"X": dt, "Y": dt, "DY": dt, "DX": dt, "W": "fp32", "B": "fp32", "SCALE": dt, "SHIFT": dt, "MEAN": "fp32",
+          "RSTD": "fp32", "PART": "fp32", "SUMS": "fp32", "COEF": "fp32", "DSCALE": dt, "DSHIFT": dt, "DW": "fp32",
+          "DB": "fp32"}
+    seen = set()
+    for (c, hw, g), (layout, unit) in itertools.product(shapes, layouts.items()):
+        cfg = slab.slab_config(c, hw, g, layout == "nhwc", True)
+        meta = {k: cfg[k] for k in ("BLOCK_C", "BLOCK_P", "BLOCK_G", "BLOCK_CG", "NUM_STAGES", "num_warps")}
+        key = (layout, tuple(sorted(meta.items())))
+        if key not in seen or everything:
+            seen.add(key)
+            for has_mod in (True, False):
+                flags = {"HAS_SCALE": has_mod, "HAS_SHIFT": has_mod, "_meta": meta}
+                label = f"C={c} HW={hw} {layout} mod={has_mod} {meta}"
+                yield f"_slab_fwd_kernel {label}", slab._slab_fwd_kernel, io, {}, flags, unit
+                yield f"_slab_bwd_kernel {label}", slab._slab_bwd_kernel, io, {}, flags, unit
+        cg = c // g
+        _, chunk = gpu_split_plan(32 * g, hw, cg)
+        sizes = {"CG": cg, "HW_PER_SPLIT": chunk, "stride_xc": hw if layout == "nchw" else 1}
+        gkey = (layout, cg, chunk)
+        if gkey not in seen:
+            seen.add(gkey)
+            split = chunk < hw
+            flags = {"HAS_SCALE": True, "HAS_SHIFT": True}
+            gio = {**io, "W": dt, "B": dt}
+            tag = f"C={c} HW={hw} {layout}"
+            yield f"_gns_fwd_kernel {tag}", gns._gns_fwd_kernel, gio, sizes, {**flags, "SPLIT": split}, unit
+            yield f"_gns_bwd_kernel {tag}", gns._gns_bwd_kernel, gio, sizes, {**flags, "SPLIT": split}, unit
+            if split:
+                yield f"_gns_bwd_reduce_kernel {tag}", gns._gns_bwd_reduce_kernel, gio, sizes, flags, unit
+                yield f"_gns_stats_kernel {tag}", gns._gns_stats_kernel, gio, sizes, {}, unit
+    yield ("_slab_param_grads_kernel", slab._slab_param_grads_kernel, io, {}, {"HAS_SCALE": True,
+           "_meta": {"BLOCK_C": 1024, "num_warps": 4}}, ())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--all", action="store_true")
     p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--real", action="store_true", help="the real call list's GroupNorm-SiLU variants")
     args = p.parse_args()
     failures = 0
-    for label, kernel, pointers, sizes, flags, unit in variants(args.all):
+    for label, kernel, pointers, sizes, flags, unit in (real_variants(args.all) if args.real else variants(args.all)):
         t0 = time.perf_counter()
         try:
             compiled = compile_variant(kernel, pointers, sizes, flags, unit, args.arch)
             report = ptxas_report(compiled.asm["ptx"], args.arch)
+            regs = re.match(r"(\d+) regs", report)
+            if regs:
+                md = compiled.metadata
+                report += ", " + occupancy(int(regs.group(1)), md.num_warps, md.shared)
             print(f"ok    {label}: {report} ({time.perf_counter() - t0:.1f}s)", flush=True)
         except Exception as e:  # report every failing variant, not just the first
             failures += 1
