@@ -22,8 +22,10 @@ from rich.table import Table
 
 from hybengine.config import load_config
 from hybengine.finetune.runner import run_finetune
+from hybengine.finetune.stats import paired_contrast
 from hybengine.runtime.atomic import atomic_write_text
-from hybengine.training_loop import LoopHooks, run_training
+from hybengine.runtime.checkpoint import complete_snapshots
+from hybengine.training_loop import LoopHooks, clear_run_files, run_training
 
 PRETRAIN = "configs/pretrain/scratch_assay_hybrid.yaml"
 FINETUNE = "configs/finetune/scratch_assay_oblique.yaml"
@@ -62,18 +64,14 @@ class Estimate:
 
 
 def print_paired(records: list[dict]) -> None:
-    """Hybrid minus scratch, seed by seed (the same labeled images and fine-tune seed on both sides).
-
-    This is where the paired summary with its interval over seeds goes
-    (hybengine/finetune/stats.py); until then the per-seed differences and their mean are printed."""
-    by = {(r["init"], r["budget"], r["seed"]): r["mean_fg_dice"] for r in records}
+    """Hybrid minus scratch, paired seed by seed (the same labeled images and fine-tune seed on both
+    sides), with a 95 % bootstrap interval over seeds and the signed-rank p (hybengine/finetune/stats.py)."""
     for budget in sorted({r["budget"] for r in records}):
-        seeds = sorted(s for (i, b, s) in by if i == "hybrid" and b == budget and ("scratch", b, s) in by)
-        diffs = [by[("hybrid", budget, s)] - by[("scratch", budget, s)] for s in seeds]
-        if diffs:
-            each = ", ".join(f"{d:+.3f}" for d in diffs)
-            console.print(f"{budget} label(s): hybrid - scratch mean foreground Dice per seed {each}; "
-                          f"mean {sum(diffs) / len(diffs):+.3f} over {len(diffs)} seed(s)")
+        c = paired_contrast(records, "hybrid", "scratch", budget)
+        if c["label_seeds"]:
+            console.print(f"{budget} label(s): hybrid - scratch mean foreground Dice {c['mean']:+.3f} "
+                          f"[95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}], signed-rank p {c['p']:.2f}, "
+                          f"over {c['label_seeds']} seed(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]demo: sized for about 10 minutes on a 2-core CPU; an estimate for this machine "
                   f"follows its first {TIMED_STEPS[1]} pretraining steps[/bold]")
     estimate = Estimate(pre.train.steps, pre.train.batch_size, ft0.train.steps, ft0.train.batch_size, n_ft)
-    run_training(pre, hooks=LoopHooks(on_step=estimate.on_step))
+    pre_dir = Path(pre.train.out_dir)  # a demo run again picks up its own finished parts
+    done = complete_snapshots(pre_dir / "checkpoints") if pre_dir.is_dir() else []
+    if pre_dir.is_dir() and not done:
+        clear_run_files(pre_dir)
+    run_training(pre, resume=str(pre_dir) if done else None, hooks=LoopHooks(on_step=estimate.on_step))
 
     records = []
     for init, ckpt in (("hybrid", pre.train.out_dir), ("scratch", "")):
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                 ft = load_config(FINETUNE, [*DEMO_FINETUNE, *ft_over, f"finetune.checkpoint={ckpt}",
                                             f"finetune.budget={budget}", f"finetune.seed={seed}",
                                             f"train.out_dir={out / f'finetune_{init}_b{budget}_s{seed}'}"])
+                ft_dir = Path(ft.train.out_dir)
+                if (ft_dir / "result.json").is_file():  # finished by an earlier demo run
+                    records.append({**json.loads((ft_dir / "result.json").read_text()), "init": init})
+                    continue
+                if ft_dir.is_dir():
+                    clear_run_files(ft_dir)
                 records.append({**run_finetune(ft), "init": init})
                 if len(records) == 1 and n_ft > 1:  # the estimate again, from a whole fine-tune
                     left = (n_ft - 1) * (time.perf_counter() - t_ft)

@@ -19,8 +19,13 @@ def test_demo_estimates_pairs_and_summarises(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "s per pretraining step here, so the whole job takes about" in err
     assert "more for the other 1 fine-tunes" in err
-    assert "hybrid - scratch mean foreground Dice per seed" in err and "over 1 seed(s)" in err
+    assert "hybrid - scratch mean foreground Dice" in err and "95% CI" in err and "over 1 seed(s)" in err
     assert "demo: took" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sorted((r["init"], r["seed"]) for r in summary) == [("hybrid", 0), ("scratch", 0)]
     assert (tmp_path / "pretrain_hybrid" / "progress.png").is_file()
+    # run again into the same folder: the finished pretraining and fine-tunes are reused, not refused
+    weights = (tmp_path / "pretrain_hybrid" / "checkpoints" / "step_00000008" / "weights.pt").read_bytes()
+    assert demo.main([*over, "--out", str(tmp_path), "--seeds", "0"]) == 0
+    assert "demo: took" in " ".join(capsys.readouterr().err.split())
+    assert (tmp_path / "pretrain_hybrid" / "checkpoints" / "step_00000008" / "weights.pt").read_bytes() == weights
