@@ -36,6 +36,7 @@ configured model.groups): one configuration per distinct (C, H, W, groups) with 
 per forward, and at the end, per provider, the sum over the list of calls x time ("per step") and
 its fraction of the roofline (5E bytes of every call over the measured copy bandwidth).
 """
+import contextlib
 import gc
 import time
 from functools import partial
@@ -45,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
+from hybengine import ops
+from hybengine.config import KernelConfig
 from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, native
-from hybengine.kernels.group_norm_silu import channels_last_kernel, set_channels_last_kernel
+from hybengine.kernels.group_norm_silu import channels_last_kernel
 
 # the issue's U-Net shapes, most telling first (a time budget may cut the tail)
 GPU_SHAPES = [(64, 256, 64, 64), (16, 128, 128, 128), (8, 128, 256, 256), (64, 512, 32, 32), (1, 64, 64, 64)]
@@ -63,14 +66,23 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
     return F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
 
 
+_DESIGN = contextlib.ExitStack()  # the channels-last design in force, through the op registry
+
+
+def select_design(name: str) -> None:
+    """The channels-last kernels `name` until the next call (hybengine.ops is the one writer)."""
+    _DESIGN.close()
+    _DESIGN.enter_context(ops.using(KernelConfig(group_norm_silu_channels_last=name), "cuda"))
+
+
 def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device, layout: str):
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
-    set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
+    select_design(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
     if name in ("groups", "slab"):
         if device.type != "cuda" and not bodies.INTERPRET:
             return None
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))
-        set_channels_last_kernel(name)  # forward and backward, until the next provider
+        select_design(name)  # forward and backward, until the next provider
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "fused":
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
@@ -79,7 +91,7 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
         if layout != "nhwc" or (device.type != "cuda" and not bodies.INTERPRET):
             return None
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))
-        set_channels_last_kernel("rows")  # forward and backward, until the next provider
+        select_design("rows")  # forward and backward, until the next provider
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "native":
         if device.type != "cpu" or not native.available():
@@ -214,7 +226,7 @@ def main() -> None:
         groups = info[shape][0]
         torch._dynamo.reset()
         leaves, dy = inputs(shape, dtype, layout == "nhwc", device)
-        set_channels_last_kernel(CHANNELS_LAST_DEFAULT)  # what `fused` runs; the rows provider checks its own
+        select_design(CHANNELS_LAST_DEFAULT)  # what `fused` runs; the rows provider checks its own
         err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, groups, eps)
         rows, p50 = [], {}
         for provider in args.providers:
@@ -255,7 +267,7 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    set_channels_last_kernel(CHANNELS_LAST_DEFAULT)
+    select_design(CHANNELS_LAST_DEFAULT)
     for line in per_step_summary(step_p50, info, copy_gbps):
         print(line, flush=True)
 
