@@ -248,11 +248,20 @@ def run_lockstep(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_parser(doc: str | None, configs: list[str] | None = None) -> argparse.ArgumentParser:
+    """The options every training benchmark shares: --preset, --batch, --crop and, when `configs` gives
+    its default, --configs (names from CONFIG_NAMES)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if configs is not None:
+        p.add_argument("--configs", nargs="+", default=configs, choices=CONFIG_NAMES)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=64)
+    return p
+
+
+def main() -> None:
+    p = run_parser(__doc__)
     p.add_argument("--steps", type=int, default=36, help="steps per run; the first log interval is warm-up")
     p.add_argument("--log-every", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)

@@ -47,7 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lockstep  # noqa: E402
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
-from bench_train import CONFIG_NAMES, CONFIGS, REPO, engine_config, model_flops_per_image  # noqa: E402
+from bench_train import CONFIGS, REPO, engine_config, model_flops_per_image, run_parser  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
@@ -123,11 +123,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["plain", "engine"], choices=CONFIG_NAMES)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=64)
+    p = run_parser(__doc__, ["plain", "engine"])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2, help="lockstep runs (fresh processes each)")
     p.add_argument("--csv", default=str(RESULTS / "cpu_phases.csv"))

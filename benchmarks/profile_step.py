@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import repo_imports  # noqa: E402,F401  (before hybengine: works without an install)
-from bench_train import CONFIG_NAMES, REPO, common_args, train_args  # noqa: E402
+from bench_train import REPO, common_args, run_parser, train_args  # noqa: E402
 from harness import environment  # noqa: E402
 
 SCOPES = ("optimizer", "ema", "data")  # annotations whose whole content is one family
@@ -250,11 +250,7 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["plain", "engine"], choices=CONFIG_NAMES)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=64)
+    p = run_parser(__doc__, ["plain", "engine"])
     p.add_argument("--warmup", type=int, default=4, help="steps before profiling (compile, first touch)")
     p.add_argument("--steps", type=int, default=10, help="profiled steps")
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
