@@ -76,6 +76,7 @@ class PairSpec:
     seed: int = 0  # the pair's seed (scenes and renderings)
     source_train: int = 512  # source images (unlimited: any number can be drawn)
     source_test: int = 32
+    source_val: int = 0  # source validation images (objective settings chosen on them; finetune/selection.py)
     target_train: int = 24  # the small labeled pool budgets draw from
     target_test: int = 32  # the fixed test set
     scene: SceneParams = field(default_factory=SceneParams)
@@ -220,8 +221,11 @@ def write_pair(spec: PairSpec) -> Path:
         raise DatasetError(f"{root} holds a simulated pair made with other parameters ({marker}); delete it or "
                            "choose another simulate.root")
     counts = {("source", "train"): spec.source_train, ("source", "test"): spec.source_test,
+              ("source", "val"): spec.source_val,
               ("target", "train"): spec.target_train, ("target", "test"): spec.target_test}
     for (domain, split), n in counts.items():
+        if n == 0:
+            continue
         for sub in ("images", "masks"):
             (root / domain / split / sub).mkdir(parents=True, exist_ok=True)
         for i in range(n):

@@ -8,9 +8,11 @@ its overrides, `out_dir` (pretrain_<mode>[_p<seed>]/ and sweep/ go there) and `r
 `simulate` (a simulated domain pair written first, hybengine/data/simulated.py) and `analysis` (the
 endpoint, the contrasts and the family of tests Holm-corrected, fixed before the experiment runs;
 hybengine/finetune/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
-pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed).
-Both stages resume: a pretraining whose final snapshot exists is not redone (a partial one continues
-from its last snapshot), and the sweep skips finished fine-tunes (hybengine/finetune/sweep.py).
+pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed). Optional
+`select`: objective settings chosen per mode on source validation data by candidate pretrainings run
+first (hybengine/finetune/selection.py). Both stages resume: a pretraining whose final snapshot exists
+is not redone (a partial one continues from its last snapshot), and the sweep skips finished
+fine-tunes (hybengine/finetune/sweep.py).
 """
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import find_snapshot, load_weights
 from ..runtime.distributed import device_name, pick_device
 from ..training_loop import run_training
+from . import selection
 from .reports import write_contrasts, write_reports
 from .stats import contrast_table, score_of
 from .sweep import SweepError, run_sweep
 
 KEYS = {"pretrain": {"config", "modes", "seeds", "overrides"}, "finetune": {"config", "overrides"},
         "out_dir": None, "results_dir": None}
-OPTIONAL = {"simulate", "analysis"}
+OPTIONAL = {"simulate", "analysis", "select"}
 ANALYSIS_KEYS = {"metric", "classes", "class_names", "contrasts", "family", "n_boot"}
 RESULT_FILES = ("table.md", "table.csv", "runs.csv", "per_image.csv", "plot.png", "runner.json")
 
@@ -68,6 +71,9 @@ def load_experiment(path: str | Path) -> dict:
         for pair in [*analysis["contrasts"], *analysis.get("family", {}).get("contrasts", [])]:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ConfigError(f"{path}: analysis contrast {pair!r} must be a pair [a, b] of start names")
+    if "select" in spec:
+        pre = spec["pretrain"]
+        selection.check_select(spec["select"], pre.get("modes", ["hybrid"]), pre.get("seeds"), str(path))
     return spec
 
 
@@ -80,18 +86,34 @@ def pretrain_plan(spec: dict) -> list[tuple[str, str, int | None]]:
 
 
 def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Path]:
-    """Runs (or resumes, or skips when finished) this shard's pretrainings (every n-th of the plan), then
-    waits until every other shard's are finished; returns {name: run folder} of all of them."""
+    """This shard's pretrainings (every n-th of the plan), after the `select` candidates when the spec has
+    them (their winners' overrides added to their mode's runs); returns {name: run folder} of all runs."""
+    chosen = {}
+    if "select" in spec:
+        seed = spec["select"].get("seed", 100)
+        run_all([(name, [*over, f"train.seed={seed}", f"objective.mode={mode}"])
+                 for name, mode, over in selection.plan(spec["select"])], spec, out, shard)
+        chosen = selection.choose(spec["select"], out)
+        print(f"chosen on the source {spec['select'].get('split', 'val')} split: {chosen}", flush=True)
+    jobs = [(name, [*chosen.get(mode, []), *([] if seed is None else [f"train.seed={seed}"]), f"objective.mode={mode}"])
+            for name, mode, seed in pretrain_plan(spec)]
+    folders = run_all(jobs, spec, out, shard)
+    if "select" in spec and shard[0] == 0:
+        selection.score_starts(folders, spec["select"].get("split", "val"), out)
+    return folders
+
+
+def run_all(jobs: list[tuple[str, list[str]]], spec: dict, out: Path, shard: tuple[int, int]) -> dict[str, Path]:
+    """Runs (or resumes, or skips when finished) this shard's share of the (name, overrides) pretrainings,
+    each in <out>/pretrain_<name>, then waits until every other
+    shard's are finished; returns {name: run folder} of all of them."""
     pre = spec["pretrain"]
     folders = {}
-    plan = pretrain_plan(spec)
-    for i, (name, mode, seed) in enumerate(plan):
+    for i, (name, extra) in enumerate(jobs):
         folder = folders[name] = out / f"pretrain_{name}"
         if i % shard[1] != shard[0]:
             continue
-        extra = [] if seed is None else [f"train.seed={seed}"]
-        cfg = load_config(pre["config"], [*pre.get("overrides", []), *extra, f"objective.mode={mode}",
-                                          f"train.out_dir={folder}"])
+        cfg = load_config(pre["config"], [*pre.get("overrides", []), *extra, f"train.out_dir={folder}"])
         resume = None
         if _finished(folder, cfg.train.steps):
             print(f"pretrain {name}: finished earlier ({folder})", flush=True)
@@ -104,8 +126,8 @@ def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str
         run_training(cfg, resume=resume)
         print(f"pretrain {name}: {cfg.train.steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
     if shard[1] > 1:
-        steps = {name: load_config(pre["config"], pre.get("overrides", [])).train.steps for name, _, _ in plan}
-        while not all(_finished(folders[n], steps[n]) for n in folders):
+        steps = load_config(pre["config"], pre.get("overrides", [])).train.steps
+        while not all(_finished(folder, steps) for folder in folders.values()):
             time.sleep(10)  # another shard is still pretraining
     return folders
 
@@ -159,12 +181,21 @@ def analyse_only(path: str) -> int:
         print(f"experiment error: no finished fine-tune under {out / 'sweep' / 'runs'}", file=sys.stderr)
         return 2
     cfg = load_config(spec["finetune"]["config"], spec["finetune"].get("overrides", []))
+    copy_results(out, results)  # the selection's files (the sweep's reports are rewritten below)
     write_reports(records, results, title=f"{spec['out_dir']} (finished fine-tunes: {len(records)})",
                   class_names=cfg.sweep.class_names, inits=[*starts, "scratch"])
     if "analysis" in spec:
         analyse(spec, records, results, f"{spec['out_dir']}: paired differences in fine-tuned Dice "
                                         f"({len(records)} finished fine-tunes)")
     return 0
+
+
+def copy_results(out: Path, results: Path) -> None:
+    """The sweep's small report files and the selection's (when there was one) into the results folder."""
+    results.mkdir(parents=True, exist_ok=True)
+    for src in [*(out / "sweep" / n for n in RESULT_FILES), *(out / n for n in selection.RESULT_FILES)]:
+        if src.is_file():
+            shutil.copyfile(src, results / src.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = Path(spec["results_dir"])
     results.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:
-        if (out / "sweep" / name).is_file():
-            shutil.copyfile(out / "sweep" / name, results / name)
+    copy_results(out, results)
     if "analysis" in spec:
         analyse(spec, sweep_records(out, folders), results, f"{spec['out_dir']}: paired differences in fine-tuned Dice")
     command = "python -m hybengine.finetune.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
