@@ -139,7 +139,7 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes, run, layouts, l
 
 def gn_rows_checks(ck: Checker, device, dtypes, shapes):
     """The channels-last rows kernels (kernels/group_norm_silu/rows.py): the shapes, forced chunks, determinism."""
-    with ops.using(KernelConfig(group_norm_silu_channels_last="rows"), device):
+    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="rows"), device):
         for n, c, h, w, g in shapes:
             for dt in dtypes:
                 inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
@@ -171,7 +171,7 @@ def gn_slab_checks(ck: Checker, device, dtypes, shapes):
         from hybengine.call_list import real_calls
 
         cases += [(shape, dtypes[0]) for shape in sorted({(2, c.c, c.h, c.w, c.groups) for c in real_calls()})]
-    with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), device):
+    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"), device):
         for ((n, c, h, w, g), dt), cl in itertools.product(cases, (False, True)):
             inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
             ck.run(f"group_norm_silu slab {(n, c, h, w)} G={g} {dt} {'nhwc' if cl else 'nchw'}",

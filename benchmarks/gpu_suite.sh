@@ -208,7 +208,8 @@ from hybengine import ops
 from hybengine.config import KernelConfig
 dev = sys.argv[1]
 n, c, h, w, g = (int(v) for v in sys.argv[2].split(','))
-with ops.using(KernelConfig(group_norm_silu_channels_last='slab'), dev, cpu_body='triton-interpreter'):
+with ops.using(KernelConfig(group_norm_silu='fused', group_norm_silu_channels_last='slab'), dev,
+               cpu_body='triton-interpreter'):
     for cl in (False, True):
         inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
         print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32, ops.group_norm_silu), flush=True)
