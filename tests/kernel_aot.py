@@ -200,6 +200,12 @@ def real_variants(everything: bool, subset: bool = False):
             if split:
                 yield f"_gns_bwd_reduce_kernel {tag}", gns._gns_bwd_reduce_kernel, gio, sizes, flags, unit
                 yield f"_gns_stats_kernel {tag}", gns._gns_stats_kernel, gio, sizes, {}, unit
+        pkey = ("params", c, chunk < hw)
+        if pkey not in seen and not subset:  # the parameter gradients of the group and rows kernels
+            seen.add(pkey)
+            pio = {**io, "W": dt, "B": dt, "DW": dt, "DB": dt}
+            yield (f"_gns_param_grads_kernel C={c} split={chunk < hw}", gns._gns_param_grads_kernel, pio, {"C": c},
+                   {"HAS_SCALE": True, "SPLIT": chunk < hw}, ())
         _, p_split = gpu_split_plan(32, hw, c)
         rkey = ("rows", c, p_split)
         if layout == "nhwc" and rkey not in seen and not subset:  # the rows kernels take channels-last only
