@@ -9,11 +9,15 @@ Providers (same inputs, same run):
     compile    torch.compile(group_norm_silu_reference), static shapes
     native     the fused op with its CPU body forced to the C++ kernels of kernels/native (CPU runs
                where the library was built; `fused` is then native too unless forced elsewhere)
-    rows       the fused op with the channels-last Triton kernels of group_norm_silu_rows.py (nhwc
-               rows only; GPU, or the interpreter); `fused` keeps the process's choice ("groups"
-               unless HYBENGINE_GN_CHANNELS_LAST says otherwise)
-    groups     the fused op with the group kernels of group_norm_silu.py, whatever the default
-    slab       the fused op with the persistent slab kernels of group_norm_silu_slab.py (both layouts)
+    rows       the fused op with design="rows": the channels-last kernels of
+               kernels/group_norm_silu/rows.py (nhwc rows only; GPU, or the interpreter); `fused`
+               keeps the process default ("groups" unless HYBENGINE_GN_CHANNELS_LAST says otherwise)
+    groups     the fused op with design="groups" (kernels/group_norm_silu/groups.py), whatever the default
+    slab       the fused op with design="slab": the persistent kernels of kernels/group_norm_silu/slab.py
+               (both layouts)
+    groups-pre8a0dcf0
+               the group kernels before commit 8a0dcf0 (two-pass tile statistics, per-tile backward
+               sums; benchmarks/gn_groups_pre8a0dcf0.py): the A/B of that commit against `groups`
     apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
                no modulation: its rows say modulated=False)
 
@@ -36,7 +40,6 @@ configured model.groups): one configuration per distinct (C, H, W, groups) with 
 per forward, and at the end, per provider, the sum over the list of calls x time ("per step") and
 its fraction of the roofline (5E bytes of every call over the measured copy bandwidth).
 """
-import contextlib
 import gc
 import time
 from functools import partial
@@ -46,10 +49,7 @@ import torch
 import torch.nn.functional as F
 from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
-from hybengine import ops
-from hybengine.config import KernelConfig
 from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, native
-from hybengine.kernels.group_norm_silu import channels_last_kernel
 
 # the issue's U-Net shapes, most telling first (a time budget may cut the tail)
 GPU_SHAPES = [(64, 256, 64, 64), (16, 128, 128, 128), (8, 128, 256, 256), (64, 512, 32, 32), (1, 64, 64, 64)]
@@ -57,7 +57,6 @@ CPU_SHAPES = [(8, 64, 32, 32), (2, 128, 32, 32)]
 QUICK_SHAPES = [(4, 64, 16, 16)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "bwd", "fwd+bwd")
-CHANNELS_LAST_DEFAULT = channels_last_kernel()  # what `fused` runs channels-last
 ELEMENT_SIZES = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 
 
@@ -66,32 +65,25 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
     return F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
 
 
-_DESIGN = contextlib.ExitStack()  # the channels-last design in force, through the op registry
-
-
-def select_design(name: str) -> None:
-    """The channels-last kernels `name` until the next call (hybengine.ops is the one writer)."""
-    _DESIGN.close()
-    _DESIGN.enter_context(ops.using(KernelConfig(group_norm_silu_channels_last=name), "cuda"))
+DESIGN_PROVIDERS = ("groups", "rows", "slab")  # the fused op with that Triton design, passed as its argument
 
 
 def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device, layout: str):
     """fn(x, weight, bias, scale, shift) -> y, or None where the provider cannot run this case."""
-    select_design(CHANNELS_LAST_DEFAULT)  # providers run one after another; "rows" changes it
-    if name in ("groups", "slab"):
-        if device.type != "cuda" and not bodies.INTERPRET:
+    triton_runs = device.type == "cuda" or bodies.INTERPRET
+    if name in DESIGN_PROVIDERS:
+        if not triton_runs or (name == "rows" and layout != "nhwc"):
             return None
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))
-        select_design(name)  # forward and backward, until the next provider
-        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t, design=name)
+    if name == "groups-pre8a0dcf0":
+        if not triton_runs:
+            return None
+        from gn_groups_pre8a0dcf0 import group_norm_silu_pre8a0dcf0
+
+        return lambda x, w, b, s, t: group_norm_silu_pre8a0dcf0(x, w, b, groups, eps, s, t)
     if name == "fused":
         bodies.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
-        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
-    if name == "rows":
-        if layout != "nhwc" or (device.type != "cuda" and not bodies.INTERPRET):
-            return None
-        bodies.set_cpu_backend(None, ops=("group_norm_silu",))
-        select_design("rows")  # forward and backward, until the next provider
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
     if name == "native":
         if device.type != "cpu" or not native.available():
@@ -134,8 +126,9 @@ def inputs(shape, dtype, channels_last, device, seed=0):
     return leaves, dy
 
 
-def check(args, dy, groups, eps):
-    """Max |error| of y and dx against a float64 reference: (fused y, fused dx, reference y, reference dx).
+def check(args, dy, groups, eps, fused_fn=None):
+    """Max |error| of y and dx against a float64 reference: (fused y, fused dx, reference y, reference dx);
+    `fused_fn(x, w, b, s, t)` instead of the fused op's default.
 
     The reference run in the input dtype shows what PyTorch's own kernels achieve on these inputs.
     """
@@ -147,7 +140,8 @@ def check(args, dy, groups, eps):
 
     y64, dx64 = run(group_norm_silu_reference, [a.double() for a in args], dy.double())
     err = lambda a, ref: (a.double() - ref).abs().max().item()
-    fused, ref = run(group_norm_silu, args, dy), run(group_norm_silu_reference, args, dy)
+    fn = group_norm_silu if fused_fn is None else lambda x, w, b, g, e, s, t: fused_fn(x, w, b, s, t)
+    fused, ref = run(fn, args, dy), run(group_norm_silu_reference, args, dy)
     return err(fused[0], y64), err(fused[1], dx64), err(ref[0], y64), err(ref[1], dx64)
 
 
@@ -200,8 +194,8 @@ def per_step_summary(p50: dict, info: dict, copy_gbps: float) -> list[str]:
 
 def main() -> None:
     p = kernel_bench_parser(__doc__, shapes_help="N,C,H,W ...", layouts=["nchw", "nhwc"],
-                            providers=["fused", "slab", "groups", "rows", "reference", "eager", "compile", "apex",
-                                       "native"],
+                            providers=["fused", "slab", "groups", "rows", "groups-pre8a0dcf0", "reference", "eager",
+                                       "compile", "apex", "native"],
                             modes=MODES,
                             dtypes=list(DTYPES), csv_path=RESULTS / "group_norm_silu.csv")
     p.add_argument("--groups", type=int, default=32, help="groups of --shapes and the hand-picked shapes")
@@ -226,14 +220,14 @@ def main() -> None:
         groups = info[shape][0]
         torch._dynamo.reset()
         leaves, dy = inputs(shape, dtype, layout == "nhwc", device)
-        select_design(CHANNELS_LAST_DEFAULT)  # what `fused` runs; the rows provider checks its own
         err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, groups, eps)
         rows, p50 = [], {}
         for provider in args.providers:
             fn = make_provider(provider, groups, eps, shape[1], dtype, device, layout)
             if fn is None:
                 continue
-            errs = (err_y, err_dx) if provider not in ("rows", "slab", "groups") else check(leaves, dy, groups, eps)[:2]
+            own = provider in (*DESIGN_PROVIDERS, "groups-pre8a0dcf0")  # checked on their own kernels
+            errs = check(leaves, dy, groups, eps, fn)[:2] if own else (err_y, err_dx)
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
                     call = partial(fn, *leaves)
@@ -267,7 +261,6 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    select_design(CHANNELS_LAST_DEFAULT)
     for line in per_step_summary(step_p50, info, copy_gbps):
         print(line, flush=True)
 

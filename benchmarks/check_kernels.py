@@ -43,7 +43,7 @@ from kernel_helpers import (  # noqa: E402
 from hybengine import ops  # noqa: E402
 from hybengine.config import KernelConfig  # noqa: E402
 from hybengine.kernels import bodies, hybrid_loss  # noqa: E402
-from hybengine.kernels.group_norm_silu import (  # noqa: E402
+from hybengine.kernels.group_norm_silu.design import (  # noqa: E402
     group_norm_silu_bwd_triton,
     group_norm_silu_fwd_triton,
 )
@@ -91,7 +91,7 @@ def gn_checks(ck: Checker, device, dtypes, shapes):
             for cl in (False, True):
                 name = f"group_norm_silu {(n, c, h, w)} G={g} S={splits} {dt} {'nhwc' if cl else 'nchw'}"
                 inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
-                ck.run(name, partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
+                ck.run(name, partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
     for scale, shift in [(False, False), (True, False), (False, True)]:
         for dt in dtypes:
             inputs = gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, device=device)
@@ -108,7 +108,7 @@ def gn_triton_run(inputs, hw_per_split):
 
 def gn_rows_run(inputs, p_split):
     """The rows kernels' launchers with a forced chunk size (None: the launch plan)."""
-    from hybengine.kernels.group_norm_silu_rows import group_norm_silu_bwd_rows, group_norm_silu_fwd_rows
+    from hybengine.kernels.group_norm_silu.rows import group_norm_silu_bwd_rows, group_norm_silu_fwd_rows
 
     x, weight, bias, s, t, dy = inputs
     y, mean, rstd = group_norm_silu_fwd_rows(x, weight, bias, s, t, 4, 1e-5, p_split=p_split)
@@ -138,19 +138,19 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes, run, layouts, l
 
 
 def gn_rows_checks(ck: Checker, device, dtypes, shapes):
-    """The channels-last rows kernels (group_norm_silu_rows.py): the shapes, forced chunks, determinism."""
-    with ops.using(KernelConfig(group_norm_silu_channels_last="rows"), device):
+    """The channels-last rows kernels (kernels/group_norm_silu/rows.py): the shapes, forced chunks, determinism."""
+    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="rows"), device):
         for n, c, h, w, g in shapes:
             for dt in dtypes:
                 inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
                 ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
-                       partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
+                       partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
         gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
 
 
 def gn_slab_run(inputs, chunk):
     """The slab launchers; `chunk` given: shrunken units and chunks (several per group, partial last)."""
-    from hybengine.kernels.group_norm_silu_slab import group_norm_silu_bwd_slab, group_norm_silu_fwd_slab, slab_config
+    from hybengine.kernels.group_norm_silu.slab import group_norm_silu_bwd_slab, group_norm_silu_fwd_slab, slab_config
 
     x, weight, bias, s, t, dy = inputs
     cfg = None
@@ -164,18 +164,18 @@ def gn_slab_run(inputs, chunk):
 
 
 def gn_slab_checks(ck: Checker, device, dtypes, shapes):
-    """The slab kernels (group_norm_silu_slab.py), both layouts: the shapes, the real call list's
+    """The slab kernels (kernels/group_norm_silu/slab.py), both layouts: the shapes, the real call list's
     distinct shapes at batch 2 (on a GPU), shrunken chunks against the plan, determinism."""
     cases = [(shape, dt) for shape in shapes for dt in dtypes]
     if device.type == "cuda":  # the real shapes in the first dtype (bf16): the check stage's time limit
         from hybengine.call_list import real_calls
 
         cases += [(shape, dtypes[0]) for shape in sorted({(2, c.c, c.h, c.w, c.groups) for c in real_calls()})]
-    with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), device):
+    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"), device):
         for ((n, c, h, w, g), dt), cl in itertools.product(cases, (False, True)):
             inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
             ck.run(f"group_norm_silu slab {(n, c, h, w)} G={g} {dt} {'nhwc' if cl else 'nchw'}",
-                   partial(check_group_norm_silu, inputs, g, DTYPES[dt]))
+                   partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
         gn_forced_split_and_determinism(ck, device, dtypes, gn_slab_run, (False, True), "group_norm_silu slab")
 
 

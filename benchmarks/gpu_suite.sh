@@ -183,17 +183,18 @@ export -f science
 
 # kernels_real (issue 16; STAGES=kernels_real, about 6 minutes cold on an H100/H200): GroupNorm-SiLU
 # over the U-Net's real call list (hybengine.call_list: base preset, batch 32, 128x128, bf16), both
-# layouts, fwd+bwd in CUDA-graph device time: the slab kernels, the group and rows kernels,
-# torch.compile of the reference and eager; per shape, then per step (calls x time summed over the
+# layouts, fwd+bwd in CUDA-graph device time: the slab kernels, the group and rows kernels, the group
+# kernels before commit 8a0dcf0 (groups-pre8a0dcf0, the A/B of its per-lane Welford), torch.compile
+# of the reference and eager; per shape, then per step (calls x time summed over the
 # list) with the roofline fraction at the copy bandwidth measured in the same run. The slab
 # kernels (a persistent grid with spin waits) first run a 120 s smoke check; if it fails or hangs
 # they are left out. DEVICE=cpu: batch 1 at 16x16 under the interpreter (a dry run).
 kernels_real() {
-  local providers=(groups rows compile eager) smoke_s=120 smoke_shape=4,64,16,16,8
+  local providers=(groups groups-pre8a0dcf0 rows compile eager) smoke_s=120 smoke_shape=4,64,16,16,8
   local args=(--real --dtypes bf16 --layouts nhwc nchw --modes fwd+bwd --timing graph --fp32-baseline 0
               --rep "${KR_REP:-20}" --budget-s "${KR_BUDGET_S:-300}")
   if [ "$DEVICE" = "cpu" ]; then
-    providers=(groups rows eager) smoke_s=300 smoke_shape=2,16,8,8,4
+    providers=(groups groups-pre8a0dcf0 rows eager) smoke_s=300 smoke_shape=2,16,8,8,4
     export TRITON_INTERPRET=1  # the Triton kernels through the interpreter
     args=(--real --batch 1 --crop 16 --dtypes fp32 --layouts nhwc nchw --modes fwd+bwd --timing call
           --fp32-baseline 0 --rep 2 --budget-s 120)
@@ -207,10 +208,11 @@ from hybengine import ops
 from hybengine.config import KernelConfig
 dev = sys.argv[1]
 n, c, h, w, g = (int(v) for v in sys.argv[2].split(','))
-with ops.using(KernelConfig(group_norm_silu_channels_last='slab'), dev, cpu_body='triton-interpreter'):
+with ops.using(KernelConfig(group_norm_silu='fused', group_norm_silu_channels_last='slab'), dev,
+               cpu_body='triton-interpreter'):
     for cl in (False, True):
         inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
-        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32), flush=True)
+        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32, ops.group_norm_silu), flush=True)
 " "$DEVICE" "$smoke_shape"
   then providers+=(slab)
   else echo "!!! slab smoke check failed or hung: slab left out"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import importlib
 import os
 import subprocess
 import time
@@ -33,18 +32,17 @@ import torch  # noqa: E402
 
 from hybengine.call_list import GNCall, real_calls  # noqa: E402
 from hybengine.kernels import traffic  # noqa: E402
+from hybengine.kernels.group_norm_silu import design as gn_design  # noqa: E402
+from hybengine.kernels.group_norm_silu import rows, slab  # noqa: E402
 from hybengine.kernels.launch import gpu_split_plan  # noqa: E402
-
-# modules, not the op functions that hybengine.kernels exports under the same names
-gns = importlib.import_module("hybengine.kernels.group_norm_silu")
-rows = importlib.import_module("hybengine.kernels.group_norm_silu_rows")
 
 
 def _design_groups(call: GNCall, real_n: int, sms: int):
     _, chunk = gpu_split_plan(real_n * call.groups, call.h * call.w, call.c // call.groups, sms)
-    fwd = lambda x, w, b, s, t: gns.group_norm_silu_fwd_triton(x, w, b, s, t, call.groups, 1e-5, hw_per_split=chunk)
-    bwd = lambda dy, x, w, b, s, t, m, r: gns.group_norm_silu_bwd_triton(dy, x, w, b, s, t, m, r, call.groups, 1e-5,
-                                                                         hw_per_split=chunk)
+    fwd = lambda x, w, b, s, t: gn_design.group_norm_silu_fwd_triton(x, w, b, s, t, call.groups, 1e-5,
+                                                                      hw_per_split=chunk)
+    bwd = lambda dy, x, w, b, s, t, m, r: gn_design.group_norm_silu_bwd_triton(dy, x, w, b, s, t, m, r, call.groups,
+                                                                              1e-5, hw_per_split=chunk)
     return fwd, bwd
 
 
@@ -57,7 +55,6 @@ def _design_rows(call: GNCall, real_n: int, sms: int):
 
 
 def _design_slab(call: GNCall, real_n: int, sms: int):
-    slab = importlib.import_module("hybengine.kernels.group_norm_silu_slab")
     # the GPU's units and chunks (so its bytes), with the CPU's larger tiles (fewer interpreter steps)
     cfg = slab.slab_config(call.c, call.h * call.w, call.groups, call.channels_last, True, tile=8192)
     cfg["NUM_STAGES"] = 1

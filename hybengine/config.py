@@ -128,10 +128,11 @@ class TrainConfig:
 class KernelConfig:
     group_norm_silu: str = choice("auto", "fused", "reference")  # auto: fused on CUDA, measured on CPU
     hybrid_loss: str = choice("auto", "fused", "reference")  # the joint loss; auto as for group_norm_silu
-    # Triton kernels for channels-last inputs on CUDA: "groups" (timed on H100/H200), "rows" (reads whole
-    # pixel rows; kernels/group_norm_silu_rows.py) or "slab" (persistent, one DRAM read per pass by the
-    # counted traffic; kernels/group_norm_silu_slab.py, untimed on a GPU; docs/performance.md says what is
-    # timed). auto: HYBENGINE_GN_CHANNELS_LAST where set, else groups.
+    # Triton design of the fused GroupNorm-SiLU on CUDA (kernels/group_norm_silu/design.py): "groups"
+    # (timed on H100/H200), "rows" (channels-last inputs only: whole pixel rows; group_norm_silu/rows.py)
+    # or "slab" (both layouts, persistent, one DRAM read per pass by the counted traffic;
+    # group_norm_silu/slab.py, untimed on a GPU; docs/performance.md says what is timed).
+    # auto: HYBENGINE_GN_CHANNELS_LAST where set, else groups.
     group_norm_silu_channels_last: str = choice("auto", "groups", "rows", "slab")
     # The U-Net's nearest-2x upsample + 3x3 conv: "subpixel" computes it as one 2x2 conv with 4x the
     # output channels on the un-upsampled input (kernels/upsample_conv.py, 2.25x fewer FLOPs, same

@@ -5,8 +5,8 @@ nowhere else.
 `configure` resolves each op once per run (before any compile) and logs the path it took, so the
 hot path is a plain dictionary lookup that torch.compile traces through. `using(...)` does the same
 for a block and restores what was in force (benchmarks, tests). These two are the only writers of
-the op table and of the kernels' channels-last choice; inside a fused op, kernels/bodies.py picks the
-body per device (Triton, the interpreter, native C++, math).
+the op table (its fused GroupNorm-SiLU entry carries the config's Triton design as an argument);
+inside a fused op, kernels/bodies.py picks the body per device (Triton, the interpreter, native C++, math).
 
 `auto` choices, and why (figures: docs/performance.md, from benchmarks/results/):
 - CUDA: the fused Triton ops. Side by side in one bench_train.py invocation, the compiled U-Net
@@ -21,6 +21,7 @@ body per device (Triton, the interpreter, native C++, math).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -106,24 +107,26 @@ def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
 def configure(cfg: KernelConfig, device: torch.device, *, quiet: bool = False) -> dict[str, str]:
     """Resolves every op for this run, logs the choice (unless `quiet`), and returns {op: path}.
 
-    This and `using` are the only writers of the op table and of the kernels' channels-last choice."""
+    This and `using` are the only writers of the op table; the fused GroupNorm-SiLU entry carries the
+    config's Triton design (kernels.group_norm_silu_channels_last) as an argument."""
     emit = (lambda *a: None) if quiet else log.info
+    design = cfg.group_norm_silu_channels_last  # the Triton design, an argument of the fused op
     for name in _REFERENCE:
         path, reason = resolve(name, getattr(cfg, name), device)
-        _IMPL[name] = _fused(name) if path == "fused" else _REFERENCE[name]
+        fused = _fused(name) if path == "fused" else None
+        if fused is not None and name == "group_norm_silu":
+            fused = functools.partial(fused, design=design)
+        _IMPL[name] = fused if fused is not None else _REFERENCE[name]
         _CHOSEN[name] = path
         emit("op %s on %s: %s (%s)", name, device.type, path, reason)
     path, reason = resolve_upsample_conv(cfg.upsample_conv, device)
     _IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = _UPSAMPLE_CONV[path], path
     emit("op upsample_conv on %s: %s (%s)", device.type, path, reason)
-    # set on every run, so one run's choice never leaks into the next
-    from .kernels.group_norm_silu import DEFAULT_CHANNELS_LAST_KERNEL, set_channels_last_kernel
-
-    cl = cfg.group_norm_silu_channels_last
-    set_channels_last_kernel(DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl)
     if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
-        emit("group_norm_silu on channels-last CUDA tensors: %s kernels (%s)",
-             DEFAULT_CHANNELS_LAST_KERNEL if cl == "auto" else cl, cl)
+        from .kernels.group_norm_silu.design import DEFAULT_DESIGN
+
+        emit("group_norm_silu Triton design on CUDA: %s (%s)", DEFAULT_DESIGN if design == "auto" else design,
+             design)
     return dict(_CHOSEN)
 
 
@@ -139,9 +142,8 @@ def using(cfg: KernelConfig | None = None, device: torch.device | str = "cpu", *
     the fused ops' CPU body forced ("native", "math", "triton-interpreter"; kernels/bodies.py).
     Everything in force before comes back after the block. Yields {op: path}."""
     from .kernels import bodies
-    from .kernels.group_norm_silu import channels_last_kernel, set_channels_last_kernel
 
-    saved = dict(_IMPL), dict(_CHOSEN), channels_last_kernel()
+    saved = dict(_IMPL), dict(_CHOSEN)
     try:
         if cfg is not None:
             configure(cfg, torch.device(device), quiet=quiet)
@@ -152,7 +154,6 @@ def using(cfg: KernelConfig | None = None, device: torch.device | str = "cpu", *
         _IMPL.update(saved[0])
         _CHOSEN.clear()
         _CHOSEN.update(saved[1])
-        set_channels_last_kernel(saved[2])
 
 
 def group_norm_silu(x, weight, bias, groups: int, eps: float, scale=None, shift=None) -> torch.Tensor:

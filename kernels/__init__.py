@@ -9,8 +9,7 @@ Set TRITON_INTERPRET=1 before importing this package to run the Triton kernels o
 `upsample_conv` holds the sub-pixel form of the U-Net's upsample + 3x3 conv (plain torch, any device).
 """
 from .bodies import op_backends
-from .group_norm_silu import group_norm_silu
-from .group_norm_silu_reference import group_norm_silu_reference
+from .group_norm_silu import group_norm_silu, group_norm_silu_reference
 from .hybrid_loss import hybrid_loss
 from .hybrid_loss_reference import hybrid_loss_reference
 from .native import load as _load_native

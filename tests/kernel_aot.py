@@ -10,6 +10,13 @@ start it as a subprocess).
     python tests/kernel_aot.py --all      # every dtype x layout x flag combination
     python tests/kernel_aot.py --real     # the GroupNorm-SiLU variants of the U-Net's real call list
                                           # (hybengine.call_list: base preset, batch 32, 128x128, bf16)
+    python tests/kernel_aot.py --real --check-spills        # and fail on any spill (the committed report)
+    python tests/kernel_aot.py --real --subset --check-spills  # a few of them, each tiling kind (the test)
+    python tests/kernel_aot.py --real --tune-registers      # print registers.TABLE: per kernel and
+                                          # tiling, the most programs per SM that compile without spills
+
+Register budgets: the launchers pass `maxnreg` (kernels/group_norm_silu/registers.py); the compiles
+here pass the same option, as a launch would.
 """
 import argparse
 import importlib
@@ -29,17 +36,19 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-gns = importlib.import_module("hybengine.kernels.group_norm_silu")
-rows = importlib.import_module("hybengine.kernels.group_norm_silu_rows")
+gns = importlib.import_module("hybengine.kernels.group_norm_silu.groups")
+rows = importlib.import_module("hybengine.kernels.group_norm_silu.rows")
 hl = importlib.import_module("hybengine.kernels.hybrid_loss")
-slab = importlib.import_module("hybengine.kernels.group_norm_silu_slab")
+slab = importlib.import_module("hybengine.kernels.group_norm_silu.slab")
 
 CUDA = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # what the heuristics look at
 FLOAT_ARGS = {"eps", "w_mask"}
 
 
-def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strides: tuple, arch: int):
-    """Compile one specialisation: pointer dtypes, sizes for the heuristics, constexpr flags."""
+def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strides: tuple, arch: int,
+                    registers: bool = True):
+    """Compile one specialisation: pointer dtypes, sizes for the heuristics, constexpr flags; with
+    `registers` False, without the register budget (ptxas chooses). Returns (compiled, launch meta)."""
     jit = kernel
     while not isinstance(jit, triton.runtime.JITFunction):  # under triton.heuristics
         jit = jit.fn
@@ -49,7 +58,9 @@ def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strid
     meta = dict(flags.pop("_meta", {}))  # launch parameters given by the caller (no heuristics)
     for name, heur in getattr(kernel, "values", {}).items():  # triton.heuristics, evaluated as at launch
         meta[name] = heur({**values, **flags, **meta})
-    constexprs = {**flags, **{k: v for k, v in meta.items() if k != "num_warps"}, **{s: 1 for s in unit_strides}}
+    options = {"num_warps": meta.pop("num_warps"), "maxnreg": meta.pop("maxnreg", None) if registers else None}
+    meta.pop("maxnreg", None)
+    constexprs = {**flags, **meta, **{s: 1 for s in unit_strides}}
     signature = {}
     for name in jit.arg_names:
         if name in constexprs:
@@ -61,7 +72,8 @@ def compile_variant(kernel, pointers: dict, sizes: dict, flags: dict, unit_strid
         else:
             signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
     src = ASTSource(jit, signature, constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": meta["num_warps"]})
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return compiled, {**meta, **options}
 
 
 def occupancy(regs: int, num_warps: int, shared: int) -> str:
@@ -141,12 +153,17 @@ def variants(everything: bool):
             yield "_hybrid_loss_finish_kernel", hl._hybrid_loss_finish_kernel, io, {"B": 64}, {"N_IMG": 3}, ()
 
 
-def real_variants(everything: bool):
-    """The slab and group kernels at every distinct shape of the real call list, both layouts, bf16."""
+def real_variants(everything: bool, subset: bool = False):
+    """The slab, group and rows kernels at every distinct shape of the real call list, both layouts, bf16.
+
+    `subset` (the test): one shape, C=128 at 128x128: the group kernels in both layouts, the slab kernels
+    channels-last and unmodulated; all of these spilled before registers.TABLE."""
     from hybengine.call_list import real_calls
     from hybengine.kernels.launch import gpu_split_plan
 
     shapes = sorted({(c.c, c.h * c.w, c.groups) for c in real_calls()})
+    if subset:
+        shapes = [(c, hw, g) for c, hw, g in shapes if (c, hw) == (128, 16384)]
     layouts = {"nchw": ("stride_xp", "stride_yp", "stride_dp", "stride_gp"),
                "nhwc": ("stride_xc", "stride_yc", "stride_dc", "stride_gc")}
     dt = "bf16"
@@ -156,15 +173,18 @@ def real_variants(everything: bool):
     seen = set()
     for (c, hw, g), (layout, unit) in itertools.product(shapes, layouts.items()):
         cfg = slab.slab_config(c, hw, g, layout == "nhwc", True)
-        meta = {k: cfg[k] for k in ("BLOCK_C", "BLOCK_P", "BLOCK_G", "BLOCK_CG", "NUM_STAGES", "num_warps")}
-        key = (layout, tuple(sorted(meta.items())))
-        if key not in seen or everything:
+        for kind, kernel in (("FWD", slab._slab_fwd_kernel), ("BWD", slab._slab_bwd_kernel)):
+            if subset and layout == "nchw":
+                continue
+            meta = slab._launch_meta(cfg, kind)
+            key = (kind, layout, tuple(sorted(meta.items())))
+            if key in seen and not everything:
+                continue
             seen.add(key)
-            for has_mod in (True, False):
+            for has_mod in (False,) if subset else (True, False):
                 flags = {"HAS_SCALE": has_mod, "HAS_SHIFT": has_mod, "_meta": meta}
                 label = f"C={c} HW={hw} {layout} mod={has_mod} {meta}"
-                yield f"_slab_fwd_kernel {label}", slab._slab_fwd_kernel, io, {}, flags, unit
-                yield f"_slab_bwd_kernel {label}", slab._slab_bwd_kernel, io, {}, flags, unit
+                yield f"{kernel.__name__} {label}", kernel, io, {}, flags, unit
         cg = c // g
         _, chunk = gpu_split_plan(32 * g, hw, cg)
         sizes = {"CG": cg, "HW_PER_SPLIT": chunk, "stride_xc": hw if layout == "nchw" else 1}
@@ -180,8 +200,62 @@ def real_variants(everything: bool):
             if split:
                 yield f"_gns_bwd_reduce_kernel {tag}", gns._gns_bwd_reduce_kernel, gio, sizes, flags, unit
                 yield f"_gns_stats_kernel {tag}", gns._gns_stats_kernel, gio, sizes, {}, unit
-    yield ("_slab_param_grads_kernel", slab._slab_param_grads_kernel, io, {}, {"HAS_SCALE": True,
-           "_meta": {"BLOCK_C": 1024, "num_warps": 4}}, ())
+        pkey = ("params", c, chunk < hw)
+        if pkey not in seen and not subset:  # the parameter gradients of the group and rows kernels
+            seen.add(pkey)
+            pio = {**io, "W": dt, "B": dt, "DW": dt, "DB": dt}
+            yield (f"_gns_param_grads_kernel C={c} split={chunk < hw}", gns._gns_param_grads_kernel, pio, {"C": c},
+                   {"HAS_SCALE": True, "SPLIT": chunk < hw}, ())
+        _, p_split = gpu_split_plan(32, hw, c)
+        rkey = ("rows", c, p_split)
+        if layout == "nhwc" and rkey not in seen and not subset:  # the rows kernels take channels-last only
+            seen.add(rkey)
+            rio = {**io, "W": dt, "B": dt}
+            rsizes = {"C": c, "P_SPLIT": p_split}
+            flags = {"HAS_SCALE": True, "HAS_SHIFT": True}
+            yield f"_rows_stats_kernel C={c} HW={hw} nhwc", rows._rows_stats_kernel, rio, rsizes, {}, unit
+            for name in ("_rows_fwd_kernel", "_rows_bwd_reduce_kernel", "_rows_dx_kernel"):
+                yield f"{name} C={c} HW={hw} nhwc", getattr(rows, name), rio, rsizes, flags, unit
+    if not subset:
+        yield ("_slab_param_grads_kernel", slab._slab_param_grads_kernel, io, {}, {"HAS_SCALE": True,
+               "_meta": {"BLOCK_C": slab.PARAM_BLOCK_C, "num_warps": 1}}, ())
+
+
+def tiling_key(label: str, meta: dict) -> tuple | None:
+    """registers.TABLE's key of a compiled variant: (kernel, layout, block a, block b, warps)."""
+    name, layout = label.split()[0], "nhwc" if " nhwc" in label else "nchw"
+    if name in ("_slab_fwd_kernel", "_slab_bwd_kernel"):
+        return name, layout, meta["BLOCK_C"], meta["BLOCK_P"], meta["num_warps"]
+    if name.startswith("_gns_") and "BLOCK_HW" in meta:
+        return name, layout, meta["BLOCK_C"], meta["BLOCK_HW"], meta["num_warps"]
+    return None
+
+
+def spill_bytes(ptx: str, arch: int, maxnreg: int) -> int:
+    """ptxas's spill bytes for `ptx` under a `.maxnreg` directive."""
+    ptx = re.sub(r"(\.reqntid \d+)", rf"\1\n.maxnreg {maxnreg}", ptx, count=1)
+    return int(re.search(r", (\d+) spill bytes", ptxas_report(ptx, arch)).group(1))
+
+
+def tune_registers(arch: int) -> int:
+    """Prints registers.TABLE for the real call list: per tiling, the most programs per SM (4 down to 1)
+    whose register budget compiles all its variants without a spill."""
+    from hybengine.kernels.group_norm_silu.registers import budget
+
+    fits_all: dict[tuple, set[int]] = {}
+    for label, kernel, pointers, sizes, flags, unit in real_variants(False):
+        compiled, meta = compile_variant(kernel, pointers, sizes, flags, unit, arch, registers=False)
+        key = tiling_key(label, meta)
+        if key is None:
+            continue
+        fits = {k for k in (4, 3, 2, 1) if spill_bytes(compiled.asm["ptx"], arch, budget(k, meta["num_warps"])) == 0}
+        fits_all[key] = fits_all.get(key, fits) & fits  # ptxas is not monotone in the budget: every variant
+        print(f"# {label}: no spill at {sorted(fits, reverse=True)} programs/SM", flush=True)
+    print("TABLE = {")
+    for key in sorted(fits_all):
+        print(f"    {key!r}: {max(fits_all[key]) if fits_all[key] else 'None  # spills at every budget'},")
+    print("}")
+    return 0 if all(fits_all.values()) else 1
 
 
 def main() -> int:
@@ -189,22 +263,33 @@ def main() -> int:
     p.add_argument("--all", action="store_true")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--real", action="store_true", help="the real call list's GroupNorm-SiLU variants")
+    p.add_argument("--subset", action="store_true", help="with --real: one shape per tiling kind")
+    p.add_argument("--check-spills", action="store_true", help="a variant that spills fails")
+    p.add_argument("--tune-registers", action="store_true", help="print registers.TABLE for the real call list")
     args = p.parse_args()
-    failures = 0
-    for label, kernel, pointers, sizes, flags, unit in (real_variants(args.all) if args.real else variants(args.all)):
+    if args.tune_registers:
+        return tune_registers(args.arch)
+    failures = spilled = 0
+    todo = real_variants(args.all, args.subset) if args.real else variants(args.all)
+    for label, kernel, pointers, sizes, flags, unit in todo:
         t0 = time.perf_counter()
         try:
-            compiled = compile_variant(kernel, pointers, sizes, flags, unit, args.arch)
+            compiled, meta = compile_variant(kernel, pointers, sizes, flags, unit, args.arch)
             report = ptxas_report(compiled.asm["ptx"], args.arch)
             regs = re.match(r"(\d+) regs", report)
             if regs:
                 md = compiled.metadata
                 report += ", " + occupancy(int(regs.group(1)), md.num_warps, md.shared)
-            print(f"ok    {label}: {report} ({time.perf_counter() - t0:.1f}s)", flush=True)
+            report += f", maxnreg {meta['maxnreg']}"
+            spills = not re.search(r", 0 spill bytes", report)
+            spilled += spills
+            status = "SPILL" if spills and args.check_spills else "ok   "
+            print(f"{status} {label}: {report} ({time.perf_counter() - t0:.1f}s)", flush=True)
         except Exception as e:  # report every failing variant, not just the first
             failures += 1
             print(f"FAIL  {label}: {type(e).__name__}: {e}", flush=True)
-    return 1 if failures else 0
+    print(f"# {failures} failed, {spilled} spilled", flush=True)
+    return 1 if failures or (args.check_spills and spilled) else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from kernel_helpers import W_MASK, gn_inputs, loss_inputs
 
 from hybengine.kernels import group_norm_silu, hybrid_loss
-from hybengine.kernels.group_norm_silu import group_norm_silu_fwd_op
+from hybengine.kernels.group_norm_silu.op import group_norm_silu_fwd_op
 from hybengine.kernels.hybrid_loss import hybrid_loss_fwd_op
 
 

@@ -15,12 +15,8 @@ from kernel_helpers import (
 )
 
 from hybengine.kernels import bodies, group_norm_silu
-from hybengine.kernels.group_norm_silu import (
-    group_norm_silu_bwd_math,
-    group_norm_silu_bwd_triton,
-    group_norm_silu_fwd_math,
-    group_norm_silu_fwd_triton,
-)
+from hybengine.kernels.group_norm_silu.design import group_norm_silu_bwd_triton, group_norm_silu_fwd_triton
+from hybengine.kernels.group_norm_silu.math_path import group_norm_silu_bwd_math, group_norm_silu_fwd_math
 from hybengine.kernels.launch import split_plan
 
 # triton 3.6's interpreter turns 1-element arrays into loop bounds (a numpy deprecation, fine < 2.4)

@@ -1,4 +1,4 @@
-"""The channels-last rows kernels of GroupNorm-SiLU (kernels/group_norm_silu_rows.py) against the
+"""The channels-last rows kernels of GroupNorm-SiLU (kernels/group_norm_silu/rows.py) against the
 float64 reference, under the Triton interpreter: every output and gradient, split chunks,
 statistics of shifted data, determinism, and which inputs take the path."""
 import pytest
@@ -12,8 +12,8 @@ from kernel_helpers import (
 from hybengine import ops
 from hybengine.config import KernelConfig
 from hybengine.kernels import bodies
-from hybengine.kernels import group_norm_silu_rows as rows
-from hybengine.kernels.group_norm_silu import set_channels_last_kernel
+from hybengine.kernels.group_norm_silu import rows
+from hybengine.kernels.group_norm_silu.design import choose_design
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
@@ -54,7 +54,7 @@ def rows_selected(monkeypatch):
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(rows_selected, shape, dtype):
     n, c, h, w, g = SHAPES[shape]
-    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype)
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype, ops.group_norm_silu)
     assert rows_selected == {"fwd": 1, "bwd": 1}, "the channels-last op took the rows kernels"
 
 
@@ -65,13 +65,14 @@ def test_split_shape_is_split():
 
 
 def test_nchw_keeps_the_group_kernels(rows_selected):
-    check_group_norm_silu(gn_inputs(2, 6, 7, 9), 3, torch.float32)
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9), 3, torch.float32, ops.group_norm_silu)
     assert rows_selected == {"fwd": 0, "bwd": 0}
 
 
 def test_modulation_variants(rows_selected):
     for scale, shift in [(False, False), (True, False), (False, True)]:
-        check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, channels_last=True), 3, torch.float32)
+        check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, channels_last=True), 3, torch.float32,
+                              ops.group_norm_silu)
 
 
 def run_rows(inputs, groups, p_split):
@@ -110,8 +111,8 @@ def test_gradients_are_deterministic(p_split):
 
 
 def test_choice_is_validated():
-    with pytest.raises(ValueError, match="unknown channels-last kernel 'columns'"):
-        set_channels_last_kernel("columns")
+    with pytest.raises(ValueError, match="unknown GroupNorm-SiLU design 'columns'"):
+        choose_design(torch.empty(1, 4, 3, 3), "columns")
     assert not rows.rows_supported(torch.empty(1, 4, 3, 3))  # NCHW
     assert rows.rows_supported(torch.empty(1, 4, 3, 3).contiguous(memory_format=torch.channels_last))
     too_wide = torch.empty(1, rows.MAX_ROWS_CHANNELS + 1, 1, 2).contiguous(memory_format=torch.channels_last)
@@ -121,16 +122,16 @@ def test_choice_is_validated():
 def test_run_config_selects_the_kernels():
     """kernels.group_norm_silu_channels_last reaches the op when a run resolves its ops for CUDA."""
     from hybengine.config import ConfigError, load_config
-    from hybengine.kernels.group_norm_silu import channels_last_kernel
 
-    previous = channels_last_kernel()
+    x = torch.empty(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert choose_design(x) == "groups" and choose_design(x, "rows") == "rows"
+    assert choose_design(x.contiguous(), "rows") == "groups" and choose_design(x.contiguous(), "slab") == "slab"
     with ops.using():  # what configure sets below is undone after the block
         cfg = load_config(None, ["kernels.group_norm_silu_channels_last=rows"])
         assert cfg.kernels.group_norm_silu_channels_last == "rows"
-        ops.configure(KernelConfig(group_norm_silu_channels_last="rows"), torch.device("cuda"))
-        assert channels_last_kernel() == "rows"
+        ops.configure(cfg.kernels, torch.device("cuda"))
+        assert ops._IMPL["group_norm_silu"].keywords == {"design": "rows"}  # the op gets it as an argument
         ops.configure(KernelConfig(), torch.device("cuda"))
-        assert channels_last_kernel() == "groups"
-    assert channels_last_kernel() == previous
+        assert ops._IMPL["group_norm_silu"].keywords == {"design": "auto"}
     with pytest.raises(ConfigError, match="group_norm_silu_channels_last"):
         load_config(None, ["kernels.group_norm_silu_channels_last=columns"])

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from harness import RESULTS, append_rows, environment
 
 from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, hybrid_loss, hybrid_loss_reference
-from hybengine.kernels.group_norm_silu import group_norm_silu_fwd_op
+from hybengine.kernels.group_norm_silu.op import group_norm_silu_fwd_op
 from hybengine.kernels.hybrid_loss import hybrid_loss_fwd_op
 
 

@@ -1,6 +1,6 @@
 """GroupNorm-SiLU by slabs: one persistent launch per pass, each input read once from DRAM.
 
-Same math and contract as `group_norm_silu`'s kernels (formulas in its module docstring). Why: the
+Same math and contract as the group kernels (formulas in the package docstring). Why: the
 group kernels split every real U-Net call (S = 2, N*G = 256 programs for 528 slots on 132 SMs), so
 a pass reads x once for the statistics and once more for the output a whole tensor later, from
 DRAM: about 8 element-sizes per element fwd+bwd against the 5 of the memory roofline. Here the
@@ -40,15 +40,17 @@ import math
 
 import torch
 
-from .bodies import tl, triton
-from .group_norm_silu import _channel_affine, _modulation
-from .layout import as_n_c_p, write_back
+from ..bodies import tl, triton
+from ..layout import as_n_c_p, write_back
+from .prologue import channel_affine, modulation
+from .registers import budget, programs_per_sm
 
 UNIT_ELEMS = 1 << 20  # elements per unit at most (unless one group is larger): ~2 units live in L2
 ITEM_ELEMS = 1 << 14  # elements per work item (chunk), about
 MIN_CHUNK = 256  # pixels per chunk at least: partials stay < 1/32 of an element-size per element
 NCHW_CHUNK = 1024  # pixels per chunk of an NCHW unit (each channel's span is contiguous)
-PROGRAMS_PER_SM = 4
+PARAM_BLOCK_C = 32  # channels per program of the parameter gradients: C/32 programs in parallel
+DEFAULT_PROGRAMS_PER_SM = 2  # resident programs per SM outside registers.TABLE (no slab variant spilled there)
 
 
 def slab_config(c: int, hw: int, groups: int, channels_last: bool, on_gpu: bool, unit_elems: int = UNIT_ELEMS,
@@ -60,9 +62,9 @@ def slab_config(c: int, hw: int, groups: int, channels_last: bool, on_gpu: bool,
     CPU's larger tiles); the keyword arguments exist for tests, which shrink them to reach many
     units, chunks and tiles. Tiles: 2048 elements and 8 warps, channels-last tiles of whole pixel
     rows, NCHW tiles of 2 channels x 1024 pixels (NCHW tiles of 8-16 channels x 256 pixels used 255
-    registers and spilled). sm_90 compiles of the real call list's variants (tests/kernel_aot.py
-    --real) still spill 8-84 bytes in 21 of 77 variants, where ptxas caps at 64 or 128 registers:
-    not tuned yet (next: a register cap per variant, or 4 warps where it spills).
+    registers and spilled). Resident programs per SM, and with them each kernel's register budget
+    (`maxnreg`), come from registers.TABLE, where the real call list's sm_90 compiles do not spill
+    (tests/kernel_aot.py --real); the persistent grid is that many programs per SM.
     """
     cg = c // groups
     gb = 1
@@ -84,9 +86,13 @@ def slab_config(c: int, hw: int, groups: int, channels_last: bool, on_gpu: bool,
     else:
         block_c = min(2, triton.next_power_of_2(cb))
         block_p = max(1, min(triton.next_power_of_2(chunk), tile // block_c))
+    warps = 8 if block_c * block_p >= 2048 else 4
+    per_sm = {kind: programs_per_sm(f"_slab_{kind.lower()}_kernel", channels_last, block_c, block_p, warps,
+                                    DEFAULT_PROGRAMS_PER_SM) for kind in ("FWD", "BWD")}
     return dict(GB=gb, CB=cb, P_CHUNK=chunk, K=k, U=groups // gb, BLOCK_C=block_c, BLOCK_P=block_p,
                 BLOCK_G=triton.next_power_of_2(gb), BLOCK_CG=triton.next_power_of_2(cg),
-                num_warps=8 if block_c * block_p >= 2048 else 4, NUM_STAGES=2 if on_gpu else 1)
+                num_warps=warps, NUM_STAGES=2 if on_gpu else 1,
+                PROGRAMS_FWD=per_sm["FWD"], PROGRAMS_BWD=per_sm["BWD"])
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -198,7 +204,7 @@ def _fwd_p2(X, Y, W, B, SCALE, SHIFT, MEAN, RSTD, n, c0, k, G, CG, HW, x_base, y
     for cb in range(0, CB, BLOCK_C):
         c = c0 + cb + tl.arange(0, BLOCK_C)
         cmask = c < c0 + CB
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         mean = _gather_group(MEAN, n, c, cmask, G, CG)
         rstd = _gather_group(RSTD, n, c, cmask, G, CG)
         a2 = a * rstd  # h = x*a2 + b2
@@ -284,7 +290,7 @@ def _bwd_p1(X, DY, W, B, SCALE, SHIFT, MEAN, RSTD, PART, n, c0, k, N, C, G, CG, 
     for cb in range(0, CB, BLOCK_C):
         c = c0 + cb + tl.arange(0, BLOCK_C)
         cmask = c < c0 + CB
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         mean = tl.load(MEAN + n * G + c // CG, mask=cmask, other=0.0)
         rstd = tl.load(RSTD + n * G + c // CG, mask=cmask, other=0.0)
         acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
@@ -320,7 +326,7 @@ def _bwd_finish(PART, W, B, SCALE, SHIFT, SUMS, COEF, DSCALE, DSHIFT, n, c0, j, 
     b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
     tl.store(DSHIFT + nc, s1.to(DSHIFT.dtype.element_ty), mask=cmask)
     tl.store(DSCALE + nc, (w * s2 + b * s1).to(DSCALE.dtype.element_ty), mask=cmask)
-    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+    a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
     m = (CG * HW).to(tl.float32)
     g = n * G + j * GB + gi
     tl.store(COEF + g, tl.sum(a * s1, axis=1) / m, mask=gi < GB)
@@ -337,7 +343,7 @@ def _bwd_p2(X, DY, DX, W, B, SCALE, SHIFT, MEAN, RSTD, COEF, n, c0, k, N, G, CG,
     for cb in range(0, CB, BLOCK_C):
         c = c0 + cb + tl.arange(0, BLOCK_C)
         cmask = c < c0 + CB
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         mean = tl.load(MEAN + n * G + c // CG, mask=cmask, other=0.0)
         rstd = tl.load(RSTD + n * G + c // CG, mask=cmask, other=0.0)
         c1 = _gather_group(COEF, n, c, cmask, G, CG)
@@ -433,15 +439,17 @@ def _slab_param_grads_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _programs(total: int, device: torch.device, sms: int | None) -> int:
+def _programs(total: int, device: torch.device, sms: int | None, per_sm: int) -> int:
     if device.type != "cuda":
         return min(total, 2)  # the interpreter runs programs in turn: program 0 takes every ticket
     sms = sms or torch.cuda.get_device_properties(device).multi_processor_count
-    return min(total, PROGRAMS_PER_SM * sms)
+    return min(total, per_sm * sms)
 
 
-def _launch_meta(cfg: dict) -> dict:
-    return {k: cfg[k] for k in ("BLOCK_C", "BLOCK_P", "BLOCK_G", "BLOCK_CG", "NUM_STAGES", "num_warps")}
+def _launch_meta(cfg: dict, kind: str) -> dict:
+    """Compile-time launch parameters of the "FWD" or "BWD" kernel, its register budget included."""
+    meta = {k: cfg[k] for k in ("BLOCK_C", "BLOCK_P", "BLOCK_G", "BLOCK_CG", "NUM_STAGES", "num_warps")}
+    return {**meta, "maxnreg": budget(cfg[f"PROGRAMS_{kind}"], cfg["num_warps"])}
 
 
 def _config(x3: torch.Tensor, groups: int, config: dict | None) -> dict:
@@ -458,18 +466,18 @@ def group_norm_silu_fwd_slab(x, weight, bias, scale, shift, groups: int, eps: fl
     x3, y3 = as_n_c_p(x), as_n_c_p(y)
     n, c, hw = x3.shape
     cfg = _config(x3, groups, config)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
+    (scale_t, stride_sn), (shift_t, stride_tn) = modulation(scale, weight), modulation(shift, weight)
     mean = torch.empty((n, groups), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     part = torch.empty((2, n, cfg["K"], c), device=x.device, dtype=torch.float32)
     nu = n * cfg["U"]
     sync = torch.zeros(1 + 2 * nu, device=x.device, dtype=torch.int32)
-    grid = (_programs(nu * (2 * cfg["K"] + 1), x.device, sms),)
+    grid = (_programs(nu * (2 * cfg["K"] + 1), x.device, sms, cfg["PROGRAMS_FWD"]),)
     _slab_fwd_kernel[grid](
         x3, y3, weight, bias, scale_t, shift_t, mean, rstd, part, sync,
         n, c, groups, c // groups, hw, float(eps), cfg["GB"], cfg["CB"], cfg["U"], cfg["K"], cfg["P_CHUNK"],
         stride_sn, stride_tn, *x3.stride(), *y3.stride(),
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, **_launch_meta(cfg),
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, **_launch_meta(cfg, "FWD"),
     )  # fmt: skip
     return write_back(y, y3), mean, rstd
 
@@ -482,7 +490,7 @@ def group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, grou
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
     cfg = _config(x3, groups, config)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
+    (scale_t, stride_sn), (shift_t, stride_tn) = modulation(scale, weight), modulation(shift, weight)
     mean, rstd = mean.contiguous(), rstd.contiguous()
     part = torch.empty((2, n, cfg["K"], c), device=x.device, dtype=torch.float32)
     sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
@@ -493,14 +501,14 @@ def group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, grou
     dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
     nu = n * cfg["U"]
     sync = torch.zeros(1 + 2 * nu, device=x.device, dtype=torch.int32)
-    grid = (_programs(nu * (2 * cfg["K"] + 1), x.device, sms),)
+    grid = (_programs(nu * (2 * cfg["K"] + 1), x.device, sms, cfg["PROGRAMS_BWD"]),)
     flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
     _slab_bwd_kernel[grid](
         x3, dy3, dx3, weight, bias, scale_t, shift_t, mean, rstd, part, sums, coef, dscale, dshift, sync,
         n, c, groups, c // groups, hw, cfg["GB"], cfg["CB"], cfg["U"], cfg["K"], cfg["P_CHUNK"],
-        stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), **flags, **_launch_meta(cfg),
+        stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), **flags, **_launch_meta(cfg, "BWD"),
     )  # fmt: skip
-    block_c = min(1024, triton.next_power_of_2(c))
-    _slab_param_grads_kernel[(triton.cdiv(c, block_c),)](sums, scale_t, dweight, dbias, n, c, stride_sn,
-                                                         HAS_SCALE=scale is not None, BLOCK_C=block_c)
+    _slab_param_grads_kernel[(triton.cdiv(c, PARAM_BLOCK_C),)](sums, scale_t, dweight, dbias, n, c, stride_sn,
+                                                               HAS_SCALE=scale is not None, BLOCK_C=PARAM_BLOCK_C,
+                                                               num_warps=1)
     return write_back(dx, dx3), dweight, dbias, dscale, dshift

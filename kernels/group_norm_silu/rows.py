@@ -1,8 +1,8 @@
 """Channels-last GroupNorm-SiLU by pixel rows: Triton kernels and launchers (same math and contract
-as `group_norm_silu`'s kernels, whose module docstring has the formulas).
+as the group kernels; formulas in the package docstring).
 
 Why: a channels-last tensor stores the C channels of a pixel next to each other, so the group
-kernels of group_norm_silu.py, one program per (sample, group), read CG contiguous values per pixel
+kernels of groups.py, one program per (sample, group), read CG contiguous values per pixel
 and skip C - CG: with 4 bf16 channels per group, 8 useful bytes of every 32-byte sector. On an
 H200 they reached 0.1-0.2 of the copy bandwidth channels-last against 0.3-0.44 NCHW
 (benchmarks/results/logs/gpu/bench_group_norm_silu_h200_8a0dcf0.log). Here every program owns a chunk
@@ -25,15 +25,16 @@ backward
     F  _rows_dx_kernel           grid (N, S): dx = rstd * (dh*a - c1 - xhat*c2)
 
 No atomics: every sum runs in a fixed order, so results are bitwise reproducible. The rows path
-takes channels-last inputs with C <= MAX_ROWS_CHANNELS; `group_norm_silu.set_channels_last_kernel`
+takes channels-last inputs with C <= MAX_ROWS_CHANNELS; `design.choose_design`
 chooses between it and the group kernels.
 """
 import torch
 
-from .bodies import tl, triton
-from .group_norm_silu import _channel_affine, _gns_param_grads_kernel, _modulation
-from .launch import forced_plan, split_plan
-from .layout import as_n_c_p, write_back
+from ..bodies import tl, triton
+from ..launch import forced_plan, split_plan
+from ..layout import as_n_c_p, write_back
+from .groups import _gns_param_grads_kernel
+from .prologue import channel_affine, modulation
 
 MAX_ROWS_CHANNELS = 2048  # one tile row holds all channels of a pixel
 
@@ -64,7 +65,7 @@ def _group_gather(T, n, c, cmask, G, CG):
 def _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn, stride_tn,
                             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
     """Per channel of sample n: a, bb (the affine) and the group's mean, rstd broadcast to it."""
-    a, bb = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+    a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
     return a, bb, _group_gather(MEAN, n, c, cmask, G, CG), _group_gather(RSTD, n, c, cmask, G, CG)
 
 
@@ -308,7 +309,7 @@ def _rows_coef_kernel(
     for cb in range(0, CG, BLOCK_CG):
         c = g * CG + cb + tl.arange(0, BLOCK_CG)
         cmask = (cb + tl.arange(0, BLOCK_CG)) < CG
-        a, _ = _channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, _ = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         c1 += tl.sum(a * tl.load(SUMS + n * C + c, mask=cmask, other=0.0))
         c2 += tl.sum(a * tl.load(SUMS + N * C + n * C + c, mask=cmask, other=0.0))
     inv_m = 1.0 / (CG * HW * 1.0)  # a float even when CG = HW = 1 (constexprs)
@@ -403,7 +404,7 @@ def group_norm_silu_fwd_rows(x, weight, bias, scale, shift, groups: int, eps: fl
     n, c, hw = x3.shape
     cg = c // groups
     s, chunk = _plan(x3, p_split)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
+    (scale_t, stride_sn), (shift_t, stride_tn) = modulation(scale, weight), modulation(shift, weight)
     mean = torch.empty((n, groups), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     part = torch.empty((2, n, s, c), device=x.device, dtype=torch.float32)
@@ -427,7 +428,7 @@ def group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, grou
     n, c, hw = x3.shape
     cg = c // groups
     s, chunk = _plan(x3, p_split)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
+    (scale_t, stride_sn), (shift_t, stride_tn) = modulation(scale, weight), modulation(shift, weight)
     flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
     mean, rstd = mean.contiguous(), rstd.contiguous()
     sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
