@@ -8,7 +8,7 @@ reduction per tile. Between the H100 engine rows at 362.7 and 278.7 img/s it is 
 change, so issue 16 asks for both kernels timed side by side. This file recreates the kernels
 before it from git history (`git show 8a0dcf0^:kernels/group_norm_silu.py`), with today's imports
 and the `inv_m` constexpr fix; everything the commit did not touch (heuristics, launch plan,
-affine prologue, partial combination, parameter-gradient kernel) is imported from the package,
+affine prologue, partial combination, parameter-gradient kernel, launchers) comes from the package,
 so the pair differs by exactly that commit's kernel change. Not part of the package.
 """
 import repo_imports  # noqa: F401  (before hybengine: works without an install)
@@ -17,14 +17,13 @@ import torch
 from hybengine.kernels.bodies import tl, triton
 from hybengine.kernels.group_norm_silu.groups import (
     _HEURISTICS,
+    GroupKernels,
     _dh_tile,
-    _gns_param_grads_kernel,
     _group_stats_from_partials,
-    _plan,
+    group_norm_silu_bwd_groups,
+    group_norm_silu_fwd_groups,
 )
 from hybengine.kernels.group_norm_silu.prologue import channel_affine as _channel_affine
-from hybengine.kernels.group_norm_silu.prologue import modulation as _modulation
-from hybengine.kernels.layout import as_n_c_p, write_back
 
 
 @triton.jit
@@ -325,92 +324,16 @@ def _gns_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def group_norm_silu_fwd_pre(
-    x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last
-    weight: torch.Tensor,  # (C,)
-    bias: torch.Tensor,  # (C,)
-    scale: torch.Tensor | None,  # (N, C)
-    shift: torch.Tensor | None,  # (N, C)
-    groups: int,
-    eps: float,
-    hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
-    weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
-    y = torch.empty_like(x)
-    x3, y3 = as_n_c_p(x), as_n_c_p(y)
-    n, c, hw = x3.shape
-    cg = c // groups
-    s, chunk = _plan(x3, groups, hw_per_split)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
-    mean = torch.empty((n, groups), device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    part = torch.empty((3, n * groups, s), device=x.device, dtype=torch.float32)
-    if s > 1:
-        _gns_stats_kernel[(n * groups, s)](x3, part, groups, cg, hw, chunk, s, *x3.stride())
-    _gns_fwd_kernel[(n * groups, s)](
-        x3, y3, weight, bias, scale_t, shift_t, mean, rstd, part,
-        c, groups, cg, hw, chunk, s, float(eps), stride_sn, stride_tn, *x3.stride(), *y3.stride(),
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SPLIT=s > 1,
-    )  # fmt: skip
-    return write_back(y, y3), mean, rstd
+# the package's launchers, run on the kernels above
+PRE = GroupKernels(_gns_stats_kernel, _gns_fwd_kernel, _gns_bwd_reduce_kernel, _gns_bwd_kernel)
 
 
-def group_norm_silu_bwd_pre(
-    dy: torch.Tensor,  # (N, C, *spatial), any layout
-    x: torch.Tensor,  # (N, C, *spatial)
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    mean: torch.Tensor,  # (N, G) fp32
-    rstd: torch.Tensor,  # (N, G) fp32
-    groups: int,
-    eps: float,
-    hw_per_split: int | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `_param_grads`).
+def group_norm_silu_fwd_pre(x, weight, bias, scale, shift, groups, eps):
+    return group_norm_silu_fwd_groups(x, weight, bias, scale, shift, groups, eps, kernels=PRE)
 
-    Whole groups: dx kernel (writes s1, s2) -> parameter kernel. Split groups: s1/s2 partials ->
-    parameter kernel (also sums the partials) -> dx kernel.
-    """
-    weight, bias = weight.contiguous(), bias.contiguous()
-    dx = torch.empty_like(x)
-    x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
-    n, c, hw = x3.shape
-    cg = c // groups
-    s, chunk = _plan(x3, groups, hw_per_split)
-    (scale_t, stride_sn), (shift_t, stride_tn) = _modulation(scale, weight), _modulation(shift, weight)
-    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
-    mean, rstd = mean.contiguous(), rstd.contiguous()
-    sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
-    part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32) if s > 1 else sums
-    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
-    dscale = torch.empty((n, c), device=x.device, dtype=mod_dtype(scale))
-    dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
 
-    def param_grads():
-        grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)
-        _gns_param_grads_kernel[grid](
-            part, sums, weight, bias, scale_t, dweight, dbias, dscale, dshift, n, c, s, stride_sn,
-            HAS_SCALE=scale is not None, SPLIT=s > 1,
-        )  # fmt: skip
-
-    if s > 1:
-        _gns_bwd_reduce_kernel[(n * groups, s)](
-            x3, dy3, weight, bias, scale_t, shift_t, mean, rstd, part, n, c, groups, cg, hw, chunk,
-            stride_sn, stride_tn, *x3.stride(), *dy3.stride(), **flags,
-        )  # fmt: skip
-        param_grads()
-    _gns_bwd_kernel[(n * groups, s)](
-        x3, dy3, dx3, weight, bias, scale_t, shift_t, mean, rstd, sums, n, c, groups, cg, hw, chunk,
-        stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), SPLIT=s > 1, **flags,
-    )  # fmt: skip
-    if s == 1:
-        param_grads()
-    return write_back(dx, dx3), dweight, dbias, dscale, dshift
-
+def group_norm_silu_bwd_pre(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps):
+    return group_norm_silu_bwd_groups(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, kernels=PRE)
 
 
 class _GroupNormSiLUPre(torch.autograd.Function):

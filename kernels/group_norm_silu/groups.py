@@ -8,6 +8,9 @@ written and summed over splits in a fixed order. No atomics anywhere, so all gra
 bitwise reproducible. Statistics: per-lane Welford over the tiles, lanes then combined around the
 group mean.
 """
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 from ..bodies import tl, triton
@@ -457,11 +460,25 @@ def _gns_param_grads_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+class GroupKernels(NamedTuple):
+    """The four per-(sample, group) kernels a launcher runs; a benchmark may pass an older set with the
+    same arguments (benchmarks/gn_groups_pre8a0dcf0.py)."""
+
+    stats: Callable
+    fwd: Callable
+    bwd_reduce: Callable
+    bwd: Callable
+
+
+KERNELS = GroupKernels(_gns_stats_kernel, _gns_fwd_kernel, _gns_bwd_reduce_kernel, _gns_bwd_kernel)
+
+
 def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int, int]:
     n, c, hw = x3.shape
     if hw_per_split is not None:
         return forced_plan(hw, hw_per_split)
     return split_plan(n * groups, hw, c // groups, x3.device)
+
 
 def group_norm_silu_fwd_groups(
     x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last
@@ -472,6 +489,7 @@ def group_norm_silu_fwd_groups(
     groups: int,
     eps: float,
     hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
+    kernels: GroupKernels = KERNELS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
     weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
@@ -485,13 +503,14 @@ def group_norm_silu_fwd_groups(
     rstd = torch.empty_like(mean)
     part = torch.empty((3, n * groups, s), device=x.device, dtype=torch.float32)
     if s > 1:
-        _gns_stats_kernel[(n * groups, s)](x3, part, groups, cg, hw, chunk, s, *x3.stride())
-    _gns_fwd_kernel[(n * groups, s)](
+        kernels.stats[(n * groups, s)](x3, part, groups, cg, hw, chunk, s, *x3.stride())
+    kernels.fwd[(n * groups, s)](
         x3, y3, weight, bias, scale_t, shift_t, mean, rstd, part,
         c, groups, cg, hw, chunk, s, float(eps), stride_sn, stride_tn, *x3.stride(), *y3.stride(),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SPLIT=s > 1,
     )  # fmt: skip
     return write_back(y, y3), mean, rstd
+
 
 def group_norm_silu_bwd_groups(
     dy: torch.Tensor,  # (N, C, *spatial), any layout
@@ -505,6 +524,7 @@ def group_norm_silu_bwd_groups(
     groups: int,
     eps: float,
     hw_per_split: int | None = None,
+    kernels: GroupKernels = KERNELS,
 ) -> tuple[torch.Tensor, ...]:
     """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `math_path._param_grads`).
 
@@ -535,12 +555,12 @@ def group_norm_silu_bwd_groups(
         )  # fmt: skip
 
     if s > 1:
-        _gns_bwd_reduce_kernel[(n * groups, s)](
+        kernels.bwd_reduce[(n * groups, s)](
             x3, dy3, weight, bias, scale_t, shift_t, mean, rstd, part, n, c, groups, cg, hw, chunk,
             stride_sn, stride_tn, *x3.stride(), *dy3.stride(), **flags,
         )  # fmt: skip
         param_grads()
-    _gns_bwd_kernel[(n * groups, s)](
+    kernels.bwd[(n * groups, s)](
         x3, dy3, dx3, weight, bias, scale_t, shift_t, mean, rstd, sums, n, c, groups, cg, hw, chunk,
         stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), SPLIT=s > 1, **flags,
     )  # fmt: skip
