@@ -57,7 +57,8 @@ def test_experiment_selects_on_source_validation_then_pretrains_sweeps_and_analy
 
 
 def test_choose_takes_the_best_source_score_and_the_first_on_ties(tmp_path):
-    select = {"grid": {"hybrid": {"objective.clean_share": [0.25, 0.5], "objective.w_mask": [0.2, 1.0]}}}
+    grid = {"hybrid": {"objective.clean_share": [0.25, 0.5], "objective.w_mask": [0.2, 1.0]}}
+    select = selection.check_select({"grid": grid}, ["hybrid"], [0], "experiment.yaml")  # defaults filled in
     plan = selection.plan(select)
     assert [over for _, _, over in plan][1] == ["objective.clean_share=0.25", "objective.w_mask=1.0"]
     for (name, _, _), score in zip(plan, [0.5, 0.7, 0.7, 0.1], strict=True):

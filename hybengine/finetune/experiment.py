@@ -73,7 +73,8 @@ def load_experiment(path: str | Path) -> dict:
                 raise ConfigError(f"{path}: analysis contrast {pair!r} must be a pair [a, b] of start names")
     if "select" in spec:
         pre = spec["pretrain"]
-        selection.check_select(spec["select"], pre.get("modes", ["hybrid"]), pre.get("seeds"), str(path))
+        spec["select"] = selection.check_select(spec["select"], pre.get("modes", ["hybrid"]), pre.get("seeds"),
+                                                str(path))
     return spec
 
 
@@ -90,16 +91,16 @@ def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str
     them (their winners' overrides added to their mode's runs); returns {name: run folder} of all runs."""
     chosen = {}
     if "select" in spec:
-        seed = spec["select"].get("seed", 100)
+        seed = spec["select"]["seed"]
         run_all([(name, [*over, f"train.seed={seed}", f"objective.mode={mode}"])
                  for name, mode, over in selection.plan(spec["select"])], spec, out, shard)
         chosen = selection.choose(spec["select"], out)
-        print(f"chosen on the source {spec['select'].get('split', 'val')} split: {chosen}", flush=True)
+        print(f"chosen on the source {spec['select']['split']} split: {chosen}", flush=True)
     jobs = [(name, [*chosen.get(mode, []), *([] if seed is None else [f"train.seed={seed}"]), f"objective.mode={mode}"])
             for name, mode, seed in pretrain_plan(spec)]
     folders = run_all(jobs, spec, out, shard)
     if "select" in spec and shard[0] == 0:
-        selection.score_starts(folders, spec["select"].get("split", "val"), out)
+        selection.score_starts(folders, spec["select"]["split"], out)
     return folders
 
 

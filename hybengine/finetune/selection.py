@@ -26,17 +26,20 @@ from ..inference import load_model
 from ..runtime.atomic import atomic_write_text
 from .runner import evaluate
 
-SELECT_KEYS = {"seed", "split", "grid"}
+DEFAULTS = {"seed": 100, "split": "val"}  # the candidates' pretraining seed, the source split scored
+SELECT_KEYS = {*DEFAULTS, "grid"}
 RESULT_FILES = ("select.md", "select.json", "source_scores.md")
 
 
-def check_select(select: dict, modes: list[str], seeds: list, where: str) -> None:
-    """Rejects a malformed `select` section by name (before anything runs)."""
+def check_select(select: dict, modes: list[str], seeds: list, where: str) -> dict:
+    """The `select` section with its defaults filled in; a malformed one is rejected by name (before
+    anything runs)."""
     unknown = set(select) - SELECT_KEYS
     if unknown or "grid" not in select:
         raise ConfigError(f"{where}: section 'select' takes {sorted(SELECT_KEYS)} (grid required), "
                           f"got {sorted(select)}")
-    if select.get("seed", 100) in (seeds or []):
+    select = {**DEFAULTS, **select}
+    if select["seed"] in (seeds or []):
         raise ConfigError(f"{where}: select.seed={select['seed']} is one of pretrain.seeds; candidates must use "
                           "a seed of their own so that the chosen setting is not scored on the runs it is used in")
     for mode, grid in select["grid"].items():
@@ -44,6 +47,7 @@ def check_select(select: dict, modes: list[str], seeds: list, where: str) -> Non
             raise ConfigError(f"{where}: select.grid.{mode}: not one of pretrain.modes {modes}")
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
             raise ConfigError(f"{where}: select.grid.{mode} must map config keys to non-empty lists of values")
+    return select
 
 
 def candidates(grid: dict[str, list]) -> list[list[str]]:
@@ -59,33 +63,34 @@ def plan(select: dict) -> list[tuple[str, str, list[str]]]:
             for mode, grid in select["grid"].items() for k, over in enumerate(candidates(grid))]
 
 
-def source_score(folder: Path, split: str) -> float:
-    """Mean foreground Dice of a pretraining's EMA mask head at sigma_clean on a source split (cached
-    in the run folder as source_<split>.json)."""
+def source_dice(folder: Path, split: str) -> tuple[float, list[float]]:
+    """(mean foreground Dice, Dice per class) of a pretraining's EMA mask head at sigma_clean on a source
+    split (cached in the run folder as source_<split>.json)."""
     cache = folder / f"source_{split}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())["mean_foreground_dice"]
+        done = json.loads(cache.read_text())
+        return done["mean_foreground_dice"], done["dice"]
     net, cfg = load_model(str(folder), device=torch.device("cpu"))
     dice = evaluate(net, cfg, split)["dice"]
     score = float(sum(dice[1:]) / max(len(dice) - 1, 1))
     atomic_write_text(cache, json.dumps({"split": split, "dice": dice, "mean_foreground_dice": score}, indent=1))
-    return score
+    return score, dice
 
 
 def choose(select: dict, out: Path) -> dict[str, list[str]]:
     """{mode: winning overrides} from the finished candidates under `out`; writes select.json and select.md."""
-    split = select.get("split", "val")
+    split = select["split"]
     rows, winners = [], {}
     for name, mode, over in plan(select):
-        score = source_score(out / f"pretrain_{name}", split)
+        score, _ = source_dice(out / f"pretrain_{name}", split)
         rows.append({"candidate": name, "mode": mode, "overrides": over, "score": score})
         if mode not in winners or score > winners[mode][1]:
             winners[mode] = (over, score)
     chosen = {mode: over for mode, (over, _) in winners.items()}
-    atomic_write_text(out / "select.json", json.dumps({"split": split, "seed": select.get("seed", 100),
+    atomic_write_text(out / "select.json", json.dumps({"split": split, "seed": select["seed"],
                                                        "candidates": rows, "chosen": chosen}, indent=1))
     lines = [f"# Objective settings chosen on the source `{split}` split", "",
-             f"Candidates pretrained with seed {select.get('seed', 100)}; score: mean foreground Dice of the "
+             f"Candidates pretrained with seed {select['seed']}; score: mean foreground Dice of the "
              "EMA mask head at sigma_clean on the source split (no target data). Chosen: **bold**.", "",
              "| mode | overrides | source Dice |", "|---|---|---:|"]
     for r in rows:
@@ -103,7 +108,6 @@ def score_starts(folders: dict[str, Path], split: str, out: Path) -> None:
              "Mean foreground Dice (and per class) of the EMA mask head at sigma_clean; no target data.", "",
              "| start | mean foreground Dice | per class |", "|---|---:|---|"]
     for name, folder in folders.items():
-        score = source_score(folder, split)
-        dice = json.loads((folder / f"source_{split}.json").read_text())["dice"]
+        score, dice = source_dice(folder, split)
         lines.append(f"| {name} | {score:.4f} | {' / '.join(f'{d:.4f}' for d in dice)} |")
     atomic_write_text(out / "source_scores.md", "\n".join(lines) + "\n")
