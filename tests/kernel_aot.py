@@ -40,6 +40,7 @@ gns = importlib.import_module("hybengine.kernels.group_norm_silu.groups")
 rows = importlib.import_module("hybengine.kernels.group_norm_silu.rows")
 hl = importlib.import_module("hybengine.kernels.hybrid_loss")
 slab = importlib.import_module("hybengine.kernels.group_norm_silu.slab")
+pg = importlib.import_module("hybengine.kernels.group_norm_silu.param_grads")
 
 CUDA = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # what the heuristics look at
 FLOAT_ARGS = {"eps", "w_mask"}
@@ -97,6 +98,15 @@ def ptxas_report(ptx: str, arch: int) -> str:
     return f"{regs.group(1) if regs else '?'} regs, {spill_bytes} spill bytes"
 
 
+def _param_grads_variant(tag: str, dt: str, c: int, split: bool, write_mod: bool) -> tuple:
+    """The parameter-gradient kernel all designs share, launched as for batch 32."""
+    pointers = {"PART": "fp32", "SUMS": "fp32", "W": dt, "B": dt, "SCALE": dt, "DW": dt, "DB": dt,
+                "DSCALE": dt, "DSHIFT": dt}
+    meta = {"BLOCK_N": pg.block_n(32), "BLOCK_C": pg.BLOCK_C, "num_warps": pg.NUM_WARPS}
+    return (f"_param_grads_kernel {tag}", pg._param_grads_kernel, pointers, {"C": c},
+            {"HAS_SCALE": True, "SPLIT": split, "WRITE_MOD": write_mod, "_meta": meta}, ())
+
+
 def variants(everything: bool):
     """(label, kernel, pointers, sizes, flags, unit_strides) for the launchers' specialisations."""
     dtypes = ["bf16", "fp16", "fp32"] if everything else ["bf16"]
@@ -118,11 +128,8 @@ def variants(everything: bool):
                     yield f"_gns_bwd_reduce_kernel {label}", gns._gns_bwd_reduce_kernel, io, sizes, flags, unit
             if split:
                 yield f"_gns_stats_kernel {dt} {layout}", gns._gns_stats_kernel, io, sizes, {}, unit
-            params = {"PART": "fp32", "SUMS": "fp32", "W": dt, "B": dt, "SCALE": dt, "DW": dt, "DB": dt,
-                      "DSCALE": dt, "DSHIFT": dt}
             if layout == "nchw":  # no strided tensor in it
-                yield (f"_gns_param_grads_kernel {dt} split={split}", gns._gns_param_grads_kernel, params,
-                       {"C": 128}, {"HAS_SCALE": True, "SPLIT": split}, ())
+                yield _param_grads_variant(f"{dt} split={split}", dt, 128, split, True)
     # GroupNorm rows kernels (channels-last only): C = 96 is not a power of two, 2048 the widest
     rows_unit = ("stride_xc", "stride_yc", "stride_dc", "stride_gc")
     for dt in dtypes:
@@ -203,9 +210,7 @@ def real_variants(everything: bool, subset: bool = False):
         pkey = ("params", c, chunk < hw)
         if pkey not in seen and not subset:  # the parameter gradients of the group and rows kernels
             seen.add(pkey)
-            pio = {**io, "W": dt, "B": dt, "DW": dt, "DB": dt}
-            yield (f"_gns_param_grads_kernel C={c} split={chunk < hw}", gns._gns_param_grads_kernel, pio, {"C": c},
-                   {"HAS_SCALE": True, "SPLIT": chunk < hw}, ())
+            yield _param_grads_variant(f"C={c} split={chunk < hw}", dt, c, chunk < hw, True)
         _, p_split = gpu_split_plan(32, hw, c)
         rkey = ("rows", c, p_split)
         if layout == "nhwc" and rkey not in seen and not subset:  # the rows kernels take channels-last only
@@ -217,8 +222,7 @@ def real_variants(everything: bool, subset: bool = False):
             for name in ("_rows_fwd_kernel", "_rows_bwd_reduce_kernel", "_rows_dx_kernel"):
                 yield f"{name} C={c} HW={hw} nhwc", getattr(rows, name), rio, rsizes, flags, unit
     if not subset:
-        yield ("_slab_param_grads_kernel", slab._slab_param_grads_kernel, io, {}, {"HAS_SCALE": True,
-               "_meta": {"BLOCK_C": slab.PARAM_BLOCK_C, "num_warps": 1}}, ())
+        yield _param_grads_variant("slab", "bf16", 128, False, False)
 
 
 def tiling_key(label: str, meta: dict) -> tuple | None:

@@ -60,9 +60,24 @@ def setup(engine: str) -> DistInfo:
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
         os.environ.setdefault(key, value)  # a single process without the launcher
+    if device.type == "cpu":
+        _skip_shm_comm_build(deepspeed)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, True)
+
+
+def _skip_shm_comm_build(deepspeed) -> None:
+    """On CPU ranks DeepSpeed's comm backend JIT-compiles its shared-memory op (deepspeed_shm_comm) in
+    every fresh environment: about 50 s on 2 cores. That op serves only inference_all_reduce, the
+    all-reduce of tensor-parallel inference; training's collectives go through gloo either way. So
+    training marks the op unavailable in DeepSpeed's table of compatible ops, which DeepSpeed keeps
+    as one dict for this purpose, and its backend then leaves the op unbuilt."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def barrier(info: DistInfo) -> None:

@@ -16,6 +16,7 @@ import torch
 from ..bodies import tl, triton
 from ..launch import forced_plan, split_plan
 from ..layout import as_n_c_p, write_back
+from .param_grads import launch_param_grads
 from .prologue import channel_affine, modulation
 from .registers import maxnreg
 
@@ -405,58 +406,6 @@ def _gns_bwd_kernel(
             tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
-@triton.heuristics({"BLOCK_C": lambda args: min(64, triton.next_power_of_2(args["C"])), "num_warps": lambda args: 2})
-@triton.jit
-def _gns_param_grads_kernel(
-    PART,  # channel sums (s1, s2) per split, shape (2, S, N, C) fp32
-    SUMS,  # out if SPLIT: (s1, s2) summed over splits, shape (2, N, C) fp32, for _gns_bwd_kernel
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    DW,  # out: dweight, shape (C,)
-    DB,  # out: dbias, shape (C,)
-    DSCALE,  # out: dscale, shape (N, C) contiguous
-    DSHIFT,  # out: dshift, shape (N, C) contiguous
-    N,  # samples
-    C,  # channels
-    S,  # splits per group (1 when PART is SUMS)
-    stride_sn,
-    HAS_SCALE: tl.constexpr,
-    SPLIT: tl.constexpr,  # S > 1: write the split-summed s1, s2 to SUMS
-    BLOCK_C: tl.constexpr,
-):
-    """dweight, dbias, dscale, dshift from s1, s2; splits then samples summed in a fixed order.
-
-    Grid (cdiv(C, BLOCK_C),): one program per block of channels, no atomics.
-    """
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
-    b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
-    NC = N * C
-    for n in range(0, N):
-        s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for s in range(0, S):
-            s1 += tl.load(PART + s * NC + n * C + c, mask=cmask, other=0.0)
-            s2 += tl.load(PART + (S + s) * NC + n * C + c, mask=cmask, other=0.0)
-        if SPLIT:
-            tl.store(SUMS + n * C + c, s1, mask=cmask)
-            tl.store(SUMS + NC + n * C + c, s2, mask=cmask)
-        tl.store(DSHIFT + n * C + c, s1.to(DSHIFT.dtype.element_ty), mask=cmask)
-        tl.store(DSCALE + n * C + c, (w * s2 + b * s1).to(DSCALE.dtype.element_ty), mask=cmask)
-        if HAS_SCALE:
-            one_plus_s = 1.0 + tl.load(SCALE + n * stride_sn + c, mask=cmask, other=0.0).to(tl.float32)
-            s1 = s1 * one_plus_s
-            s2 = s2 * one_plus_s
-        dw += s2
-        db += s1
-    tl.store(DW + c, dw.to(DW.dtype.element_ty), mask=cmask)
-    tl.store(DB + c, db.to(DB.dtype.element_ty), mask=cmask)
-
-
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -548,11 +497,8 @@ def group_norm_silu_bwd_groups(
     dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
 
     def param_grads():
-        grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)
-        _gns_param_grads_kernel[grid](
-            part, sums, weight, bias, scale_t, dweight, dbias, dscale, dshift, n, c, s, stride_sn,
-            HAS_SCALE=scale is not None, SPLIT=s > 1,
-        )  # fmt: skip
+        launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, scale is not None, dweight, dbias, dscale,
+                           dshift)
 
     if s > 1:
         kernels.bwd_reduce[(n * groups, s)](

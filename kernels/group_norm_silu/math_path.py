@@ -4,7 +4,7 @@ launchers' contract (`design.group_norm_silu_fwd_triton`)."""
 import torch
 
 
-def _param_grads(  # the math path's version of groups._gns_param_grads_kernel
+def _param_grads(  # the math path's version of param_grads._param_grads_kernel
     s1: torch.Tensor,  # (N, C) sum_hw dh
     s2: torch.Tensor,  # (N, C) sum_hw dh * xhat
     weight: torch.Tensor,

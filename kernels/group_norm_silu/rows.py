@@ -19,7 +19,7 @@ forward
                                  gathered from the group statistics
 backward
     D  _rows_bwd_reduce_kernel   grid (N, S): per-channel s1, s2 of chunk s -> PART (2, S, N, C),
-                                 the layout `_gns_param_grads_kernel` sums (fixed order) into
+                                 the layout `param_grads` sums (fixed order) into
                                  SUMS (2, N, C) while it writes the parameter gradients
     E  _rows_coef_kernel         grid (N*G,): c1 = sum_{c in g} a*s1 / M, c2 = sum a*s2 / M
     F  _rows_dx_kernel           grid (N, S): dx = rstd * (dh*a - c1 - xhat*c2)
@@ -33,7 +33,7 @@ import torch
 from ..bodies import tl, triton
 from ..launch import forced_plan, split_plan
 from ..layout import as_n_c_p, write_back
-from .groups import _gns_param_grads_kernel
+from .param_grads import launch_param_grads
 from .prologue import channel_affine, modulation
 
 MAX_ROWS_CHANNELS = 2048  # one tile row holds all channels of a pixel
@@ -442,10 +442,7 @@ def group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, grou
         x3, dy3, weight, bias, scale_t, shift_t, mean, rstd, part, n, c, groups, cg, hw, chunk,
         stride_sn, stride_tn, *x3.stride(), *dy3.stride(), **flags,
     )  # fmt: skip
-    _gns_param_grads_kernel[lambda meta: (triton.cdiv(c, meta["BLOCK_C"]),)](
-        part, sums, weight, bias, scale_t, dweight, dbias, dscale, dshift, n, c, s, stride_sn,
-        HAS_SCALE=scale is not None, SPLIT=s > 1,
-    )  # fmt: skip
+    launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, scale is not None, dweight, dbias, dscale, dshift)
     _rows_coef_kernel[(n * groups,)](sums, weight, bias, scale_t, shift_t, coef, n, c, groups, cg, hw,
                                      stride_sn, stride_tn, BLOCK_CG=_small_blocks(s, cg)["BLOCK_CG"], **flags)
     _rows_dx_kernel[(n, s)](

@@ -42,6 +42,7 @@ import torch
 
 from ..bodies import tl, triton
 from ..layout import as_n_c_p, write_back
+from .param_grads import launch_param_grads
 from .prologue import channel_affine, modulation
 from .registers import budget, programs_per_sm
 
@@ -49,7 +50,6 @@ UNIT_ELEMS = 1 << 20  # elements per unit at most (unless one group is larger): 
 ITEM_ELEMS = 1 << 14  # elements per work item (chunk), about
 MIN_CHUNK = 256  # pixels per chunk at least: partials stay < 1/32 of an element-size per element
 NCHW_CHUNK = 1024  # pixels per chunk of an NCHW unit (each channel's span is contiguous)
-PARAM_BLOCK_C = 32  # channels per program of the parameter gradients: C/32 programs in parallel
 DEFAULT_PROGRAMS_PER_SM = 2  # resident programs per SM outside registers.TABLE (no slab variant spilled there)
 
 
@@ -408,34 +408,6 @@ def _slab_bwd_kernel(
         t = tl.atomic_add(SYNC, 1)
 
 
-@triton.jit
-def _slab_param_grads_kernel(
-    SUMS,  # (s1, s2), shape (2, N, C) fp32
-    SCALE,  # (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    DW,  # out: dweight (C,)
-    DB,  # out: dbias (C,)
-    N, C, stride_sn,
-    HAS_SCALE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """dweight = sum_n (1+s)*s2, dbias = sum_n (1+s)*s1 over samples in order. Grid: (cdiv(C, BLOCK_C),)."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for n in range(0, N):
-        s1 = tl.load(SUMS + n * C + c, mask=cmask, other=0.0)
-        s2 = tl.load(SUMS + (N + n) * C + c, mask=cmask, other=0.0)
-        if HAS_SCALE:
-            f = 1.0 + tl.load(SCALE + n * stride_sn + c, mask=cmask, other=0.0).to(tl.float32)
-            s1 = s1 * f
-            s2 = s2 * f
-        dw += s2
-        db += s1
-    tl.store(DW + c, dw.to(DW.dtype.element_ty), mask=cmask)
-    tl.store(DB + c, db.to(DB.dtype.element_ty), mask=cmask)
-
-
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -508,7 +480,5 @@ def group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, grou
         n, c, groups, c // groups, hw, cfg["GB"], cfg["CB"], cfg["U"], cfg["K"], cfg["P_CHUNK"],
         stride_sn, stride_tn, *x3.stride(), *dy3.stride(), *dx3.stride(), **flags, **_launch_meta(cfg, "BWD"),
     )  # fmt: skip
-    _slab_param_grads_kernel[(triton.cdiv(c, PARAM_BLOCK_C),)](sums, scale_t, dweight, dbias, n, c, stride_sn,
-                                                               HAS_SCALE=scale is not None, BLOCK_C=PARAM_BLOCK_C,
-                                                               num_warps=1)
+    launch_param_grads(sums, sums, weight, bias, scale_t, stride_sn, scale is not None, dweight, dbias)
     return write_back(dx, dx3), dweight, dbias, dscale, dshift

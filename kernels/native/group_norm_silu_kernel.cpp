@@ -328,8 +328,8 @@ void backward_nchw(const GnsArgs& p) {
 // inner), so the hardware prefetchers stream it; per-channel constants and accumulators are small
 // fp32 arrays that stay in L1. (Channel blocks outer and rows inner, with register accumulators,
 // read memory with a stride of C elements, and perf showed those loops stalled on their loads;
-// the committed rows before and after are in benchmarks/results/group_norm_silu.csv, commits
-// 7fbf37e and 14e9e1b, the latter with the inline exp of vec_utils.h too.)
+// the rows before and after the change are in benchmarks/results/group_norm_silu.csv, each with
+// its commit; the later rows have the inline exp of vec_utils.h too.)
 template <typename Fn>
 inline void for_channel_blocks(int64_t C, Fn&& fn) {
   int64_t c = 0;
@@ -366,7 +366,7 @@ inline int64_t cl_tile_pixels(int64_t C) {
 // the sums stored back to) the small L1 arrays on every row, where each row's read-modify-write
 // of a sum waits on the previous row's store. kMaxBlocks keeps the backward's first pass (6*NB
 // vectors) within the register file (32 zmm / 16 ymm); wider rows would spill, and measured no
-// faster (benchmarks/results/native_ab.csv, commit c27e4e2, when 96 and 128 channels took these
+// faster (benchmarks/results/native_ab.csv, the rows from when 96 and 128 channels took these
 // passes too). Each lane does the same operations in the same order as the generic passes, so the
 // results are bitwise the same. NB == 0 selects the generic passes (any C, bf16 and fp16).
 constexpr int kMaxBlocks = kLanes >= 16 ? 4 : 2;
