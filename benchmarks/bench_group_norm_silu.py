@@ -11,7 +11,7 @@ Providers (same inputs, same run):
                where the library was built; `fused` is then native too unless forced elsewhere)
     rows       the fused op with design="rows": the channels-last kernels of
                kernels/group_norm_silu/rows.py (nhwc rows only; GPU, or the interpreter); `fused`
-               keeps the process default ("groups" unless HYBENGINE_GN_CHANNELS_LAST says otherwise)
+               keeps the default design, "groups"
     groups     the fused op with design="groups" (kernels/group_norm_silu/groups.py), whatever the default
     slab       the fused op with design="slab": the persistent kernels of kernels/group_norm_silu/slab.py
                (both layouts)

@@ -132,7 +132,7 @@ class KernelConfig:
     # (timed on H100/H200), "rows" (channels-last inputs only: whole pixel rows; group_norm_silu/rows.py)
     # or "slab" (both layouts, persistent, one DRAM read per pass by the counted traffic;
     # group_norm_silu/slab.py, untimed on a GPU; docs/performance.md says what is timed).
-    # auto: HYBENGINE_GN_CHANNELS_LAST where set, else groups.
+    # auto: groups (the design timed on GPUs), until a GPU run says which design wins.
     group_norm_silu_channels_last: str = choice("auto", "groups", "rows", "slab")
     # The U-Net's nearest-2x upsample + 3x3 conv: "subpixel" computes it as one 2x2 conv with 4x the
     # output channels on the un-upsampled input (kernels/upsample_conv.py, 2.25x fewer FLOPs, same
