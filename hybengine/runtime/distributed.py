@@ -69,7 +69,7 @@ def setup(engine: str) -> DistInfo:
 
 def _skip_shm_comm_build(deepspeed) -> None:
     """On CPU ranks DeepSpeed's comm backend JIT-compiles its shared-memory op (deepspeed_shm_comm) in
-    every fresh environment: about 50 s on 2 cores. That op serves only inference_all_reduce, the
+    every fresh environment: 48 s on the 2-core dev host. That op serves only inference_all_reduce, the
     all-reduce of tensor-parallel inference; training's collectives go through gloo either way. So
     training marks the op unavailable in DeepSpeed's table of compatible ops, which DeepSpeed keeps
     as one dict for this purpose, and its backend then leaves the op unbuilt."""

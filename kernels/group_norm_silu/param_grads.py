@@ -84,9 +84,10 @@ def block_n(n: int) -> int:
 
 def launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, has_scale: bool, dweight, dbias,
                        dscale=None, dshift=None) -> None:
-    """Runs the kernel: `part` (2, S, N, C) (or `sums` itself when S == 1); dscale/dshift written when
-    given."""
-    _, s, n, c = part.shape if part.dim() == 4 else (2, 1, *part.shape[1:])
+    """Runs the kernel: `part` (2, S, N, C), or `sums` (2, N, C) itself when S == 1; dscale/dshift
+    written when given."""
+    n, c = sums.shape[1:]
+    s = 1 if part is sums else part.shape[1]
     write_mod = dscale is not None
     _param_grads_kernel[(triton.cdiv(c, BLOCK_C),)](
         part, sums, weight, bias, scale_t, dweight, dbias,
@@ -94,4 +95,3 @@ def launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, has_scale: 
         HAS_SCALE=has_scale, SPLIT=s > 1, WRITE_MOD=write_mod, BLOCK_N=block_n(n), BLOCK_C=BLOCK_C,
         num_warps=NUM_WARPS,
     )  # fmt: skip
-
