@@ -74,7 +74,6 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
     if name in DESIGN_PROVIDERS:
         if not triton_runs or (name == "rows" and layout != "nhwc"):
             return None
-        bodies.set_cpu_backend(None, ops=("group_norm_silu",))
         return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t, design=name)
     if name == "groups-pre8a0dcf0":
         if not triton_runs:
@@ -83,13 +82,11 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
 
         return lambda x, w, b, s, t: group_norm_silu_pre8a0dcf0(x, w, b, groups, eps, s, t)
     if name == "fused":
-        bodies.set_cpu_backend(None, ops=("group_norm_silu",))  # the default body, as op_backends() says
-        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)  # the default body (op_backends)
     if name == "native":
         if device.type != "cpu" or not native.available():
             return None
-        bodies.set_cpu_backend("native", ops=("group_norm_silu",))  # forward and backward bodies
-        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t)
+        return lambda x, w, b, s, t: group_norm_silu(x, w, b, groups, eps, s, t, body="native")
     if name == "reference":
         return lambda x, w, b, s, t: group_norm_silu_reference(x, w, b, groups, eps, s, t)
     if name == "eager":

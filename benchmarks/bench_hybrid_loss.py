@@ -29,7 +29,7 @@ import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 from harness import RESULTS, append_rows, fused_ratios, kernel_bench_parser, kernel_bench_setup, time_mode
 
-from hybengine.kernels import bodies, hybrid_loss, hybrid_loss_reference, native
+from hybengine.kernels import hybrid_loss, hybrid_loss_reference, native
 
 # (B, I, K, H, W)
 GPU_SHAPES = [(64, 3, 2, 64, 64), (8, 3, 2, 256, 256), (16, 3, 2, 128, 128), (64, 1, 2, 64, 64), (8, 3, 8, 256, 256)]
@@ -49,13 +49,11 @@ def bytes_moved(mode: str, b: int, n_img: int, k: int, h: int, w: int, e_f: int,
 
 def make_provider(name: str, device=None):
     if name == "fused":
-        bodies.set_cpu_backend(None, ops=("hybrid_loss",))  # the default body, as op_backends() says
-        return hybrid_loss
+        return hybrid_loss  # the default body, as op_backends() says
     if name == "native":
         if device is None or device.type != "cpu" or not native.available():
             return None
-        bodies.set_cpu_backend("native", ops=("hybrid_loss",))  # forward and backward bodies
-        return hybrid_loss
+        return partial(hybrid_loss, body="native")  # forward and backward bodies
     if name == "reference":
         return hybrid_loss_reference
     if name == "compile":

@@ -139,13 +139,14 @@ def gn_forced_split_and_determinism(ck: Checker, device, dtypes, run, layouts, l
 
 def gn_rows_checks(ck: Checker, device, dtypes, shapes):
     """The channels-last rows kernels (kernels/group_norm_silu/rows.py): the shapes, forced chunks, determinism."""
-    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="rows"), device):
-        for n, c, h, w, g in shapes:
-            for dt in dtypes:
-                inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
-                ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
-                       partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
-        gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
+    design_ops = ops.resolve_ops(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="rows"),
+                                 device)
+    for n, c, h, w, g in shapes:
+        for dt in dtypes:
+            inputs = gn_inputs(n, c, h, w, channels_last=True, device=device)
+            ck.run(f"group_norm_silu rows {(n, c, h, w)} G={g} {dt} nhwc",
+                   partial(check_group_norm_silu, inputs, g, DTYPES[dt], design_ops.group_norm_silu))
+    gn_forced_split_and_determinism(ck, device, dtypes, gn_rows_run, (True,), "group_norm_silu rows")
 
 
 def gn_slab_run(inputs, chunk):
@@ -171,12 +172,13 @@ def gn_slab_checks(ck: Checker, device, dtypes, shapes):
         from hybengine.call_list import real_calls
 
         cases += [(shape, dtypes[0]) for shape in sorted({(2, c.c, c.h, c.w, c.groups) for c in real_calls()})]
-    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"), device):
-        for ((n, c, h, w, g), dt), cl in itertools.product(cases, (False, True)):
-            inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
-            ck.run(f"group_norm_silu slab {(n, c, h, w)} G={g} {dt} {'nhwc' if cl else 'nchw'}",
-                   partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
-        gn_forced_split_and_determinism(ck, device, dtypes, gn_slab_run, (False, True), "group_norm_silu slab")
+    design_ops = ops.resolve_ops(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"),
+                                 device)
+    for ((n, c, h, w, g), dt), cl in itertools.product(cases, (False, True)):
+        inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
+        ck.run(f"group_norm_silu slab {(n, c, h, w)} G={g} {dt} {'nhwc' if cl else 'nchw'}",
+               partial(check_group_norm_silu, inputs, g, DTYPES[dt], design_ops.group_norm_silu))
+    gn_forced_split_and_determinism(ck, device, dtypes, gn_slab_run, (False, True), "group_norm_silu slab")
 
 
 def loss_checks(ck: Checker, device, dtypes, shapes):

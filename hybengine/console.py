@@ -135,14 +135,10 @@ def info_report() -> str:
     lines.append("fused-op bodies (kernels/bodies.py):")
     lines.append(kernel_info.report())
     lines.append("")
-    lines.append("kernels.* = auto resolves to (hybengine/ops.py):")
-    k = KernelConfig()
+    lines.append("kernels.* = auto resolves to (hybengine/ops.py; body: the fused op's, kernels/bodies.py):")
     for device in devices:
-        for name in ("group_norm_silu", "hybrid_loss"):
-            path, why = ops.resolve(name, getattr(k, name), device)
-            lines.append(f"  {device.type:<5} {name:<16} {path:<10} {why}")
-        path, why = ops.resolve_upsample_conv(k.upsample_conv, device)
-        lines.append(f"  {device.type:<5} {'upsample_conv':<16} {path:<10} {why}")
+        for c in ops.resolve_ops(KernelConfig(), device).choices:
+            lines.append(f"  {device.type:<5} {c.op:<16} {c.path:<10} {c.body:<19} {c.reason}")
     return "\n".join(lines)
 
 

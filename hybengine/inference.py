@@ -42,8 +42,7 @@ def load_model(checkpoint: str, weights: str = "ema", device: torch.device | Non
     cfg = config_from_dict(w["config"])
     state = w["ema"] if weights == "ema" and w.get("ema") is not None else w["model"]
     device = device or pick_device(0)
-    ops.configure(cfg.kernels, device)
-    net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes)
+    net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, ops.resolve_ops(cfg.kernels, device))
     net.load_state_dict(state)
     return net.to(device).eval(), cfg
 

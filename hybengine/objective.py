@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ops
 from .config import ObjectiveConfig
+from .ops import REFERENCE, Ops
 
 
 def edm_precond(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
@@ -49,8 +49,8 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, eps
 class HybridObjective:
     """Per-sample loss terms of one batch; the training loop reduces them."""
 
-    def __init__(self, cfg: ObjectiveConfig, ignore_index: int):
-        self.cfg, self.ignore_index = cfg, ignore_index
+    def __init__(self, cfg: ObjectiveConfig, ignore_index: int, ops: Ops = REFERENCE):
+        self.cfg, self.ignore_index, self.ops = cfg, ignore_index, ops  # ops.hybrid_loss: the joint loss
 
     def sample_sigma(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         """Noise levels (B,) of one batch (see the module docstring); `generator` is not drawn from in
@@ -80,7 +80,7 @@ class HybridObjective:
         out, c_skip, c_out, lam = precond_forward(net, x_n, sigma, cfg.sigma_data)
         lam = lam if cfg.mode in ("hybrid", "denoise") else torch.zeros_like(lam)
         w_mask = cfg.w_mask if cfg.mode != "denoise" else 0.0
-        denoise, mask = ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
+        denoise, mask = self.ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
         if cfg.dice_weight > 0 and w_mask > 0:
             mask = mask + w_mask * cfg.dice_weight * soft_dice_loss(out[:, x.shape[1]:], y, self.ignore_index)
         return denoise, mask

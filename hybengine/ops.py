@@ -1,171 +1,164 @@
-"""Op dispatch: the one place that picks, per op and device, the fused op or its reference.
+"""Op dispatch: the configuration resolved, once per run, into the ops a model and objective run.
 
-The U-Net and the objective call `group_norm_silu`, `upsample_conv` and `hybrid_loss` from here and
-nowhere else.
-`configure` resolves each op once per run (before any compile) and logs the path it took, so the
-hot path is a plain dictionary lookup that torch.compile traces through. `using(...)` does the same
-for a block and restores what was in force (benchmarks, tests). These two are the only writers of
-the op table (its fused GroupNorm-SiLU entry carries the config's Triton design as an argument);
-inside a fused op, kernels/bodies.py picks the body per device (Triton, the interpreter, native C++, math).
+    ops = resolve_ops(cfg.kernels, device)          # an immutable `Ops`; log_ops(ops) logs it once
+    net = build_unet(cfg.model, I, K, ops=ops)       # GroupNorm-SiLU and upsample conv
+    objective = HybridObjective(cfg.objective, ignore_index, ops=ops)   # the joint loss
+
+`Ops` holds one callable per op (`group_norm_silu`, `hybrid_loss`, `upsample_conv`) and what was
+chosen and why. The U-Net and the objective keep the `Ops` they were built with as a plain
+attribute (which torch.compile traces through) and read nothing else, so two models built with
+different choices run side by side in one process; to change a model's ops, build it again. Without
+`ops=` they run `REFERENCE`, the pure-PyTorch references.
+
+Each op has a reference and one fast form, "fused" (the Triton custom ops of kernels/) or, for the
+upsample conv, "subpixel" (kernels/upsample_conv.py); the config picks reference, the fast form or
+auto. For a fused op the body inside it (Triton, the interpreter, native C++, math) is resolved here
+too (kernels/bodies.resolve_body) and bound to the op with functools.partial, with the config's
+Triton design. Environment overrides of the bodies are read in one place, kernels/bodies.environment
+(HYBENGINE_CPU_BACKEND, HYBENGINE_NATIVE, HYBENGINE_NATIVE_LIB), called from `resolve_ops` only;
+tests pass an `Environment` instead.
 
 `auto` choices, and why (figures: docs/performance.md, from benchmarks/results/):
 - CUDA: the fused Triton ops. Side by side in one bench_train.py invocation, the compiled U-Net
   trained faster with them than without on an H200 and broke even on an H100 ("Training step").
-- CPU: the fused op where its CPU body is the native C++ kernel (see `resolve`), else the
-  reference: the Triton interpreter (tests only, about 2 M elements/s) and the plain-torch math
-  body never beat eager ATen.
-- `upsample_conv` (the U-Net's nearest-2x upsample + 3x3 conv): CPU, the sub-pixel form
-  (kernels/upsample_conv.py, 2.25x fewer convolution FLOPs, the same function); see
-  `resolve_upsample_conv`. CUDA keeps the reference until the form is timed there
-  (bench_train.py --configs engine engine-upsample-subpixel).
+- CPU: the fused op where its CPU body is the native C++ kernel, else the reference: the Triton
+  interpreter (tests only, about 2 M elements/s) and the plain-torch math body never beat eager ATen.
+  The native body beats both eager and torch.compile of the reference, NCHW and channels-last, at
+  the tiny preset's shapes ("GroupNorm-SiLU kernel").
+- `upsample_conv` (the U-Net's nearest-2x upsample + 3x3 conv): CPU, the sub-pixel form (2.25x
+  fewer convolution FLOPs, the same function; faster at the tiny preset's shapes and in the real
+  training loop, paired in lockstep: "Upsample conv", docs/lab/cpu-bound.md). CUDA keeps the
+  reference until the form is timed there (bench_train.py --configs engine engine-upsample-subpixel).
 """
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from .config import KernelConfig
-from .kernels import group_norm_silu_reference, hybrid_loss_reference
+from .kernels import bodies
+from .kernels import group_norm_silu as fused_group_norm_silu
+from .kernels import hybrid_loss as fused_hybrid_loss
+from .kernels.bodies import Environment
+from .kernels.group_norm_silu import group_norm_silu_reference
+from .kernels.hybrid_loss_reference import hybrid_loss_reference
 from .kernels.upsample_conv import upsample_conv_reference, upsample_conv_subpixel
 
 log = logging.getLogger("hybengine.ops")
 
-_REFERENCE: dict[str, Callable] = {
-    "group_norm_silu": group_norm_silu_reference,
-    "hybrid_loss": hybrid_loss_reference,
+
+@dataclass(frozen=True)
+class OpForm:
+    """An op's two implementations: the reference and its fast form (named as the config names it)."""
+
+    reference: Callable
+    fast: Callable
+    fast_name: str  # "fused" (kernels/ custom op, with a body) or "subpixel"
+
+
+# Every op, registered alike: read-only after import.
+FORMS: dict[str, OpForm] = {
+    "group_norm_silu": OpForm(group_norm_silu_reference, fused_group_norm_silu, "fused"),
+    "hybrid_loss": OpForm(hybrid_loss_reference, fused_hybrid_loss, "fused"),
+    "upsample_conv": OpForm(upsample_conv_reference, upsample_conv_subpixel, "subpixel"),
 }
-_IMPL: dict[str, Callable] = dict(_REFERENCE)
-_CHOSEN: dict[str, str] = {name: "reference" for name in _REFERENCE}
-_UPSAMPLE_CONV: dict[str, Callable] = {"reference": upsample_conv_reference, "subpixel": upsample_conv_subpixel}
-_IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = upsample_conv_reference, "reference"
 
 
-def _fused(name: str) -> Callable | None:
-    try:
-        from . import kernels
-    except ImportError:  # pragma: no cover - kernels is part of this package
-        return None
-    return getattr(kernels, name, None)
+@dataclass(frozen=True)
+class Choice:
+    """What runs one op: the path ("reference", "fused", "subpixel"), the fused op's body and why."""
+
+    op: str
+    path: str
+    body: str  # bodies.BODIES for a fused op, "-" otherwise
+    reason: str
+
+    def __str__(self) -> str:
+        body = f" ({self.body})" if self.body != "-" else ""
+        return f"{self.op}: {self.path}{body}, {self.reason}"
 
 
-def _cpu_fused_body() -> str:
-    try:
-        from .kernels.bodies import op_backends
-    except ImportError:
-        return "unavailable"
-    return str(op_backends().get("group_norm_silu", {}).get("cpu", "unknown"))
+@dataclass(frozen=True)
+class Ops:
+    """The ops one model and objective run (see the module docstring). Signatures:
 
-
-def resolve(name: str, choice: str, device: torch.device) -> tuple[str, str]:
-    """Returns (path, reason) for op `name` under the config choice on `device`.
-
-    CPU `auto`: the fused op where its CPU body is the native C++ kernel (kernels/native), else
-    the reference. The native body beats both eager and torch.compile of the reference, NCHW and
-    channels-last, at the tiny preset's shapes (docs/performance.md, "GroupNorm-SiLU kernel"); the
-    Triton interpreter and the math body never beat eager ATen.
+    group_norm_silu(x, weight, bias, groups, eps, scale=None, shift=None)   x (N,C,H,W), scale/shift (N,C)
+    hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index)  -> (denoise, mask), each (B,)
+    upsample_conv(x, weight, bias)          conv3x3(nearest 2x upsample of x), padding 1: (N,C,H,W) -> (N,O,2H,2W)
     """
-    fused = _fused(name)
+
+    group_norm_silu: Callable
+    hybrid_loss: Callable
+    upsample_conv: Callable
+    choices: tuple[Choice, ...]
+    device: str = "cpu"
+
+    def chosen(self) -> dict[str, str]:
+        """{op: path}, e.g. for the run log and TrainResult."""
+        return {c.op: c.path for c in self.choices}
+
+    def choice(self, op: str) -> Choice:
+        return next(c for c in self.choices if c.op == op)
+
+
+REFERENCE = Ops(group_norm_silu_reference, hybrid_loss_reference, upsample_conv_reference,
+                tuple(Choice(op, "reference", "-", "default (no ops given)") for op in FORMS))
+
+
+def resolve(name: str, choice: str, device: torch.device, env: Environment = bodies.NO_OVERRIDES) -> Choice:
+    """What op `name` runs under the config `choice` ("auto", "reference" or its fast form) on `device`."""
+    form = FORMS[name]
+    if choice not in ("auto", "reference", form.fast_name):
+        raise ValueError(f"kernels.{name}={choice!r}: expected auto, reference or {form.fast_name}")
+    fused = form.fast_name == "fused"
+    body, body_why = bodies.resolve_body(name, device.type, env) if fused else ("-", "")
     if choice == "reference":
-        return "reference", "asked for in the config"
-    if choice == "fused":
-        if fused is None:
-            return "reference", "fused op not importable; falling back to the reference"
-        return "fused", "asked for in the config" + (
-            f" (CPU body: {_cpu_fused_body()})" if device.type == "cpu" else ""
-        )
-    if device.type == "cuda" and fused is not None:
-        return "fused", "auto: fused Triton op on CUDA"
+        return Choice(name, "reference", "-", "asked for in the config")
+    if choice == form.fast_name:
+        return Choice(name, choice, body, "asked for in the config" + (f" (body: {body_why})" if fused else ""))
+    if not fused:  # upsample_conv
+        if device.type == "cuda":
+            return Choice(name, "reference", "-", "auto: the sub-pixel form is not yet timed on CUDA")
+        return Choice(name, "subpixel", "-", "auto: sub-pixel form, 2.25x fewer conv FLOPs, measured faster on CPU")
     if device.type == "cuda":
-        return "reference", "auto: fused op unavailable (is triton installed?)"
-    from .kernels.bodies import op_backends
-
-    body = op_backends().get(name, {}).get("cpu", "unknown")
-    if body == "native" and fused is not None:
-        return "fused", "auto: native C++ CPU kernels, measured faster than eager and torch.compile"
-    return "reference", f"auto: the fused op's CPU body here is {body}; the eager ATen reference is faster"
-
-
-def resolve_upsample_conv(choice: str, device: torch.device) -> tuple[str, str]:
-    """Returns (path, reason) for the upsample + 3x3 conv: "subpixel" or "reference".
-
-    CPU `auto`: subpixel: faster than upsample-then-conv at the tiny preset's Upsample shapes, and
-    in the real training loop, paired in lockstep with the same engine using the reference
-    (docs/performance.md, "Upsample conv"; docs/lab/cpu-bound.md, "The sub-pixel upsample conv").
-    CUDA `auto`: the reference, until the sub-pixel form has been timed on a GPU.
-    """
-    if choice != "auto":
-        return choice, "asked for in the config"
-    if device.type == "cuda":
-        return "reference", "auto: the sub-pixel form is not yet timed on CUDA"
-    return "subpixel", "auto: sub-pixel form, 2.25x fewer conv FLOPs, measured faster on CPU"
+        if body == "math":
+            return Choice(name, "reference", "-", "auto: fused op unavailable (is triton installed?)")
+        return Choice(name, "fused", body, "auto: fused Triton op on CUDA")
+    if body == "native":
+        return Choice(name, "fused", body, "auto: native C++ CPU kernels, measured faster than eager and torch.compile")
+    return Choice(name, "reference", "-",
+                  f"auto: the fused op's CPU body here is {body} ({body_why}); the eager ATen reference is faster")
 
 
-def configure(cfg: KernelConfig, device: torch.device, *, quiet: bool = False) -> dict[str, str]:
-    """Resolves every op for this run, logs the choice (unless `quiet`), and returns {op: path}.
+def resolve_ops(cfg: KernelConfig, device: torch.device | str, env: Environment | None = None) -> Ops:
+    """The ops `cfg` resolves to on `device`, bound and frozen. `env`: the body overrides; None reads
+    them from the environment (kernels/bodies.environment, the one place that does)."""
+    device = torch.device(device)
+    env = bodies.environment() if env is None else env
+    choices, impls = [], {}
+    for name, form in FORMS.items():
+        c = resolve(name, getattr(cfg, name), device, env)
+        impl = form.reference if c.path == "reference" else form.fast
+        if c.body != "-":
+            bodies.check_body(name, c.body)
+            extra = {"design": cfg.group_norm_silu_channels_last} if name == "group_norm_silu" else {}
+            impl = functools.partial(impl, body=c.body, **extra)
+        choices.append(c)
+        impls[name] = impl
+    return Ops(**impls, choices=tuple(choices), device=device.type)
 
-    This and `using` are the only writers of the op table; the fused GroupNorm-SiLU entry carries the
-    config's Triton design (kernels.group_norm_silu_channels_last) as an argument."""
-    emit = (lambda *a: None) if quiet else log.info
-    design = cfg.group_norm_silu_channels_last  # the Triton design, an argument of the fused op
-    for name in _REFERENCE:
-        path, reason = resolve(name, getattr(cfg, name), device)
-        fused = _fused(name) if path == "fused" else None
-        if fused is not None and name == "group_norm_silu":
-            fused = functools.partial(fused, design=design)
-        _IMPL[name] = fused if fused is not None else _REFERENCE[name]
-        _CHOSEN[name] = path
-        emit("op %s on %s: %s (%s)", name, device.type, path, reason)
-    path, reason = resolve_upsample_conv(cfg.upsample_conv, device)
-    _IMPL["upsample_conv"], _CHOSEN["upsample_conv"] = _UPSAMPLE_CONV[path], path
-    emit("op upsample_conv on %s: %s (%s)", device.type, path, reason)
-    if _CHOSEN["group_norm_silu"] == "fused" and device.type == "cuda":
+
+def log_ops(ops: Ops, cfg: KernelConfig | None = None) -> None:
+    """One line per op: what runs and why (the training loop calls it once per run)."""
+    for c in ops.choices:
+        log.info("op %s on %s: %s", c.op, ops.device, c)
+    if cfg is not None and ops.choice("group_norm_silu").body.startswith("triton") and ops.device == "cuda":
         from .kernels.group_norm_silu.design import DEFAULT_DESIGN
 
-        emit("group_norm_silu Triton design on CUDA: %s (%s)", DEFAULT_DESIGN if design == "auto" else design,
-             design)
-    return dict(_CHOSEN)
-
-
-def chosen() -> dict[str, str]:
-    """{op: path} in force now."""
-    return dict(_CHOSEN)
-
-
-@contextmanager
-def using(cfg: KernelConfig | None = None, device: torch.device | str = "cpu", *, cpu_body: str | None = None,
-          quiet: bool = True) -> Iterator[dict[str, str]]:
-    """For a block (benchmarks, tests): the ops `cfg` resolves to on `device` and, with `cpu_body`,
-    the fused ops' CPU body forced ("native", "math", "triton-interpreter"; kernels/bodies.py).
-    Everything in force before comes back after the block. Yields {op: path}."""
-    from .kernels import bodies
-
-    saved = dict(_IMPL), dict(_CHOSEN)
-    try:
-        if cfg is not None:
-            configure(cfg, torch.device(device), quiet=quiet)
-        with bodies.cpu_backend(cpu_body) if cpu_body else nullcontext():
-            yield dict(_CHOSEN)
-    finally:
-        _IMPL.clear()
-        _IMPL.update(saved[0])
-        _CHOSEN.clear()
-        _CHOSEN.update(saved[1])
-
-
-def group_norm_silu(x, weight, bias, groups: int, eps: float, scale=None, shift=None) -> torch.Tensor:
-    """GroupNorm + affine + optional `h*(1+scale)+shift` + SiLU; x (N,C,H,W), scale/shift (N,C)."""
-    return _IMPL["group_norm_silu"](x, weight, bias, groups, eps, scale, shift)
-
-
-def upsample_conv(x, weight, bias) -> torch.Tensor:
-    """conv3x3(nearest 2x upsample of x), padding 1; x (N,C,H,W) -> (N,O,2H,2W)."""
-    return _IMPL["upsample_conv"](x, weight, bias)
-
-
-def hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask: float, ignore_index: int):
-    """Per-sample (denoise, mask) terms of the joint objective; see kernels/hybrid_loss_reference."""
-    return _IMPL["hybrid_loss"](out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index)
+        design = cfg.group_norm_silu_channels_last
+        log.info("group_norm_silu Triton design on CUDA: %s (%s)", DEFAULT_DESIGN if design == "auto" else design,
+                 design)

@@ -132,9 +132,10 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     torch.manual_seed(t.seed * 1000 + dist.rank)
     np.random.seed(t.seed * 1000 + dist.rank)
     random.seed(t.seed * 1000 + dist.rank)
-    chosen_ops = ops.configure(cfg.kernels, dist.device)
+    run_ops = ops.resolve_ops(cfg.kernels, dist.device)
+    ops.log_ops(run_ops, cfg.kernels)
 
-    net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
+    net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(dist.device)
     if cfg.data.crop % net.downsample_factor:
         raise ValueError(f"data.crop={cfg.data.crop} must be a multiple of {net.downsample_factor} "
                          f"(2 ** (levels - 1) for model.channel_mult={net.cfg.channel_mult})")
@@ -153,14 +154,14 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         net.forward = torch.compile(net.forward, fullgraph=True, mode=_compile_mode(cfg, dist.device))
     backend = _make_backend(cfg, net, dist)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
-    objective = HybridObjective(cfg.objective, cfg.data.ignore_index)
+    objective = HybridObjective(cfg.objective, cfg.data.ignore_index, run_ops)
     gen = torch.Generator(dist.device).manual_seed(t.seed * 1000 + dist.rank + 1)
     if dist.is_main:  # only now, with data, model and back-end built: a failed start leaves no run behind
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", dumps(cfg))
     ckpt = CheckpointManager(out_dir / "checkpoints", dist, t.keep_last)
     log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, malloc %s, %.2f M parameters", backend.name,
-             dist.world_size, dist.device, t.precision, chosen_ops, malloc_state,
+             dist.world_size, dist.device, t.precision, run_ops.chosen(), malloc_state,
              sum(p.numel() for p in net.parameters()) / 1e6)
 
     # ---- resume -------------------------------------------------------------------------------
@@ -271,9 +272,9 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
 
     ema_net = None
     if ema is not None:
-        ema_net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes).to(dist.device)
+        ema_net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(dist.device)
         ema.copy_to(ema_net)
-    return TrainResult(net, ema_net, step, out_dir, chosen_ops)
+    return TrainResult(net, ema_net, step, out_dir, run_ops.chosen())
 
 
 def _compile_mode(cfg: Config, device: torch.device) -> str | None:

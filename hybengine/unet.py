@@ -4,8 +4,11 @@
 
 Residual blocks are GroupNorm-SiLU -> conv -> GroupNorm-modulation-SiLU -> conv, the modulation
 (per-sample scale and shift) coming from the noise embedding. Every norm-(modulation)-SiLU goes
-through `GroupNormSiLU`, which calls `hybengine.ops.group_norm_silu`: where the fused kernel plugs in.
-The network knows nothing of the noise schedule (see objective.py).
+through `GroupNormSiLU`, which calls `ops.group_norm_silu` of the `Ops` the net was built with
+(hybengine/ops.py): where the fused kernel plugs in; `UpsampleConv` likewise calls `ops.upsample_conv`.
+Every block keeps that `Ops` as a plain attribute, so torch.compile traces through it and two nets
+built with different ops never see each other's. The network knows nothing of the noise schedule
+(see objective.py).
 """
 from __future__ import annotations
 
@@ -15,21 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
 from .config import ModelConfig, apply_model_preset
+from .ops import REFERENCE, Ops
 
 
 class GroupNormSiLU(nn.Module):
-    """GroupNorm + affine + optional per-sample modulation + SiLU, through the op dispatch."""
+    """GroupNorm + affine + optional per-sample modulation + SiLU, through `ops.group_norm_silu`."""
 
-    def __init__(self, channels: int, groups: int, eps: float = 1e-5):
+    def __init__(self, channels: int, groups: int, ops: Ops, eps: float = 1e-5):
         super().__init__()
-        self.groups, self.eps = groups, eps
+        self.groups, self.eps, self.ops = groups, eps, ops
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, scale=None, shift=None) -> torch.Tensor:
-        return ops.group_norm_silu(x, self.weight, self.bias, self.groups, self.eps, scale, shift)
+        return self.ops.group_norm_silu(x, self.weight, self.bias, self.groups, self.eps, scale, shift)
 
 
 class NoiseEmbedding(nn.Module):
@@ -79,12 +82,12 @@ def check_checkpoint_embedding(saved_config: dict, source: str) -> None:
 class ResBlock(nn.Module):
     """x -> GN-SiLU -> conv -> GN-mod(emb)-SiLU -> dropout -> conv, plus a (1x1) skip."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float, ops: Ops):
         super().__init__()
-        self.norm0 = GroupNormSiLU(c_in, groups)
+        self.norm0 = GroupNormSiLU(c_in, groups, ops)
         self.conv0 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.affine = nn.Linear(emb_dim, 2 * c_out)  # -> (scale, shift) per sample and channel
-        self.norm1 = GroupNormSiLU(c_out, groups)
+        self.norm1 = GroupNormSiLU(c_out, groups, ops)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = nn.Conv2d(c_out, c_out, 3, padding=1)
         nn.init.zeros_(self.conv1.weight)  # each block starts as the identity (ADM)
@@ -117,12 +120,13 @@ class AttnBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """ADM/EDM-style U-Net: levels of ResBlocks (+ attention), down/up sampling, skip concatenation."""
+    """ADM/EDM-style U-Net: levels of ResBlocks (+ attention), down/up sampling, skip concatenation.
+    `ops`: what its GroupNorm-SiLU and upsample convs run (hybengine.ops.resolve_ops)."""
 
-    def __init__(self, cfg: ModelConfig, image_channels: int, num_classes: int):
+    def __init__(self, cfg: ModelConfig, image_channels: int, num_classes: int, ops: Ops = REFERENCE):
         super().__init__()
         cfg = apply_model_preset(cfg)
-        self.cfg, self.image_channels, self.num_classes = cfg, image_channels, num_classes
+        self.cfg, self.image_channels, self.num_classes, self.ops = cfg, image_channels, num_classes, ops
         ch, g = cfg.channels, cfg.groups
         emb_dim = 4 * ch
         self.levels = len(cfg.channel_mult)
@@ -141,8 +145,8 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
 
-        mid = [ResBlock(c, c, emb_dim, g, cfg.dropout)] + ([AttnBlock(c, g)] if cfg.attn_levels else [])
-        self.mid = EmbSequential(*mid, ResBlock(c, c, emb_dim, g, cfg.dropout))
+        mid = [ResBlock(c, c, emb_dim, g, cfg.dropout, ops)] + ([AttnBlock(c, g)] if cfg.attn_levels else [])
+        self.mid = EmbSequential(*mid, ResBlock(c, c, emb_dim, g, cfg.dropout, ops))
 
         self.up = nn.ModuleList()  # stages: EmbSequential(ResBlock[, AttnBlock]) or Upsample
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -150,10 +154,10 @@ class UNet(nn.Module):
                 self.up.append(self._stage(c + skips.pop(), ch * mult, level, emb_dim))
                 c = ch * mult
             if level > 0:
-                self.up.append(Upsample(c))
+                self.up.append(Upsample(c, ops))
         assert not skips, "every encoder activation must be consumed by the decoder"
 
-        self.norm_out = GroupNormSiLU(c, g)
+        self.norm_out = GroupNormSiLU(c, g, ops)
         self.conv_out = nn.Conv2d(c, image_channels + num_classes, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -180,7 +184,7 @@ class UNet(nn.Module):
         return self.conv_out(self.norm_out(h))
 
     def _stage(self, c_in: int, c_out: int, level: int, emb_dim: int) -> EmbSequential:
-        blocks = [ResBlock(c_in, c_out, emb_dim, self.cfg.groups, self.cfg.dropout)]
+        blocks = [ResBlock(c_in, c_out, emb_dim, self.cfg.groups, self.cfg.dropout, self.ops)]
         if level in self.cfg.attn_levels:
             blocks.append(AttnBlock(c_out, self.cfg.groups))
         return EmbSequential(*blocks)
@@ -196,22 +200,27 @@ class EmbSequential(nn.Sequential):
 
 
 class UpsampleConv(nn.Conv2d):
-    """A 3x3 conv (padding 1) applied to the nearest 2x upsample of its input, through the op
-    dispatch (sub-pixel form or reference). Its own forward reads its weights, so module hooks
-    (DeepSpeed ZeRO-3's parameter gathering among them) see a normal conv."""
+    """A 3x3 conv (padding 1) applied to the nearest 2x upsample of its input, through
+    `ops.upsample_conv` (sub-pixel form or reference). Its own forward reads its weights, so module
+    hooks (DeepSpeed ZeRO-3's parameter gathering among them) see a normal conv."""
+
+    def __init__(self, channels: int, ops: Ops):
+        super().__init__(channels, channels, 3, padding=1)
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return ops.upsample_conv(x, self.weight, self.bias)
+        return self.ops.upsample_conv(x, self.weight, self.bias)
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, ops: Ops):
         super().__init__()
-        self.conv = UpsampleConv(channels, channels, 3, padding=1)  # state-dict keys as a plain Conv2d
+        self.conv = UpsampleConv(channels, ops)  # state-dict keys as a plain Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
-def build_unet(cfg: ModelConfig, image_channels: int, num_classes: int) -> UNet:
-    return UNet(cfg, image_channels, num_classes)
+def build_unet(cfg: ModelConfig, image_channels: int, num_classes: int, ops: Ops = REFERENCE) -> UNet:
+    """The U-Net of `cfg`, running `ops` (default: the references)."""
+    return UNet(cfg, image_channels, num_classes, ops)

@@ -1,31 +1,38 @@
-"""Which implementation of each fused op runs on which device, and the optional Triton import.
+"""Which body runs a fused op, and the optional Triton import.
 
-Every op (`group_norm_silu`, `hybrid_loss`) is one `torch.library.custom_op` whose body asks this
-module for an implementation, chosen per call from the tensor's device type:
+Every fused op (`group_norm_silu`, `hybrid_loss`) is one `torch.library.custom_op` whose body is one
+of these, named by a string argument of the op (`body=`), so a compiled graph holds the choice as a
+constant and nothing is read from a module table:
 
-    cuda : "triton"              Triton kernels compiled for the GPU
-                                 ("math" when Triton does not import)
-    cpu  : "triton-interpreter"  the same Triton kernels run on CPU tensors by the interpreter,
-                                 when TRITON_INTERPRET=1 was set before `hybengine.kernels` was
-                                 imported and triton imports (how CI tests the kernels)
-           "native"              a C++ CPU kernel registered through `register_native` (issue 7)
-           "math"                plain PyTorch that computes the same forward and backward
-                                 formulas explicitly (no autograd); runs wherever Triton cannot
+    "triton"              Triton kernels compiled for the GPU
+    "triton-interpreter"  the same Triton kernels run on CPU tensors by the interpreter, when
+                          TRITON_INTERPRET=1 was set before `hybengine.kernels` was imported and
+                          triton imports (how CI tests the kernels; Triton's own variable)
+    "native"              the C++ CPU kernels of kernels/native, where the library was built
+    "math"                plain PyTorch that computes the same forward and backward formulas
+                          explicitly (no autograd); runs wherever Triton cannot
+    "auto"                the default order for the tensor's device: CUDA triton (math without
+                          triton); CPU triton-interpreter, native, math, the first available
 
-On CPU the order above is the default; `set_cpu_backend(name, ops)` forces one (an error if it
-cannot run), and `HYBENGINE_CPU_BACKEND=<name>` forces it for every op where it is available.
-float64 inputs always take "math" (the Triton kernels compute in fp32).
+`resolve_body` picks the body of one op on one device for a run (hybengine.ops.resolve_ops calls it
+once and binds the answer to the op with functools.partial); `environment()` is the one place that
+reads the environment overrides (HYBENGINE_CPU_BACKEND, HYBENGINE_NATIVE, HYBENGINE_NATIVE_LIB), and
+only a resolve calls it. float64 inputs always take "math" (the Triton kernels compute in fp32).
 
 Triton is optional: when it does not import, `triton` and `tl` below are stand-ins that let the
 kernel files define their kernels (calling one raises) so `import hybengine.kernels` still works.
 Kernels are decorated when their file is imported, so TRITON_INTERPRET must be set before that.
 """
+from __future__ import annotations
+
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from . import native
 
 try:
     import triton
@@ -52,18 +59,19 @@ except ImportError:  # CPU-only install without triton: every op takes the math 
     triton, tl = _TritonMissing(), _TlMissing()
     HAS_TRITON = False
 
-# Decided once, like the @triton.jit decorators themselves, which read it at definition time.
+# Triton's own switch, read when triton decorates the kernels (at import), like the decorators.
 INTERPRET = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 OPS = ("group_norm_silu", "hybrid_loss")
-CPU_BACKENDS = ("triton-interpreter", "native", "math")
+CPU_BACKENDS = ("triton-interpreter", "native", "math")  # the CPU default order
+BODIES = ("auto", "triton", *CPU_BACKENDS)
 
 
 @dataclass(frozen=True)
 class Impl:
-    """One implementation of an op: the bodies of its forward and backward custom ops.
+    """One body of an op: its forward and backward functions.
 
-    Signatures are those of the op's math implementation (e.g. `group_norm_silu_fwd_math`).
+    Signatures are those of the op's math body (e.g. `group_norm_silu_fwd_math`).
     """
 
     name: str
@@ -71,81 +79,97 @@ class Impl:
     bwd: Callable
 
 
-_impls: dict[str, dict[str, Impl]] = {op: {} for op in OPS}
-_cpu_forced: dict[str, str] = {}  # op -> CPU implementation, set by set_cpu_backend
-_cpu_env = os.environ.get("HYBENGINE_CPU_BACKEND") or None  # every op, where available
+@dataclass(frozen=True)
+class Environment:
+    """The environment overrides of the op bodies, as `environment()` read them."""
+
+    cpu_body: str | None = None  # HYBENGINE_CPU_BACKEND: force this CPU body where it is available
+    native: bool = True  # HYBENGINE_NATIVE=0: never load or run the native C++ kernels
+    native_lib: Path | None = None  # HYBENGINE_NATIVE_LIB: load this build instead of the installed one
 
 
-def register_impl(op: str, name: str, fwd: Callable, bwd: Callable) -> None:
-    """Called by the op files for "triton" and "math"."""
-    if op not in _impls:
+NO_OVERRIDES = Environment()
+
+
+def environment() -> Environment:
+    """The one place that reads the environment overrides of the op bodies (documented on
+    `Environment`); called by a resolve (hybengine.ops.resolve_ops, kernels.info), never per call."""
+    lib = os.environ.get("HYBENGINE_NATIVE_LIB")
+    env = Environment(cpu_body=os.environ.get("HYBENGINE_CPU_BACKEND") or None,
+                      native=os.environ.get("HYBENGINE_NATIVE", "1") != "0",
+                      native_lib=Path(lib) if lib else None)
+    if env.cpu_body is not None and env.cpu_body not in CPU_BACKENDS:
+        raise ValueError(f"HYBENGINE_CPU_BACKEND={env.cpu_body!r}: expected one of {', '.join(CPU_BACKENDS)}")
+    return env
+
+
+def native_state(env: Environment) -> tuple[bool, str]:
+    """(the native kernels run under `env`, one line on why or why not)."""
+    if not env.native:
+        return False, "disabled by HYBENGINE_NATIVE=0"
+    ok = native.load(env.native_lib)
+    return ok, native.status(env.native_lib)
+
+
+def available(op: str, body: str, env: Environment = NO_OVERRIDES) -> bool:
+    """Whether `body` can run `op` here (under `env`)."""
+    if op not in OPS:
         raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
-    _impls[op][name] = Impl(name, fwd, bwd)
+    if body == "triton":
+        return HAS_TRITON
+    if body == "triton-interpreter":
+        return INTERPRET
+    if body == "native":
+        return native_state(env)[0]
+    return body in ("math", "auto")
 
 
-def register_native(op: str, fwd: Callable, bwd: Callable) -> None:
-    """Hook for the native C++ CPU kernels (issue 7): same signatures as the op's math functions.
-
-    Once registered, "native" is the CPU default unless the Triton interpreter was requested.
-    """
-    register_impl(op, "native", fwd, bwd)
-
-
-def set_cpu_backend(name: str | None, ops: tuple[str, ...] = OPS) -> None:
-    """Force the CPU implementation of `ops` ("triton-interpreter", "native", "math"); None: default."""
-    if name is not None and name not in CPU_BACKENDS:
-        raise ValueError(f"unknown CPU backend {name!r}; expected one of {CPU_BACKENDS}")
-    missing = [op for op in ops if name is not None and not _available(op, name)]
-    if missing:
-        raise RuntimeError(f"CPU backend {name!r} is not available for {', '.join(missing)}")
-    for op in ops:
-        if name is None:
-            _cpu_forced.pop(op, None)
-        else:
-            _cpu_forced[op] = name
-
-
-@contextmanager
-def cpu_backend(name: str, ops: tuple[str, ...] = OPS) -> Iterator[None]:
-    """`set_cpu_backend(name, ops)` for a block; the CPU choices in force before come back after it."""
-    before = dict(_cpu_forced)
-    set_cpu_backend(name, ops)
-    try:
-        yield
-    finally:
-        _cpu_forced.clear()
-        _cpu_forced.update(before)
-
-
-def _available(op: str, name: str) -> bool:
-    if name == "triton-interpreter":
-        return INTERPRET and "triton" in _impls[op]
-    return name in _impls[op]
-
-
-def select(op: str, device_type: str) -> str:
-    """The implementation name that runs `op` for tensors on `device_type`."""
+def select(op: str, device_type: str, env: Environment = NO_OVERRIDES) -> str:
+    """The body that runs `op` for tensors on `device_type` by default (`env` applied)."""
     if device_type == "cuda":
-        if HAS_TRITON and "triton" in _impls[op]:
-            return "triton-interpreter" if INTERPRET else "triton"
-        return "math"
+        return ("triton-interpreter" if INTERPRET else "triton") if HAS_TRITON else "math"
     if device_type != "cpu":
         return "math"
-    forced = _cpu_forced.get(op, _cpu_env)
-    if forced is not None and _available(op, forced):
-        return forced
-    for name in CPU_BACKENDS:  # the default order
-        if _available(op, name):
-            return name
-    return "math"
+    if env.cpu_body is not None and available(op, env.cpu_body, env):
+        return env.cpu_body
+    return next(name for name in CPU_BACKENDS if available(op, name, env))
 
 
-def implementation(op: str, x: torch.Tensor) -> Impl:
-    """The implementation that runs `op` on `x` (its device and dtype)."""
-    name = "math" if x.dtype == torch.float64 else select(op, x.device.type)
-    return _impls[op]["triton" if name.startswith("triton") else name]
+def resolve_body(op: str, device_type: str, env: Environment) -> tuple[str, str]:
+    """(body, reason) of `op` on `device_type` for one run: what `select` picks, and why."""
+    body = select(op, device_type, env)
+    if device_type != "cpu":
+        return body, f"{device_type} default"
+    if env.cpu_body is not None:
+        why = "HYBENGINE_CPU_BACKEND" if body == env.cpu_body else f"HYBENGINE_CPU_BACKEND={env.cpu_body} unavailable"
+        return body, why
+    if body == "triton-interpreter":
+        return body, "TRITON_INTERPRET=1"
+    if body == "native":
+        return body, "native library loaded"
+    return body, f"native: {native_state(env)[1]}"
 
 
-def op_backends() -> dict[str, dict[str, str]]:
-    """For each op, the implementation that runs on "cpu" and on "cuda", e.g. for the run log."""
-    return {op: {dev: select(op, dev) for dev in ("cpu", "cuda")} for op in OPS}
+def check_body(op: str, body: str) -> None:
+    """Raises ValueError (an unknown name) or RuntimeError (a body that cannot run here)."""
+    if body not in BODIES:
+        raise ValueError(f"unknown body {body!r} for {op}; expected one of {BODIES}")
+    if not available(op, body):
+        raise RuntimeError(f"body {body!r} is not available for {op} here")
+
+
+def implementation(op: str, body: str, x: torch.Tensor, impls: Mapping[str, Impl]) -> Impl:
+    """The body that runs `op` on `x`: `body` as asked ("auto": `select` for x's device), "math" for
+    float64. `impls` holds the op's own "triton" and "math" bodies; "native" comes from kernels/native."""
+    name = "math" if x.dtype == torch.float64 else select(op, x.device.type) if body == "auto" else body
+    if name == "native":
+        if x.device.type != "cpu":
+            raise ValueError(f"{op}: the native body runs CPU tensors; got one on {x.device}")
+        fwd, bwd = native.kernels(op)
+        return Impl("native", fwd, bwd)
+    return impls["triton" if name.startswith("triton") else name]
+
+
+def op_backends(env: Environment = NO_OVERRIDES) -> dict[str, dict[str, str]]:
+    """For each op, the body "auto" runs on "cpu" and on "cuda" (under `env`), e.g. for a report."""
+    return {op: {dev: select(op, dev, env) for dev in ("cpu", "cuda")} for op in OPS}

@@ -329,8 +329,8 @@ def hybrid_loss_bwd_math(dF, g_denoise, g_mask, mask_scale, n_img: int):
     return dout
 
 
-bodies.register_impl("hybrid_loss", "triton", hybrid_loss_fwd_triton, hybrid_loss_bwd_triton)
-bodies.register_impl("hybrid_loss", "math", hybrid_loss_fwd_math, hybrid_loss_bwd_math)
+BODIES = {"triton": bodies.Impl("triton", hybrid_loss_fwd_triton, hybrid_loss_bwd_triton),
+          "math": bodies.Impl("math", hybrid_loss_fwd_math, hybrid_loss_bwd_math)}
 
 
 # ----------------------------------------------------------------------------- op registration
@@ -348,14 +348,15 @@ def hybrid_loss_fwd_op(
     w_mask: float,
     ignore_index: int,
     need_grad: bool,
+    body: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(denoise, mask, dF, mask_scale); dF is empty when not need_grad."""
-    impl = bodies.implementation("hybrid_loss", out)
+    """(denoise, mask, dF, mask_scale); dF is empty when not need_grad; `body`: bodies.BODIES."""
+    impl = bodies.implementation("hybrid_loss", body, out, BODIES)
     return impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
 
 
 @hybrid_loss_fwd_op.register_fake
-def _(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
+def _(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad, body="auto"):
     ct = torch.float64 if out.dtype == torch.float64 else torch.float32
     per_sample = lambda: out.new_empty((out.shape[0],), dtype=ct)
     dF = torch.empty_like(out) if need_grad else out.new_empty(0)
@@ -364,27 +365,28 @@ def _(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
 
 @torch.library.custom_op("hybengine::hybrid_loss_bwd", mutates_args=())
 def hybrid_loss_bwd_op(
-    dF: torch.Tensor, g_denoise: torch.Tensor, g_mask: torch.Tensor, mask_scale: torch.Tensor, n_img: int
+    dF: torch.Tensor, g_denoise: torch.Tensor, g_mask: torch.Tensor, mask_scale: torch.Tensor, n_img: int,
+    body: str = "auto",
 ) -> torch.Tensor:
     """d out = g_denoise * dF[:, :I] and (g_mask * mask_scale) * dF[:, I:], per sample."""
-    return bodies.implementation("hybrid_loss", dF).bwd(dF, g_denoise, g_mask, mask_scale, n_img)
+    return bodies.implementation("hybrid_loss", body, dF, BODIES).bwd(dF, g_denoise, g_mask, mask_scale, n_img)
 
 
 @hybrid_loss_bwd_op.register_fake
-def _(dF, g_denoise, g_mask, mask_scale, n_img):
+def _(dF, g_denoise, g_mask, mask_scale, n_img, body="auto"):
     return torch.empty_like(dF)
 
 
 def _setup_context(ctx, inputs, output):
     _, dF, mask_scale = output[0], output[2], output[3]
     ctx.save_for_backward(dF, mask_scale)
-    ctx.n_img = inputs[2].shape[1]
+    ctx.n_img, ctx.body = inputs[2].shape[1], inputs[10]
 
 
 def _backward(ctx, g_denoise, g_mask, _g_dF, _g_mask_scale):
     dF, mask_scale = ctx.saved_tensors
-    dout = hybrid_loss_bwd_op(dF, g_denoise, g_mask, mask_scale, ctx.n_img)
-    return dout, None, None, None, None, None, None, None, None, None
+    dout = hybrid_loss_bwd_op(dF, g_denoise, g_mask, mask_scale, ctx.n_img, ctx.body)
+    return dout, None, None, None, None, None, None, None, None, None, None
 
 
 hybrid_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -395,8 +397,8 @@ class _HybridLossEager(torch.autograd.Function):
     (see `group_norm_silu._GroupNormSiLUEager`)."""
 
     @staticmethod
-    def forward(ctx, out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad):
-        impl = bodies.implementation("hybrid_loss", out)
+    def forward(ctx, out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad, body):
+        impl = bodies.implementation("hybrid_loss", body, out, BODIES)
         denoise, mask, dF, mask_scale = impl.fwd(out, x_n, x, y, c_skip, c_out, lam, w_mask, ignore_index, need_grad)
         ctx.save_for_backward(dF, mask_scale)
         ctx.impl, ctx.n_img = impl, x.shape[1]
@@ -407,7 +409,7 @@ class _HybridLossEager(torch.autograd.Function):
     def backward(ctx, g_denoise, g_mask):
         dF, mask_scale = ctx.saved_tensors
         dout = ctx.impl.bwd(dF, g_denoise, g_mask, mask_scale, ctx.n_img)
-        return dout, None, None, None, None, None, None, None, None, None
+        return dout, None, None, None, None, None, None, None, None, None, None
 
 
 def hybrid_loss(
@@ -420,6 +422,7 @@ def hybrid_loss(
     lam: torch.Tensor,  # (B,) EDM loss weight lambda(sigma)
     w_mask: float,
     ignore_index: int = -100,
+    body: str = "auto",  # bodies.BODIES: auto, triton, triton-interpreter, native, math
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(denoise, mask), each (B,) fp32: the semantics of `hybrid_loss_reference`, fused.
 
@@ -439,7 +442,7 @@ def hybrid_loss(
             raise ValueError(f"{name} must hold one value per sample ({b}); got shape {tuple(v.shape)}")
     need_grad = torch.is_grad_enabled() and out.requires_grad
     c_skip, c_out, lam = (v.reshape(b) for v in (c_skip, c_out, lam))
-    args = (out, x_n, x, y, c_skip, c_out, lam, float(w_mask), int(ignore_index), need_grad)
+    args = (out, x_n, x, y, c_skip, c_out, lam, float(w_mask), int(ignore_index), need_grad, body)
     if torch.compiler.is_compiling():
         return hybrid_loss_fwd_op(*args)[:2]
     return _HybridLossEager.apply(*args)

@@ -154,11 +154,13 @@ def check_hybrid_loss(inputs, upstream, dtype, ignore_index=-100, fn=hybrid_loss
 
 
 class TinyBlock(torch.nn.Module):
-    """conv -> GroupNorm-SiLU modulated by a noise embedding -> conv to I+K channels -> joint loss."""
+    """conv -> GroupNorm-SiLU modulated by a noise embedding -> conv to I+K channels -> joint loss;
+    both fused ops run `body` (kernels/bodies.py)."""
 
-    def __init__(self, n_img: int = 3, k: int = 2, width: int = 6, groups: int = 3, emb: int = 4):
+    def __init__(self, n_img: int = 3, k: int = 2, width: int = 6, groups: int = 3, emb: int = 4,
+                 body: str = "auto"):
         super().__init__()
-        self.groups = groups
+        self.groups, self.body = groups, body
         self.conv_in = torch.nn.Conv2d(n_img, width, 3, padding=1)
         self.norm_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(width))
         self.norm_bias = torch.nn.Parameter(0.1 * torch.randn(width))
@@ -167,9 +169,10 @@ class TinyBlock(torch.nn.Module):
 
     def forward(self, x_n, x, y, c_skip, c_out, lam, noise_emb):
         scale, shift = self.emb(noise_emb).chunk(2, dim=1)
-        h = group_norm_silu(self.conv_in(x_n), self.norm_weight, self.norm_bias, self.groups, 1e-5, scale, shift)
+        h = group_norm_silu(self.conv_in(x_n), self.norm_weight, self.norm_bias, self.groups, 1e-5, scale, shift,
+                            body=self.body)
         out = self.conv_out(h)
-        denoise, mask = hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, 0.5)
+        denoise, mask = hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, 0.5, body=self.body)
         return (denoise + mask).mean(), out
 
 

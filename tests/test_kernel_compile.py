@@ -1,5 +1,5 @@
 """A tiny U-Net style block with both fused ops compiles with fullgraph=True (no graph break) and
-its forward and backward match eager; plus the backend selection and the native-kernel hook."""
+its forward and backward match eager; plus the body selection and the native body's hook."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import pytest
 import torch
 from kernel_helpers import TinyBlock, assert_compiled_matches_eager, tiny_batch
 
-from hybengine.kernels import bodies, group_norm_silu, hybrid_loss, hybrid_loss_reference, op_backends
+from hybengine.kernels import bodies, group_norm_silu, hybrid_loss, hybrid_loss_reference, native, op_backends
+from hybengine.kernels.bodies import Environment
 from hybengine.kernels.group_norm_silu.math_path import group_norm_silu_bwd_math, group_norm_silu_fwd_math
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -43,13 +44,16 @@ def test_op_backends_reports_every_op_and_device():
         assert table["group_norm_silu"]["cpu"] == "triton-interpreter"
 
 
-def test_forcing_an_unknown_backend_fails():
-    with pytest.raises(ValueError, match="unknown CPU backend"):
-        bodies.set_cpu_backend("cuda-graphs")
+def test_forcing_an_unknown_body_fails(monkeypatch):
+    with pytest.raises(ValueError, match="unknown body 'cuda-graphs'"):
+        bodies.check_body("group_norm_silu", "cuda-graphs")
+    monkeypatch.setenv("HYBENGINE_CPU_BACKEND", "cuda-graphs")
+    with pytest.raises(ValueError, match="HYBENGINE_CPU_BACKEND='cuda-graphs'"):
+        bodies.environment()
 
 
-def test_native_hook_is_used_when_registered(monkeypatch):
-    """Issue 7's C++ kernels plug in through register_native: selected, and called by the op."""
+def test_native_hook_is_used_when_asked_for(monkeypatch):
+    """Issue 7's C++ kernels plug in through native.kernels: the op's "native" body calls them."""
     calls = []
 
     def fwd(*args):
@@ -60,25 +64,19 @@ def test_native_hook_is_used_when_registered(monkeypatch):
         calls.append("bwd")
         return group_norm_silu_bwd_math(*args)
 
-    for op in bodies.OPS:  # start from no native kernels (the C++ library may be loaded)
-        monkeypatch.setitem(bodies._impls, op, {k: v for k, v in bodies._impls[op].items() if k != "native"})
-    bodies.register_native("group_norm_silu", fwd, bwd)
-    with pytest.raises(RuntimeError, match="not available for hybrid_loss"):
-        bodies.set_cpu_backend("native")
-    with bodies.cpu_backend("native", ops=("group_norm_silu",)):
-        assert op_backends()["group_norm_silu"]["cpu"] == "native"
-        x = torch.randn(1, 4, 3, 3, requires_grad=True)
-        group_norm_silu(x, torch.ones(4), torch.zeros(4), 2).sum().backward()
-        assert calls == ["fwd", "bwd"]
+    monkeypatch.setattr(native, "kernels", lambda op: (fwd, bwd))  # the library may or may not be built
+    x = torch.randn(1, 4, 3, 3, requires_grad=True)
+    group_norm_silu(x, torch.ones(4), torch.zeros(4), 2, body="native").sum().backward()
+    assert calls == ["fwd", "bwd"]
+    with pytest.raises(ValueError, match="runs CPU tensors"):
+        bodies.implementation("group_norm_silu", "native", x.to("meta"), {})
 
 
-def test_math_backend_in_compiled_loss(monkeypatch):
-    """The math path also runs inside a compiled graph and matches the reference."""
-    monkeypatch.setattr(bodies, "_cpu_forced", {"hybrid_loss": "math"})
-    assert op_backends()["hybrid_loss"]["cpu"] == "math"
+def test_math_backend_in_compiled_loss():
+    """The math body also runs inside a compiled graph (a constant argument of the op) and matches the reference."""
     x_n, x, y, c_skip, c_out, lam, _ = tiny_batch()
     out = torch.randn(2, 5, 7, 9)
-    fn = torch.compile(lambda *a: hybrid_loss(*a, 0.5), backend="aot_eager", fullgraph=True)
+    fn = torch.compile(lambda *a: hybrid_loss(*a, 0.5, body="math"), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(fn(out, x_n, x, y, c_skip, c_out, lam),
                                hybrid_loss_reference(out, x_n, x, y, c_skip, c_out, lam, 0.5))
 
@@ -108,11 +106,10 @@ def test_real_call_list_kernels_compile_without_spills():
     assert "# 0 failed, 0 spilled" in res.stdout, res.stdout
 
 
-def test_cpu_backend_block_restores_the_choice_before_it():
+def test_an_environment_changes_only_the_resolve_it_is_given_to():
+    """HYBENGINE_CPU_BACKEND reaches a body through the Environment a resolve reads, nothing else."""
     before = op_backends()
-    with bodies.cpu_backend("math"):
-        assert {per["cpu"] for per in op_backends().values()} == {"math"}
-        with bodies.cpu_backend("math", ops=("hybrid_loss",)):
-            pass
-        assert op_backends()["group_norm_silu"]["cpu"] == "math"
+    assert {per["cpu"] for per in op_backends(Environment(cpu_body="math")).values()} == {"math"}
+    assert bodies.resolve_body("hybrid_loss", "cpu", Environment(cpu_body="math")) == ("math", "HYBENGINE_CPU_BACKEND")
+    assert op_backends(Environment(native=False))["group_norm_silu"]["cpu"] != "native"
     assert op_backends() == before

@@ -15,6 +15,7 @@ from kernel_helpers import (
 )
 
 from hybengine.kernels import bodies, group_norm_silu
+from hybengine.kernels.group_norm_silu import op
 from hybengine.kernels.group_norm_silu.design import group_norm_silu_bwd_triton, group_norm_silu_fwd_triton
 from hybengine.kernels.group_norm_silu.math_path import group_norm_silu_bwd_math, group_norm_silu_fwd_math
 from hybengine.kernels.launch import split_plan
@@ -115,18 +116,12 @@ def test_opcheck():
     torch.library.opcheck(op, (x_cl, weight, bias, None, None, 2, 1e-5))
 
 
-@pytest.fixture
-def math_backend():
-    with bodies.cpu_backend("math"):
-        yield
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_math_path(math_backend, channels_last, dtype):
-    assert bodies.op_backends()["group_norm_silu"]["cpu"] == "math"
-    check_group_norm_silu(gn_inputs(2, 6, 7, 9, channels_last=channels_last), 3, dtype)
-    check_group_norm_silu(gn_inputs(1, 5, 7, 9, scale=False), 1, dtype)
+def test_math_path(channels_last, dtype):
+    math = lambda *a, **k: group_norm_silu(*a, **k, body="math")  # the op with its math body
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9, channels_last=channels_last), 3, dtype, fn=math)
+    check_group_norm_silu(gn_inputs(1, 5, 7, 9, scale=False), 1, dtype, fn=math)
 
 
 def test_math_backward_gradcheck():
@@ -135,7 +130,7 @@ def test_math_backward_gradcheck():
     leaves = [v.requires_grad_() for v in (x, weight, bias, s, t)]
     fn = lambda x, w, b, s, t: group_norm_silu(x, w, b, 2, 1e-5, s, t)
     assert torch.autograd.gradcheck(fn, leaves)
-    assert bodies.implementation("group_norm_silu", x).name == "math"
+    assert bodies.implementation("group_norm_silu", "auto", x, op.BODIES).name == "math"
 
 
 def test_math_functions_keep_the_launcher_contract():

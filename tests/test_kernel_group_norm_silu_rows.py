@@ -46,15 +46,15 @@ def rows_selected(monkeypatch):
 
     monkeypatch.setattr(rows, "group_norm_silu_fwd_rows", count("fwd", fwd))
     monkeypatch.setattr(rows, "group_norm_silu_bwd_rows", count("bwd", bwd))
-    with ops.using(KernelConfig(group_norm_silu_channels_last="rows"), "cuda"):
-        yield calls
+    yield calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(rows_selected, shape, dtype):
     n, c, h, w, g = SHAPES[shape]
-    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype, ops.group_norm_silu)
+    rows_ops = ops.resolve_ops(KernelConfig(group_norm_silu_channels_last="rows"), "cuda")
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype, rows_ops.group_norm_silu)
     assert rows_selected == {"fwd": 1, "bwd": 1}, "the channels-last op took the rows kernels"
 
 
@@ -126,12 +126,9 @@ def test_run_config_selects_the_kernels():
     x = torch.empty(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     assert choose_design(x) == "groups" and choose_design(x, "rows") == "rows"
     assert choose_design(x.contiguous(), "rows") == "groups" and choose_design(x.contiguous(), "slab") == "slab"
-    with ops.using():  # what configure sets below is undone after the block
-        cfg = load_config(None, ["kernels.group_norm_silu_channels_last=rows"])
-        assert cfg.kernels.group_norm_silu_channels_last == "rows"
-        ops.configure(cfg.kernels, torch.device("cuda"))
-        assert ops._IMPL["group_norm_silu"].keywords == {"design": "rows"}  # the op gets it as an argument
-        ops.configure(KernelConfig(), torch.device("cuda"))
-        assert ops._IMPL["group_norm_silu"].keywords == {"design": "auto"}
+    cfg = load_config(None, ["kernels.group_norm_silu_channels_last=rows"])
+    assert cfg.kernels.group_norm_silu_channels_last == "rows"
+    assert ops.resolve_ops(cfg.kernels, "cuda").group_norm_silu.keywords["design"] == "rows"  # an argument
+    assert ops.resolve_ops(KernelConfig(), "cuda").group_norm_silu.keywords["design"] == "auto"
     with pytest.raises(ConfigError, match="group_norm_silu_channels_last"):
         load_config(None, ["kernels.group_norm_silu_channels_last=columns"])

@@ -129,10 +129,10 @@ def test_op_takes_the_slab_kernels_and_passes_opcheck(monkeypatch):
     monkeypatch.setattr(slab, "group_norm_silu_fwd_slab", lambda *a, **k: calls.append(1) or fwd(*a, **k))
     x, weight, bias, s, t, _ = [v.float() for v in gn_inputs(2, 4, 3, 5)]
     x.requires_grad_(), weight.requires_grad_(), s.requires_grad_()
-    with ops.using(KernelConfig(group_norm_silu_channels_last="slab"), "cuda", cpu_body="triton-interpreter"):
-        ops.group_norm_silu(x, weight, bias, 2, 1e-5, s, t)  # the registry passes the config's design
-        assert calls, "the op reached the slab launcher"
-        op = torch.ops.hybengine.group_norm_silu_fwd.default
-        torch.library.opcheck(op, (x, weight, bias, s, t, 2, 1e-5, "slab"))
-        x_cl = x.detach().contiguous(memory_format=torch.channels_last)
-        torch.library.opcheck(op, (x_cl, weight, bias, None, None, 2, 1e-5, "slab"))
+    slab_ops = ops.resolve_ops(KernelConfig(group_norm_silu_channels_last="slab"), "cuda")
+    slab_ops.group_norm_silu(x, weight, bias, 2, 1e-5, s, t)  # resolve_ops binds the config's design
+    assert calls, "the op reached the slab launcher"
+    op = torch.ops.hybengine.group_norm_silu_fwd.default
+    torch.library.opcheck(op, (x, weight, bias, s, t, 2, 1e-5, "slab"))
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(op, (x_cl, weight, bias, None, None, 2, 1e-5, "slab"))

@@ -9,7 +9,7 @@ import torch
 from kernel_helpers import LOSS_NAMES, W_MASK, assert_matches, check_hybrid_loss, loss_inputs, loss_terms_and_grad
 
 from hybengine.kernels import bodies, hybrid_loss, hybrid_loss_reference
-from hybengine.kernels.hybrid_loss import hybrid_loss_bwd_triton, hybrid_loss_fwd_math, hybrid_loss_fwd_triton
+from hybengine.kernels.hybrid_loss import BODIES, hybrid_loss_bwd_triton, hybrid_loss_fwd_math, hybrid_loss_fwd_triton
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 needs_triton = pytest.mark.skipif(bodies.select("hybrid_loss", "cpu") != "triton-interpreter",
@@ -90,18 +90,12 @@ def test_opcheck():
     torch.library.opcheck(op, (out.detach(), *rest, W_MASK, -100, False))
 
 
-@pytest.fixture
-def math_backend():
-    with bodies.cpu_backend("math"):
-        yield
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_math_path(math_backend, channels_last, dtype):
-    assert bodies.op_backends()["hybrid_loss"]["cpu"] == "math"
+def test_math_path(channels_last, dtype):
+    math = lambda *a, **k: hybrid_loss(*a, **k, body="math")  # the op with its math body
     for shape in SHAPES.values():
-        check_hybrid_loss(*loss_inputs(*shape, channels_last=channels_last), dtype)
+        check_hybrid_loss(*loss_inputs(*shape, channels_last=channels_last), dtype, fn=math)
 
 
 def test_math_gradcheck():
@@ -109,7 +103,7 @@ def test_math_gradcheck():
     out, *rest = loss_inputs(3, 1, 3, 3, 4)[0]
     fn = lambda out: hybrid_loss(out, *rest, W_MASK)
     assert torch.autograd.gradcheck(fn, (out.requires_grad_(),))
-    assert bodies.implementation("hybrid_loss", out).name == "math"
+    assert bodies.implementation("hybrid_loss", "auto", out, BODIES).name == "math"
 
 
 def test_math_fwd_keeps_the_launcher_contract():

@@ -1,11 +1,17 @@
 """Native C++ GroupNorm-SiLU (kernels/native/) against the float64 reference: every output and
 gradient, fp32 / bf16 / fp16, NCHW and channels-last, odd sizes, shifted inputs; both schedules
 bitwise equal; opcheck. Skipped (with the reason) when the library was not built."""
+import functools
+
 import pytest
 import torch
 from kernel_helpers import GN_NAMES, check_group_norm_silu, gn_inputs, gn_outputs_and_grads, max_err
 
-from hybengine.kernels import bodies, group_norm_silu, group_norm_silu_reference, native
+from hybengine.kernels import bodies, group_norm_silu_reference, native
+from hybengine.kernels import group_norm_silu as fused_group_norm_silu
+
+group_norm_silu = functools.partial(fused_group_norm_silu, body="native")  # the op, its native body
+NATIVE = ("auto", "native")  # the custom op's last arguments: design, body
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native library: {native.status()}")
 
@@ -24,25 +30,19 @@ SHAPES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@pytest.fixture(autouse=True)
-def native_backend():
-    with bodies.cpu_backend("native", ops=("group_norm_silu",)):
-        yield
-
-
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(shape, channels_last, dtype):
     """Error vs float64 within a few ulps, or within 4x PyTorch's own error in that dtype."""
-    assert bodies.implementation("group_norm_silu", torch.empty(1)).name == "native"
+    assert bodies.available("group_norm_silu", "native")
     n, c, h, w, g = SHAPES[shape]
-    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=channels_last), g, DTYPES[dtype])
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=channels_last), g, DTYPES[dtype], fn=group_norm_silu)
 
 
 @pytest.mark.parametrize("scale,shift", [(False, False), (True, False), (False, True)])
 def test_modulation_variants(scale, shift):
-    check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift), 3, torch.float32)
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift), 3, torch.float32, fn=group_norm_silu)
 
 
 def test_bf16_error_is_at_most_pytorchs():
@@ -62,7 +62,8 @@ def test_statistics_are_fp32_and_stable():
     for channels_last in (False, True):
         x = 1000 + torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
         xf = x.float().contiguous(memory_format=torch.channels_last) if channels_last else x.float()
-        _, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(xf, torch.ones(4), torch.zeros(4), None, None, 2, 1e-5)
+        _, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(xf, torch.ones(4), torch.zeros(4), None, None, 2, 1e-5,
+                                                                *NATIVE)
         xg = x.view(2, 2, -1)
         assert mean.dtype == rstd.dtype == torch.float32
         torch.testing.assert_close(mean.double(), xg.mean(-1), rtol=1e-6, atol=0)
@@ -93,9 +94,9 @@ def test_non_dense_input_keeps_its_layout_contract():
     """A strided view (not NCHW, not channels-last) works and matches the fake's empty_like."""
     x, weight, bias, s, t, dy = [v.float() for v in gn_inputs(2, 6, 7, 18)]
     view = x[..., ::2]
-    y, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(view, weight, bias, s, t, 3, 1e-5)
+    y, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(view, weight, bias, s, t, 3, 1e-5, *NATIVE)
     assert y.stride() == torch.empty_like(view).stride()
-    ref, _, _ = torch.ops.hybengine.group_norm_silu_fwd(view.contiguous(), weight, bias, s, t, 3, 1e-5)
+    ref, _, _ = torch.ops.hybengine.group_norm_silu_fwd(view.contiguous(), weight, bias, s, t, 3, 1e-5, *NATIVE)
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
 
 
@@ -103,11 +104,12 @@ def test_non_dense_input_keeps_its_layout_contract():
 def test_opcheck(channels_last):
     x, weight, bias, s, t, dy = [v.float() for v in gn_inputs(2, 6, 5, 7, channels_last=channels_last)]
     x.requires_grad_(), weight.requires_grad_(), s.requires_grad_()
-    torch.library.opcheck(torch.ops.hybengine.group_norm_silu_fwd.default, (x, weight, bias, s, t, 3, 1e-5))
-    torch.library.opcheck(torch.ops.hybengine.group_norm_silu_fwd.default, (x, weight, bias, None, None, 3, 1e-5))
+    torch.library.opcheck(torch.ops.hybengine.group_norm_silu_fwd.default, (x, weight, bias, s, t, 3, 1e-5, *NATIVE))
+    torch.library.opcheck(torch.ops.hybengine.group_norm_silu_fwd.default,
+                          (x, weight, bias, None, None, 3, 1e-5, *NATIVE))
     with torch.no_grad():
-        _, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(x, weight, bias, s, t, 3, 1e-5)
-    args = (dy, x.detach(), weight.detach(), bias, s.detach(), t, mean, rstd, 3, 1e-5)
+        _, mean, rstd = torch.ops.hybengine.group_norm_silu_fwd(x, weight, bias, s, t, 3, 1e-5, *NATIVE)
+    args = (dy, x.detach(), weight.detach(), bias, s.detach(), t, mean, rstd, 3, 1e-5, *NATIVE)
     torch.library.opcheck(torch.ops.hybengine.group_norm_silu_bwd.default, args)
 
 

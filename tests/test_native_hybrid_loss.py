@@ -1,11 +1,16 @@
 """Native C++ hybrid loss (kernels/native/) against the float64 reference: both per-sample terms
 and the gradient of F, fp32 / bf16 / fp16, NCHW and channels-last, ignored pixels and samples;
 deterministic; opcheck. Skipped (with the reason) when the library was not built."""
+import functools
+
 import pytest
 import torch
 from kernel_helpers import W_MASK, check_hybrid_loss, loss_inputs, loss_terms_and_grad
 
-from hybengine.kernels import bodies, hybrid_loss, hybrid_loss_reference, native
+from hybengine.kernels import bodies, hybrid_loss_reference, native
+from hybengine.kernels import hybrid_loss as fused_hybrid_loss
+
+hybrid_loss = functools.partial(fused_hybrid_loss, body="native")  # the op, its native body
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native library: {native.status()}")
 
@@ -20,23 +25,17 @@ SHAPES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@pytest.fixture(autouse=True)
-def native_backend():
-    with bodies.cpu_backend("native", ops=("hybrid_loss",)):
-        yield
-
-
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(shape, channels_last, dtype):
-    assert bodies.implementation("hybrid_loss", torch.empty(1)).name == "native"
-    check_hybrid_loss(*loss_inputs(*SHAPES[shape], channels_last=channels_last), DTYPES[dtype])
+    assert bodies.available("hybrid_loss", "native")
+    check_hybrid_loss(*loss_inputs(*SHAPES[shape], channels_last=channels_last), DTYPES[dtype], fn=hybrid_loss)
 
 
 def test_other_ignore_index():
     inputs, upstream = loss_inputs(2, 3, 4, 7, 9, ignore_index=255)
-    check_hybrid_loss(inputs, upstream, torch.float32, ignore_index=255)
+    check_hybrid_loss(inputs, upstream, torch.float32, ignore_index=255, fn=hybrid_loss)
 
 
 def test_no_grad_writes_no_gradient():
@@ -47,7 +46,7 @@ def test_no_grad_writes_no_gradient():
     ref = hybrid_loss_reference(*args, W_MASK)
     torch.testing.assert_close(denoise, ref[0])
     torch.testing.assert_close(mask, ref[1])
-    assert torch.ops.hybengine.hybrid_loss_fwd(*args, W_MASK, -100, False)[2].numel() == 0
+    assert torch.ops.hybengine.hybrid_loss_fwd(*args, W_MASK, -100, False, "native")[2].numel() == 0
 
 
 def test_mixed_layouts_and_int32_labels():
@@ -84,7 +83,8 @@ def test_opcheck(channels_last):
     (out, x_n, x, y, c_skip, c_out, lam), (g_d, g_m) = loss_inputs(3, 3, 2, 5, 7, channels_last=channels_last)
     args = [t.float() if t.is_floating_point() else t for t in (out, x_n, x, y, c_skip, c_out, lam)]
     args[0].requires_grad_()
-    torch.library.opcheck(torch.ops.hybengine.hybrid_loss_fwd.default, (*args, W_MASK, -100, True))
+    torch.library.opcheck(torch.ops.hybengine.hybrid_loss_fwd.default, (*args, W_MASK, -100, True, "native"))
     with torch.no_grad():
-        _, _, dF, mask_scale = torch.ops.hybengine.hybrid_loss_fwd(*args, W_MASK, -100, True)
-    torch.library.opcheck(torch.ops.hybengine.hybrid_loss_bwd.default, (dF, g_d.float(), g_m.float(), mask_scale, 3))
+        _, _, dF, mask_scale = torch.ops.hybengine.hybrid_loss_fwd(*args, W_MASK, -100, True, "native")
+    torch.library.opcheck(torch.ops.hybengine.hybrid_loss_bwd.default,
+                          (dF, g_d.float(), g_m.float(), mask_scale, 3, "native"))

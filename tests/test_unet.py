@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from hybengine import ops
-from hybengine.config import KernelConfig, ModelConfig
-from hybengine.unet import build_unet
-
-
-@pytest.fixture(autouse=True)
-def reference_ops():
-    ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss="reference", upsample_conv="reference"),
-                  torch.device("cpu"))
+from hybengine.config import ModelConfig
+from hybengine.unet import build_unet  # without ops=: the reference ops
 
 
 @pytest.mark.parametrize("image_channels, classes", [(1, 3), (3, 2)])

@@ -7,19 +7,19 @@ import torch
 
 from hybengine import ops
 from hybengine.config import KernelConfig, ModelConfig
-from hybengine.kernels import op_backends
+from hybengine.kernels.bodies import Environment
 from hybengine.unet import build_unet
 
 pytestmark = pytest.mark.slow
 
 
 def test_fullgraph_compile_with_fused_ops_matches_eager():
-    chosen = ops.configure(KernelConfig(group_norm_silu="fused", hybrid_loss="fused", upsample_conv="subpixel"),
-                           torch.device("cpu"))
-    assert chosen == {"group_norm_silu": "fused", "hybrid_loss": "fused", "upsample_conv": "subpixel"}
-    print("CPU bodies:", op_backends())
+    fused = ops.resolve_ops(KernelConfig(group_norm_silu="fused", hybrid_loss="fused", upsample_conv="subpixel"),
+                            "cpu")
+    assert fused.chosen() == {"group_norm_silu": "fused", "hybrid_loss": "fused", "upsample_conv": "subpixel"}
+    print("CPU bodies:", [str(c) for c in fused.choices])
     torch.manual_seed(0)
-    net = build_unet(ModelConfig(channels=8, channel_mult=[1, 2], groups=4, attn_levels=[1]), 1, 3)
+    net = build_unet(ModelConfig(channels=8, channel_mult=[1, 2], groups=4, attn_levels=[1]), 1, 3, fused)
     for p in net.parameters():  # zero-initialised output layers would hide mismatches
         torch.nn.init.normal_(p, std=0.2)
     x = -2.3 + 0.5 * torch.randn(2, 1, 8, 8)
@@ -28,7 +28,7 @@ def test_fullgraph_compile_with_fused_ops_matches_eager():
 
     def loss_of(fn):
         out = fn(x, c_noise)
-        den, mask = ops.hybrid_loss(out, x, x, y, torch.full((2,), 0.5), torch.full((2,), 0.3),
+        den, mask = fused.hybrid_loss(out, x, x, y, torch.full((2,), 0.5), torch.full((2,), 0.3),
                                     torch.full((2,), 2.0), 0.2, 255)
         return out, (den + mask).sum()
 
@@ -40,7 +40,6 @@ def test_fullgraph_compile_with_fused_ops_matches_eager():
     torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4)
     for (name, _), ge, gc in zip(net.named_parameters(), grads_e, grads_c, strict=True):
         torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
-    ops.configure(KernelConfig(), torch.device("cpu"))
 
 
 def test_fullgraph_compile_with_the_slab_design(monkeypatch):
@@ -57,19 +56,21 @@ def test_fullgraph_compile_with_the_slab_design(monkeypatch):
         launcher = getattr(slab, f"group_norm_silu_{kind}_slab")
         monkeypatch.setattr(slab, f"group_norm_silu_{kind}_slab",
                             lambda *a, _f=launcher, _k=kind, **k: calls.__setitem__(_k, calls[_k] + 1) or _f(*a, **k))
+    model = ModelConfig(channels=4, channel_mult=[1], num_res_blocks=1, groups=2, attn_levels=[])
+    slab_ops = ops.resolve_ops(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"), "cpu",
+                               Environment(cpu_body="triton-interpreter"))
     torch.manual_seed(0)
-    net = build_unet(ModelConfig(channels=4, channel_mult=[1], num_res_blocks=1, groups=2, attn_levels=[]), 1, 3)
-    for p in net.parameters():
+    ref = build_unet(model, 1, 3, ops.resolve_ops(KernelConfig(group_norm_silu="reference"), "cpu"))
+    for p in ref.parameters():
         torch.nn.init.normal_(p, std=0.2)
+    net = build_unet(model, 1, 3, slab_ops)
+    net.load_state_dict(ref.state_dict())
     x, c_noise = -2.3 + 0.5 * torch.randn(2, 1, 4, 4), torch.randn(2)
-    with ops.using(KernelConfig(group_norm_silu="reference")):
-        out_r = net(x, c_noise)
-        grads_r = torch.autograd.grad(out_r.square().sum(), list(net.parameters()))
-    with ops.using(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"), "cpu",
-                   cpu_body="triton-interpreter"):
-        counter = CompileCounterWithBackend("aot_eager")
-        out_c = torch.compile(net.forward, backend=counter, fullgraph=True)(x, c_noise)
-        grads_c = torch.autograd.grad(out_c.square().sum(), list(net.parameters()))
+    out_r = ref(x, c_noise)
+    grads_r = torch.autograd.grad(out_r.square().sum(), list(ref.parameters()))
+    counter = CompileCounterWithBackend("aot_eager")
+    out_c = torch.compile(net.forward, backend=counter, fullgraph=True)(x, c_noise)
+    grads_c = torch.autograd.grad(out_c.square().sum(), list(net.parameters()))
     assert counter.frame_count == 1
     designs = [node.args[7] for gm in counter.graphs for node in gm.graph.nodes
                if str(node.target) == "hybengine.group_norm_silu_fwd.default"]

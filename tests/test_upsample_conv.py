@@ -76,29 +76,33 @@ def test_refuses_other_kernel_sizes():
 
 
 def test_auto_choice_per_device():
-    assert ops.resolve_upsample_conv("auto", torch.device("cpu"))[0] == "subpixel"
-    assert ops.resolve_upsample_conv("auto", torch.device("cuda"))[0] == "reference"
-    assert ops.resolve_upsample_conv("reference", torch.device("cpu"))[0] == "reference"
-    assert ops.resolve_upsample_conv("subpixel", torch.device("cuda"))[0] == "subpixel"
+    """upsample_conv resolves like the other ops (ops.resolve), with its fast form named "subpixel"."""
+    assert ops.resolve("upsample_conv", "auto", torch.device("cpu")).path == "subpixel"
+    assert ops.resolve("upsample_conv", "auto", torch.device("cuda")).path == "reference"
+    assert ops.resolve("upsample_conv", "reference", torch.device("cpu")).path == "reference"
+    assert ops.resolve("upsample_conv", "subpixel", torch.device("cuda")).path == "subpixel"
+    assert ops.resolve_ops(KernelConfig(upsample_conv="subpixel"), "cpu").upsample_conv is upsample_conv_subpixel
+    with pytest.raises(ValueError, match="kernels.upsample_conv='fused'"):
+        ops.resolve("upsample_conv", "fused", torch.device("cpu"))
 
 
 def test_unet_same_function_either_way():
     """The U-Net (its Upsample stages through ops.upsample_conv) gives the same output and gradients."""
+    model = ModelConfig(channels=8, channel_mult=[1, 2, 2], groups=4, attn_levels=[])
     torch.manual_seed(0)
-    net = build_unet(ModelConfig(channels=8, channel_mult=[1, 2, 2], groups=4, attn_levels=[]), 1, 3).double()
-    for p in net.parameters():  # zero-initialised layers would hide a mismatch
+    init = build_unet(model, 1, 3).double()
+    for p in init.parameters():  # zero-initialised layers would hide a mismatch
         torch.nn.init.normal_(p, std=0.2)
     x, c_noise = torch.randn(2, 1, 16, 16, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     results = {}
-    try:
-        for path in ("reference", "subpixel"):
-            chosen = ops.configure(KernelConfig(group_norm_silu="reference", hybrid_loss="reference",
-                                                upsample_conv=path), torch.device("cpu"))
-            assert chosen["upsample_conv"] == path
-            out = net(x, c_noise)
-            results[path] = (out, torch.autograd.grad(out.square().sum(), list(net.parameters())))
-    finally:
-        ops.configure(KernelConfig(), torch.device("cpu"))
+    for path in ("reference", "subpixel"):
+        chosen = ops.resolve_ops(KernelConfig(group_norm_silu="reference", hybrid_loss="reference",
+                                              upsample_conv=path), "cpu")
+        assert chosen.chosen()["upsample_conv"] == path
+        net = build_unet(model, 1, 3, chosen).double()
+        net.load_state_dict(init.state_dict())
+        out = net(x, c_noise)
+        results[path] = (out, torch.autograd.grad(out.square().sum(), list(net.parameters())))
     (out_r, g_r), (out_s, g_s) = results["reference"], results["subpixel"]
     torch.testing.assert_close(out_s, out_r, rtol=1e-10, atol=1e-10)
     for (name, _), a, r in zip(net.named_parameters(), g_s, g_r, strict=True):
@@ -140,7 +144,7 @@ def test_upsample_stage_runs_its_conv_module():
     and keeps a plain Conv2d's state-dict keys."""
     from hybengine.unet import Upsample
 
-    up = Upsample(4)
+    up = Upsample(4, ops.REFERENCE)
     assert set(up.state_dict()) == {"conv.weight", "conv.bias"}
     calls = []
     up.conv.register_forward_pre_hook(lambda module, args: calls.append(module))

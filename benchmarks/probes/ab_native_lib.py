@@ -53,17 +53,18 @@ def _fwd_bwd(x, params, mod, dy, groups: int) -> torch.Tensor:
 
     for t in (x, *params, *mod):
         t.grad = None
-    y = group_norm_silu(x, *params, groups, 1e-5, *mod)
+    y = group_norm_silu(x, *params, groups, 1e-5, *mod, body="native")
     y.backward(dy)
     return y
 
 
 def child(shapes: list[str], layout: str, groups: int, rep: int) -> None:
-    from hybengine.kernels import native
+    from hybengine.kernels import bodies, native
 
-    if not native.load():
-        raise SystemExit(f"native library not loaded: {native.status()}")
-    result = {"lib": native.status(), "ms": {}, "checksum": {}}
+    lib = bodies.environment().native_lib  # the build this child was given (HYBENGINE_NATIVE_LIB)
+    if not native.load(lib):
+        raise SystemExit(f"native library not loaded: {native.status(lib)}")
+    result = {"lib": native.status(lib), "ms": {}, "checksum": {}}
     for spec in shapes:
         x, params, mod, dy = _inputs(spec, layout)
         y = _fwd_bwd(x, params, mod, dy, groups)

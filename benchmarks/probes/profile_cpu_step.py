@@ -38,14 +38,15 @@ def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: in
               compiled: bool = False):
     upsample = "reference" if ops_path == "reference" else "subpixel"
     kernels = KernelConfig(group_norm_silu=ops_path, hybrid_loss=ops_path, upsample_conv=upsample)
+    variant_ops = ops.resolve_ops(kernels, "cpu")  # this variant's ops, handed to its net and objective
     torch.manual_seed(0)
-    net = build_unet(ModelConfig(preset=preset), 1, 3)
+    net = build_unet(ModelConfig(preset=preset), 1, 3, variant_ops)
     if layout == "nhwc":
         net = net.to(memory_format=torch.channels_last)
     if compiled:
         net.forward = torch.compile(net.forward, fullgraph=True)  # as the training loop does
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    objective = HybridObjective(ObjectiveConfig(), ignore_index=255)
+    objective = HybridObjective(ObjectiveConfig(), ignore_index=255, ops=variant_ops)
     x = torch.randn(batch, 1, crop, crop)
     if layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -54,7 +55,7 @@ def make_step(ops_path: str, precision: str, layout: str, preset: str, batch: in
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
     def step():
-        with ops.using(kernels), autocast():  # this variant's ops for each of its steps
+        with autocast():
             den, mask = objective(net, x, y, gen)
         (den + mask).mean().backward()
         opt.step()

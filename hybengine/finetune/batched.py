@@ -119,12 +119,14 @@ class BatchedTrainer:
         t, o, d = c0.train, c0.optim, c0.data
         self.cfg, self.R, self.device = c0, len(starts), device
         self.params = {k: torch.stack([s[k] for s in starts]).requires_grad_() for k in starts[0]}
-        self.net = build_unet(c0.model, d.image_channels, d.num_classes).to(device)  # buffers and the code
+        self.ops = ops.resolve_ops(vmap_kernels(c0.kernels), device)
+        ops.log_ops(self.ops)
+        self.net = build_unet(c0.model, d.image_channels, d.num_classes, self.ops).to(device)  # buffers, code
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=o.lr, betas=(o.beta1, o.beta2),
                                            weight_decay=o.weight_decay)
         self.decay = 0.5 ** (1.0 / t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
         self.shadow = [p.detach().clone() for p in self.params.values()] if self.decay is not None else None
-        self.objective = HybridObjective(c0.objective, d.ignore_index)  # supervised: sigma_clean, no noise draw
+        self.objective = HybridObjective(c0.objective, d.ignore_index, self.ops)  # supervised: sigma_clean
         self.sigma = self.objective.sample_sigma(t.batch_size, device, None)
         # F for every member at once: weights (R, ...), inputs (R, B, ...), c_noise (R, B)
         self.forward = vmap(lambda p, x_in, c_noise: functional_call(self.net, p, (x_in, c_noise)))
@@ -165,7 +167,7 @@ class BatchedTrainer:
         final = self.shadow if self.shadow is not None else [p.detach() for p in self.params.values()]
         nets = []
         for r in range(self.R):
-            member = build_unet(c.model, d.image_channels, d.num_classes).to(self.device)
+            member = build_unet(c.model, d.image_channels, d.num_classes, self.ops).to(self.device)
             state = member.state_dict()  # persistent buffers (if any) are the module's own, as in run_training
             state.update({k: v[r] for k, v in zip(self.params, final, strict=True)})
             member.load_state_dict(state)
@@ -187,7 +189,6 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     if t.threads:
         torch.set_num_threads(t.threads)
     cpu_malloc.apply(t.cpu_malloc, device.type)
-    ops.configure(vmap_kernels(c0.kernels), device)
     trainer = BatchedTrainer(c0, [_start_weights(c, init, device) for c, init in members], device)
     loaders = [iter(build_train_loader(c.data, t.batch_size, c.train.seed)) for c in run_cfgs]
     gens = [torch.Generator(device).manual_seed(c.train.seed * 1000 + 1) for c in run_cfgs]
@@ -260,14 +261,13 @@ def time_steps(run_cfg: Config, R: int, device: torch.device, repeats: int = 3) 
     def after_loop_step(step: int) -> None:
         _sync(device)
         seq_times.append(time.perf_counter() - mark[0])
-        with ops.using(vmap_kernels(run_cfg.kernels), device):
-            t0 = time.perf_counter()
-            trainer.step(xs, ys, ns, run_cfg.optim.lr)
-            _sync(device)
-            bat_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        trainer.step(xs, ys, ns, run_cfg.optim.lr)
+        _sync(device)
+        bat_times.append(time.perf_counter() - t0)
         mark[0] = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp, ops.using():
+    with tempfile.TemporaryDirectory() as tmp:
         steps = repeats + 1
         cfg = dataclasses.replace(
             run_cfg, objective=dataclasses.replace(run_cfg.objective, mode="supervised"),

@@ -1,10 +1,10 @@
 """The public GroupNorm-SiLU op: `torch.library.custom_op`s (fake and autograd registrations) for
 torch.compile, a small autograd.Function for eager calls, and the bodies they dispatch to.
 
-Bodies (kernels/bodies.py picks one per call from the device): "triton" (design.py, which applies
-the requested design), "math" (math_path.py) and, where built, "native" (kernels/native). Only the
-Triton body takes the design; the op carries it as a string argument, so a compiled graph holds the
-choice as a constant and nothing is read from a module global.
+Bodies (kernels/bodies.py): "triton" (design.py, which applies the requested design), "math"
+(math_path.py) and, where built, "native" (kernels/native). The op carries the body and the Triton
+design as string arguments (`body`, `design`; hybengine.ops binds them once per run), so a compiled
+graph holds the choice as a constant and nothing is read from a module global.
 """
 import torch
 
@@ -12,18 +12,18 @@ from .. import bodies
 from .design import group_norm_silu_bwd_triton, group_norm_silu_fwd_triton
 from .math_path import _compute_dtype, group_norm_silu_bwd_math, group_norm_silu_fwd_math
 
-bodies.register_impl("group_norm_silu", "triton", group_norm_silu_fwd_triton, group_norm_silu_bwd_triton)
-bodies.register_impl("group_norm_silu", "math", group_norm_silu_fwd_math, group_norm_silu_bwd_math)
+BODIES = {"triton": bodies.Impl("triton", group_norm_silu_fwd_triton, group_norm_silu_bwd_triton),
+          "math": bodies.Impl("math", group_norm_silu_fwd_math, group_norm_silu_bwd_math)}
 
 
-def _fwd_body(x, weight, bias, scale, shift, groups, eps, design):
-    impl = bodies.implementation("group_norm_silu", x)
+def _fwd_body(x, weight, bias, scale, shift, groups, eps, design, body):
+    impl = bodies.implementation("group_norm_silu", body, x, BODIES)
     extra = {"design": design} if impl.name == "triton" else {}
     return impl.fwd(x, weight, bias, scale, shift, groups, eps, **extra)
 
 
-def _bwd_body(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design):
-    impl = bodies.implementation("group_norm_silu", x)
+def _bwd_body(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design, body):
+    impl = bodies.implementation("group_norm_silu", body, x, BODIES)
     extra = {"design": design} if impl.name == "triton" else {}
     return impl.bwd(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, **extra)
 
@@ -41,13 +41,14 @@ def group_norm_silu_fwd_op(
     groups: int,
     eps: float,
     design: str = "auto",
+    body: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd); the body is picked by `bodies.implementation`, the Triton design by `design`."""
-    return _fwd_body(x, weight, bias, scale, shift, groups, eps, design)
+    """(y, mean, rstd); the body is `body` (bodies.implementation), the Triton design `design`."""
+    return _fwd_body(x, weight, bias, scale, shift, groups, eps, design, body)
 
 
 @group_norm_silu_fwd_op.register_fake
-def _(x, weight, bias, scale, shift, groups, eps, design="auto"):
+def _(x, weight, bias, scale, shift, groups, eps, design="auto", body="auto"):
     stats = x.new_empty((x.shape[0], groups), dtype=_compute_dtype(x))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
@@ -65,34 +66,35 @@ def group_norm_silu_bwd_op(
     groups: int,
     eps: float,
     design: str = "auto",
+    body: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dscale, dshift); dscale/dshift are (N, C) even when scale/shift are None."""
-    return _bwd_body(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design)
+    return _bwd_body(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design, body)
 
 
 @group_norm_silu_bwd_op.register_fake
-def _(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design="auto"):
+def _(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, design="auto", body="auto"):
     nc = (x.shape[0], x.shape[1])
     mod = lambda t: x.new_empty(nc, dtype=weight.dtype if t is None else t.dtype)
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), mod(scale), mod(shift)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, scale, shift, groups, eps, design = inputs
+    x, weight, bias, scale, shift, groups, eps, design, body = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
-    ctx.groups, ctx.eps, ctx.design = groups, eps, design
+    ctx.groups, ctx.eps, ctx.design, ctx.body = groups, eps, design, body
     ctx.has_scale, ctx.has_shift = scale is not None, shift is not None
 
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
     dx, dweight, dbias, dscale, dshift = group_norm_silu_bwd_op(
-        dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps, ctx.design
+        dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps, ctx.design, ctx.body
     )
     dscale = dscale if ctx.has_scale else None
     dshift = dshift if ctx.has_shift else None
-    return dx, dweight, dbias, dscale, dshift, None, None, None
+    return dx, dweight, dbias, dscale, dshift, None, None, None, None
 
 
 group_norm_silu_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -107,10 +109,10 @@ class _GroupNormSiLUEager(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scale, shift, groups, eps, design):
-        y, mean, rstd = _fwd_body(x, weight, bias, scale, shift, groups, eps, design)
+    def forward(ctx, x, weight, bias, scale, shift, groups, eps, design, body):
+        y, mean, rstd = _fwd_body(x, weight, bias, scale, shift, groups, eps, design, body)
         ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
-        ctx.groups, ctx.eps, ctx.design = groups, eps, design
+        ctx.groups, ctx.eps, ctx.design, ctx.body = groups, eps, design, body
         return y
 
     @staticmethod
@@ -118,11 +120,11 @@ class _GroupNormSiLUEager(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias, dscale, dshift = _bwd_body(
-            dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps, ctx.design
+            dy, x, weight, bias, scale, shift, mean, rstd, ctx.groups, ctx.eps, ctx.design, ctx.body
         )
         dscale = dscale if scale is not None else None
         dshift = dshift if shift is not None else None
-        return dx, dweight, dbias, dscale, dshift, None, None, None
+        return dx, dweight, dbias, dscale, dshift, None, None, None, None
 
 
 def group_norm_silu(
@@ -134,6 +136,7 @@ def group_norm_silu(
     scale: torch.Tensor | None = None,  # (N, C) per-sample modulation, or None
     shift: torch.Tensor | None = None,  # (N, C), or None
     design: str = "auto",  # Triton design: auto, groups, rows, slab (design.choose_design)
+    body: str = "auto",  # bodies.BODIES: auto, triton, triton-interpreter, native, math
 ) -> torch.Tensor:
     """silu(group_norm(x) * (1 + scale) + shift), fused; y has x's dtype and memory layout.
 
@@ -148,5 +151,5 @@ def group_norm_silu(
         if t is not None and t.shape != (n, c):
             raise ValueError(f"{name} must be ({n}, {c}); got {tuple(t.shape)}")
     if torch.compiler.is_compiling():
-        return group_norm_silu_fwd_op(x, weight, bias, scale, shift, groups, float(eps), design)[0]
-    return _GroupNormSiLUEager.apply(x, weight, bias, scale, shift, groups, float(eps), design)
+        return group_norm_silu_fwd_op(x, weight, bias, scale, shift, groups, float(eps), design, body)[0]
+    return _GroupNormSiLUEager.apply(x, weight, bias, scale, shift, groups, float(eps), design, body)

@@ -13,13 +13,13 @@ from hybengine.runtime.checkpoint import load_weights
 from hybengine.unet import build_unet
 
 torch.set_num_threads(1)
-ops.configure(KernelConfig(), torch.device("cpu"))
+run_ops = ops.resolve_ops(KernelConfig(), torch.device("cpu"))
 out = {}
 for p in (0, 1):
     for mode in ("hybrid", "supervised", "supervised-noisy", "denoise"):
         w = load_weights(f"runs/simulated_pair/pretrain_{mode}_p{p}")
         cfg = config_from_dict(w["config"])
-        net = build_unet(cfg.model, 1, 3)
+        net = build_unet(cfg.model, 1, 3, run_ops)
         net.load_state_dict(w["ema"])
         m = evaluate(net, cfg, "test")
         out[f"{mode}_p{p}"] = [round(v, 4) for v in m["dice"]]
