@@ -206,13 +206,14 @@ sys.path.insert(0, 'tests')
 from kernel_helpers import check_group_norm_silu, gn_inputs
 from hybengine import ops
 from hybengine.config import KernelConfig
+from hybengine.kernels.bodies import Environment
 dev = sys.argv[1]
 n, c, h, w, g = (int(v) for v in sys.argv[2].split(','))
-with ops.using(KernelConfig(group_norm_silu='fused', group_norm_silu_channels_last='slab'), dev,
-               cpu_body='triton-interpreter'):
-    for cl in (False, True):
-        inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
-        print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32, ops.group_norm_silu), flush=True)
+slab = ops.resolve_ops(KernelConfig(group_norm_silu='fused', group_norm_silu_channels_last='slab'), dev,
+                       Environment(cpu_body='triton-interpreter'))
+for cl in (False, True):
+    inputs = gn_inputs(n, c, h, w, channels_last=cl, device=dev)
+    print('slab smoke', 'nhwc' if cl else 'nchw', check_group_norm_silu(inputs, g, torch.float32, slab.group_norm_silu), flush=True)
 " "$DEVICE" "$smoke_shape"
   then providers+=(slab)
   else echo "!!! slab smoke check failed or hung: slab left out"
