@@ -218,14 +218,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else []
+            value = _parse_value(key, value) if value.strip() else []
             if not isinstance(value, list):
                 value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list of {item_tp.__name__}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if isinstance(value, str) and tp is not str:
-        value = yaml.safe_load(value) if value.strip() else value
+        value = _parse_value(key, value) if value.strip() else value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -249,6 +249,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this file
 
 
+def _parse_value(key: str, text: str) -> Any:
+    """A value typed on the command line, read as YAML (`[1, 2]`, `1e-3`, `true`); one line if it cannot be."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{key}: cannot read the value {text!r} ({reason}); write it as YAML, e.g. "
+                          "[1, 2] for a list, quoted for a string") from None
+
+
 def _number(value: Any) -> int | float | None:
     """A number as written: what Python's float() accepts ("1e-3", which YAML leaves a string, "1e3",
     ".5"), or an int/float; None for anything else (booleans included)."""
@@ -270,7 +280,7 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
         path = f"{prefix}{key}"
         if key not in types_:
             allowed = ", ".join(sorted(types_))
-            raise ConfigError(f"unknown config key '{path}'; allowed keys here: {allowed}")
+            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {allowed}")
         tp = types_[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -284,14 +294,14 @@ def _overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
         dotted, value = item.split("=", 1)
         node = tree
         *parents, leaf = dotted.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[leaf] = value
     return tree
 
@@ -308,7 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from e
+            raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
         _merge(cfg, values, "")

@@ -609,3 +609,31 @@ def test_resume_with_the_run_folder_alone(run_dir, tmp_path, capsys):  # item 8
     assert json_steps(run) == [2, 3, 4, 5]
     code = train.main(["--resume", str(run), "--dry-run"])
     assert code == 0 and "steps: 5" in capsys.readouterr().out
+
+
+# What the property-based test (tests/test_property_inputs.py) found, kept by name: each was a traceback
+# or a message broken over several lines
+GENERATED_FINDS = {
+    "list value cut short": (["sweep.budgets=[1,"], "sweep.budgets"),
+    "NUL byte in a value": (["optim.lr=\x00"], "optim.lr"),
+    "control character in a value": (["train.steps=\x1b[31m"], "train.steps"),
+    "record separator as an override": (["\x1e"], "'\\x1e'"),
+    "empty override": ([""], "override ''"),
+    "line break in a key": (["train.ste\nps=3"], "train.ste\\nps"),
+}
+
+
+@pytest.mark.parametrize("kind", GENERATED_FINDS)
+def test_generated_input_finds(kind, capsys):
+    overrides, culprit = GENERATED_FINDS[kind]
+    code, err = call(train.main, [*overrides, "--dry-run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert_one_line(err, "config", culprit)
+
+
+def test_generated_yaml_finds(tmp_path, capsys):
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text("optim: {lr: '1}\n")  # a quoted scalar left open: PyYAML's message spans lines
+    code, err = call(train.main, ["--config", str(quoted), "--dry-run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert_one_line(err, "config", "quoted.yaml")

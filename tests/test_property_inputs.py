@@ -56,7 +56,8 @@ def _assert_clean(code: int, err: str, argv) -> None:
     assert code == 2, (argv, code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error:"), (argv, err)
-    named = NAMES_A_KEY.search(lines[0]) or any(a.split("=")[0] in lines[0] for a in argv if a.strip())
+    named = NAMES_A_KEY.search(lines[0]) or any(repr(a) in lines[0] or (a.strip() and a.split("=")[0] in lines[0])
+                                                for a in argv)
     assert named, (argv, err)
 
 
