@@ -140,6 +140,6 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "plots": ["matplotlib"],
         "tensorboard": ["tensorboard"],  # train.tensorboard=true
-        "dev": ["pytest", "pytest-xdist", "ruff", "triton", "deepspeed", "matplotlib"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "triton", "deepspeed", "matplotlib", "hypothesis"],
     },
 )

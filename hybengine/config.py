@@ -6,6 +6,7 @@ runs, naming the key and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -20,8 +21,26 @@ class ConfigError(ValueError):
     """A config key, type or value that cannot run; the message names it and says what to do."""
 
 
-def choice(default: str, *allowed: str) -> Any:
-    return field(default=default, metadata={"choices": (default, *allowed)})
+def choice(default: str, *allowed: str, **marks: bool) -> Any:
+    return field(default=default, metadata={"choices": (default, *allowed), **marks})
+
+
+# Marks on a field's metadata (read by `marked_keys`), one place for what each key may do:
+#   resume_free: may change when a run is resumed (`--resume RUN key=value`): how the run is watched,
+#                kept or how long it goes on, not what one of its steps computes
+#   bookkeeping: how a run is watched, not what it trains: a finished fine-tune stays finished when only
+#                these change (sweeps); every bookkeeping key is also resume_free
+#   per_member:  may differ between the fine-tunes one batched group trains together
+RESUME_FREE = {"resume_free": True}
+BOOKKEEPING = {"resume_free": True, "bookkeeping": True}
+PER_MEMBER = {"per_member": True}
+
+
+def marked(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **marks: bool) -> Any:
+    """A field with marks (above) in its metadata."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=marks)
+    return field(default=default, metadata=marks)
 
 
 @dataclass
@@ -37,9 +56,10 @@ class DataConfig:
     crop: int = 64  # training crop side (pixels); must divide by 2**(levels-1)
     augment: bool = True  # random crop position, flips, 90-degree rotations, intensity jitter
     intensity_jitter: float = 0.1  # image-only brightness/contrast amplitude (fraction)
-    loader: str = choice("torch", "dali", "auto")  # batch source (DALI: see hybengine/data/dali_pipeline)
-    num_workers: int = 0  # torch DataLoader worker processes
-    labeled_subset: list[str] = field(default_factory=list)  # only these file stems (label budgets)
+    # batch source (DALI: see hybengine/data/dali_pipeline)
+    loader: str = choice("torch", "dali", "auto", **BOOKKEEPING)
+    num_workers: int = marked(0, **BOOKKEEPING)  # torch DataLoader worker processes
+    labeled_subset: list[str] = marked(factory=list, **PER_MEMBER)  # only these file stems (label budgets)
 
 
 @dataclass
@@ -94,31 +114,33 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps
+    steps: int = marked(1000, **RESUME_FREE)  # optimizer steps
     batch_size: int = 8  # per rank per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     precision: str = choice("fp32", "bf16")  # bf16: autocast (plain) / DeepSpeed bf16 section
     engine: str = choice("auto", "plain", "deepspeed")  # auto: deepspeed when launched by its launcher
     deepspeed_config: str = "configs/deepspeed/zero2.json"  # ZeRO stage etc.
     ema_halflife_steps: float = 200.0  # EMA half-life in optimizer steps; 0 disables EMA
-    ckpt_every: int = 500  # steps between checkpoints; 0: only at the end
-    keep_last: int = 2  # checkpoints kept
-    log_every: int = 25  # steps between metric logs (one host sync each)
+    ckpt_every: int = marked(500, **BOOKKEEPING)  # steps between checkpoints; 0: only at the end
+    keep_last: int = marked(2, **BOOKKEEPING)  # checkpoints kept
+    log_every: int = marked(25, **BOOKKEEPING)  # steps between metric logs (one host sync each)
     # consecutive non-finite losses before the run stops (flags read at log and snapshot steps: the
     # stop comes at the first such read after the limit; the steps in between changed no weights)
-    max_bad_steps: int = 5
+    max_bad_steps: int = marked(5, **RESUME_FREE)
     # flag non-finite losses on the device and skip their steps' updates (optimizer and EMA), so a
     # NaN never reaches the weights; no host read per step (hybengine/training_loop.py)
     check_finite: bool = True
-    seed: int = 0  # weights, noise and data order; fine-tunes take finetune.seed
-    out_dir: str = "runs/pretrain"  # run folder: config, metrics.jsonl, checkpoints/
-    progress: bool = True  # rich progress bar on rank 0
-    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    seed: int = marked(0, **PER_MEMBER)  # weights, noise and data order; fine-tunes take finetune.seed
+    # run folder: config, metrics.jsonl, checkpoints/
+    out_dir: str = marked("runs/pretrain", **RESUME_FREE, **PER_MEMBER)
+    progress: bool = marked(True, **BOOKKEEPING)  # rich progress bar on rank 0
+    threads: int = marked(0, **BOOKKEEPING)  # torch CPU threads; 0 leaves torch's default
     # glibc malloc on CPU runs (hybengine/runtime/cpu_malloc.py): "tuned" keeps freed activation
     # memory for the next step instead of page-faulting it in again. Opt-in: it removed the faults
     # but no step-time gain showed above the host's noise (docs/lab/malloc.md)
-    cpu_malloc: str = choice("default", "tuned")
-    tensorboard: bool = False  # also write TensorBoard events to <out_dir>/tensorboard (needs `tensorboard`)
+    cpu_malloc: str = choice("default", "tuned", **BOOKKEEPING)
+    # also write TensorBoard events to <out_dir>/tensorboard (needs `tensorboard`)
+    tensorboard: bool = marked(False, **BOOKKEEPING)
     # CUDA graphs for the compiled region (torch.compile mode="reduce-overhead"): replays the step's
     # kernels without per-launch host work; needs model.compile and a CUDA device (ignored on CPU)
     cuda_graphs: bool = False
@@ -142,10 +164,10 @@ class KernelConfig:
 
 @dataclass
 class FinetuneConfig:
-    checkpoint: str = ""  # pretrained run folder or snapshot folder; "" = from scratch
-    weights: str = choice("ema", "raw")  # which pretrained weights to start from
-    budget: int = 1  # labeled target images
-    seed: int = 0  # picks the labeled subset and the fine-tune randomness
+    checkpoint: str = marked("", **PER_MEMBER)  # pretrained run folder or snapshot folder; "" = from scratch
+    weights: str = choice("ema", "raw", **PER_MEMBER)  # which pretrained weights to start from
+    budget: int = marked(1, **PER_MEMBER)  # labeled target images
+    seed: int = marked(0, **PER_MEMBER)  # picks the labeled subset and the fine-tune randomness
     # fine-tune length grows with the budget: train.steps + steps_per_label * budget (same for every start)
     steps_per_label: int = 0
     # how a budget's images are drawn (hybengine/data/label_budget.py): "foreground" = among images whose
@@ -196,14 +218,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else []
+            value = _parse_value(key, value) if value.strip() else []
             if not isinstance(value, list):
                 value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list of {item_tp.__name__}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if isinstance(value, str) and tp is not str:
-        value = yaml.safe_load(value) if value.strip() else value
+        value = _parse_value(key, value) if value.strip() else value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -227,6 +249,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this file
 
 
+def _parse_value(key: str, text: str) -> Any:
+    """A value typed on the command line, read as YAML (`[1, 2]`, `1e-3`, `true`); one line if it cannot be."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{key}: cannot read the value {text!r} ({reason}); write it as YAML, e.g. "
+                          "[1, 2] for a list, quoted for a string") from None
+
+
 def _number(value: Any) -> int | float | None:
     """A number as written: what Python's float() accepts ("1e-3", which YAML leaves a string, "1e3",
     ".5"), or an int/float; None for anything else (booleans included)."""
@@ -248,7 +280,7 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
         path = f"{prefix}{key}"
         if key not in types_:
             allowed = ", ".join(sorted(types_))
-            raise ConfigError(f"unknown config key '{path}'; allowed keys here: {allowed}")
+            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {allowed}")
         tp = types_[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -262,21 +294,23 @@ def _overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
         dotted, value = item.split("=", 1)
         node = tree
         *parents, leaf = dotted.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[leaf] = value
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- `key=value` overrides, then validated."""
-    cfg = Config()
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: Config | None = None) -> Config:
+    """Defaults (or `base`: a resumed run's saved config) <- YAML file <- `key=value` overrides, then
+    validated."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
     if path:
         path = Path(path)
         if not path.is_file():
@@ -284,7 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from e
+            raise ConfigError(f"config file '{path}' is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
         _merge(cfg, values, "")
@@ -315,6 +349,38 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def marked_keys(mark: str) -> frozenset[str]:
+    """The "section.key" names whose field carries `mark` (resume_free, bookkeeping, per_member)."""
+    return frozenset(f"{name}.{f.name}" for name, section in _field_types(Config).items()
+                     for f in dataclasses.fields(section) if f.metadata.get(mark))
+
+
+def resume_free_keys() -> frozenset[str]:
+    """Keys a resumed run may change (`--resume RUN train.steps=2000`); all others must stay as saved."""
+    return marked_keys("resume_free")
+
+
+def bookkeeping_keys() -> frozenset[str]:
+    """Keys that change how a run is watched, not what it trains: a finished fine-tune stays finished."""
+    return marked_keys("bookkeeping")
+
+
+def per_member_keys() -> frozenset[str]:
+    """Keys that may differ between the members of one batched fine-tune group."""
+    return marked_keys("per_member")
+
+
+def compare_saved(now: Config, saved: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A run's config against the one it saved: ("key: saved -> now" for each key that differs and may not
+    change on a resume, the same for the resume-free keys that differ)."""
+    then = config_from_dict(saved)
+    now_f, then_f = flatten(to_dict(now)), flatten(to_dict(then))
+    changed = config_diff(now_f, then_f)
+    detail = {k: f"{k}: {then_f.get(k)!r} -> {now_f.get(k)!r}" for k in changed}
+    free = resume_free_keys()
+    return [detail[k] for k in changed if k not in free], [detail[k] for k in changed if k in free]
 
 
 def config_diff(now: Config | dict[str, Any], then: Config | dict[str, Any],

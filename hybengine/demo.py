@@ -25,7 +25,8 @@ from hybengine.finetune.runner import run_finetune
 from hybengine.finetune.stats import paired_contrast
 from hybengine.runtime.atomic import atomic_write_text
 from hybengine.runtime.checkpoint import complete_snapshots
-from hybengine.training_loop import LoopHooks, clear_run_files, run_training
+from hybengine.runtime.run_folder import clear_run_files
+from hybengine.training_loop import LoopHooks, run_training
 
 PRETRAIN = "configs/pretrain/scratch_assay_hybrid.yaml"
 FINETUNE = "configs/finetune/scratch_assay_oblique.yaml"

@@ -3,7 +3,7 @@
     python hybengine/train.py --config configs/pretrain/scratch_assay_hybrid.yaml [key=value ...]
     deepspeed --num_gpus 2 hybengine/train.py --config ... train.engine=deepspeed
     python hybengine/train.py --config ... --dry-run          # print the resolved config and stop
-    python hybengine/train.py --config ... --resume runs/x    # continue a killed run exactly
+    python hybengine/train.py --resume runs/x [train.steps=N] # continue a killed run exactly (saved config)
 Bad config, data, checkpoints or run folders end in one line on stderr and exit code 2 (--debug: traceback).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hybengine.cli import guarded, parse_args, resolve
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, argv)
-    cfg = resolve(args)
+    cfg = resolve(args, "train")
     if isinstance(cfg, int):
         return cfg
     from hybengine.training_loop import run_training

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import resource
-import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -32,15 +32,16 @@ import numpy as np
 import torch
 
 from . import ops
-from .config import Config, config_diff, config_from_dict, dumps, flatten, to_dict
+from .config import Config, compare_saved, dumps, to_dict
 from .data import build_train_loader
 from .objective import HybridObjective
 from .runtime import cpu_malloc, faults
 from .runtime.atomic import atomic_write_text
 from .runtime.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
-from .runtime.checkpoint import CheckpointManager, check_snapshot_files, find_snapshot, read_snapshot_config
+from .runtime.checkpoint import CheckpointManager
 from .runtime.distributed import DistInfo, setup
 from .runtime.ema import EMA
+from .runtime.run_folder import RunInterrupted, check_run_folder
 from .runtime.run_log import MetricsLog, setup_logging
 from .schedule import learning_rate
 from .unet import UNet, build_unet
@@ -113,8 +114,10 @@ def _make_backend(cfg: Config, net: UNet, dist: DistInfo):
 def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict | None = None,
                  console_logging: bool = True, hooks: LoopHooks | None = None) -> TrainResult:
     """Trains per `cfg`; `init_weights` (a state dict) starts from pretrained weights (fine-tuning).
-    A fresh run into a folder that already holds a run is refused (RunFolderError); a caller that owns
-    the folder and means to start it over calls `clear_run_files` first."""
+    The run-folder rules (hybengine/runtime/run_folder.py) apply: a fresh run into a folder that already
+    holds a run is refused (RunFolderError); a caller that owns the folder and means to start it over
+    calls `clear_run_files` first. `resume`: a run or snapshot folder; a run folder with no complete
+    snapshot starts over from step 0."""
     # ---- set-up -------------------------------------------------------------------------------
     t = cfg.train
     hooks = hooks or LoopHooks()
@@ -123,9 +126,11 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     out_dir = Path(t.out_dir)
     # Nothing is written or loaded before these checks pass: a refused run leaves the folder as it was
     # (run.log, opened next, records the attempt; config.yaml and checkpoints/ come after the data scan).
-    snap = _check_run_folder(cfg, out_dir, resume)
+    snap, notes = check_run_folder(out_dir, resume, lambda saved: compare_saved(cfg, saved))
     if console_logging:
         setup_logging(out_dir, dist.rank)
+    for note in notes:
+        log.info("%s", note)
     if t.threads:
         torch.set_num_threads(t.threads)
     malloc_state = cpu_malloc.apply(t.cpu_malloc, dist.device.type)
@@ -166,7 +171,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
 
     # ---- resume -------------------------------------------------------------------------------
     step = 0
-    if resume:
+    if snap is not None:
         rank_state, weights = ckpt.load(snap, backend)  # the config was checked before set-up
         step = rank_state["step"]
         _set_rng_state(rank_state["rng"], gen)
@@ -259,6 +264,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                 t_last, step_last = now, step
 
             faults.maybe_kill(faults.KILL_AT_STEP, step)
+            faults.maybe_kill(faults.INTERRUPT_AT_STEP, step, signal.SIGINT)
             # ---- snapshot (after a step that updated: a skipped one defers it; the last writes) --
             snapshot_due = snapshot_due or bool(t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps
             if snapshot_due:
@@ -267,6 +273,8 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
                     continue
                 snapshot()
                 snapshot_due = False
+    except KeyboardInterrupt:
+        raise RunInterrupted(step, ckpt.root) from None
     finally:
         metrics.close()
 
@@ -346,70 +354,3 @@ def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-class RunFolderError(ValueError):
-    """train.out_dir cannot take this run (it is a file, or holds another run and this is not a resume)."""
-
-
-_RUN_FILES = ("config.yaml", "metrics.jsonl", "run.log", "checkpoints")  # what a run writes in its folder
-
-
-def _run_held(out_dir: Path) -> list[str]:
-    """What in out_dir marks a run worth keeping: its config, a non-empty metrics log, snapshots
-    (a run.log alone, or an empty checkpoints/ folder, is a start that failed)."""
-    held = [name for name in ("config.yaml", "metrics.jsonl") if (out_dir / name).is_file()
-            and (out_dir / name).stat().st_size > 0]
-    if (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").glob("step_*")):
-        held.append("checkpoints/")
-    return held
-
-
-def _check_run_folder(cfg: Config, out_dir: Path, resume: str | None) -> Path | None:
-    """Before anything is written or loaded: out_dir can take the run, and a resume continues the same
-    run (config compared first, so a changed architecture never reaches load_state_dict). Returns the
-    snapshot folder to resume from (None for a fresh run)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunFolderError(f"train.out_dir={str(out_dir)!r} is a file, not a folder; name a run folder")
-    held = _run_held(out_dir)
-    if not resume:
-        if held:
-            resumable = "" if "checkpoints/" in held else " (it has no snapshot yet, so nothing to resume)"
-            raise RunFolderError(
-                f"train.out_dir={str(out_dir)!r} already holds a run ({', '.join(held)}){resumable}; continue "
-                f"it with --resume {out_dir}, or start over deliberately by deleting that folder (or choose "
-                "another train.out_dir)")
-        return None
-    snap = find_snapshot(resume)
-    if held and out_dir.resolve() not in snap.resolve().parents:
-        raise RunFolderError(f"train.out_dir={str(out_dir)!r} holds another run ({', '.join(held)}) than the "
-                             f"snapshot {snap} being resumed; resume into its own run folder or a new one")
-    _check_resume_config(cfg, read_snapshot_config(snap))
-    check_snapshot_files(snap)  # every file readable the safe way, before any loader (DeepSpeed's) runs
-    return snap
-
-
-def clear_run_files(out_dir: Path) -> None:
-    """Deletes what a run wrote into out_dir (config, metrics, log, snapshots), nothing else."""
-    for name in _RUN_FILES:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-_RESUME_FREE = {"train.steps", "train.ckpt_every", "train.keep_last", "train.log_every", "train.progress",
-                "train.out_dir", "train.threads", "train.cpu_malloc", "train.max_bad_steps", "data.num_workers",
-                "data.loader"}  # both loaders yield identical batches (tests/test_data_dali.py)
-
-
-def _check_resume_config(cfg: Config, saved: dict) -> None:
-    """A resumed run must train the same thing; only bookkeeping keys may change."""
-    then = config_from_dict(saved)
-    changed = config_diff(cfg, then, _RESUME_FREE)
-    if changed:
-        now_f, then_f = flatten(to_dict(cfg)), flatten(to_dict(then))
-        detail = ", ".join(f"{k}: {then_f.get(k)!r} -> {now_f.get(k)!r}" for k in changed)
-        raise ValueError(f"--resume with a different config would not continue the same run ({detail}); "
-                         "resume with the saved config (it is in the run folder's config.yaml)")

@@ -21,7 +21,7 @@ from hybengine.config import load_config
 from hybengine.finetune import __main__ as finetune_main
 from hybengine.training_loop import run_training
 
-from tiny_run import DEMO_TARGET, run_cli, tiny_overrides
+from tiny_run import DEMO_TARGET, REPO, run_cli, tiny_overrides
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: one finished tiny run (the folder that must never change) and a good small data folder
@@ -437,3 +437,203 @@ def test_real_process_exit_code_and_one_line(run_dir):
     assert r.returncode == 2
     assert_one_line(r.stderr, "train", "--resume")
     assert fingerprint(run_dir) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Round two (issue 26): paths resolved, resume from the run folder, early split checks, colour, full
+# disks before the first snapshot, non-torch weights, Ctrl-C
+
+
+SHARED_FOLDERS = {"./": "./", "/": "/", "..": "..", "the home folder": str(Path.home()),
+                  "above the repo": str(REPO.parent), "the repo via a dotted path": f"{REPO}/hybengine/.."}
+
+
+@pytest.mark.parametrize("where", SHARED_FOLDERS)
+def test_out_dir_that_resolves_to_a_shared_folder_is_refused(where, capsys):  # item 1
+    """Refused at --dry-run already (nothing is ever written there): the path is resolved first."""
+    folder = SHARED_FOLDERS[where]
+    code, err = call(train.main, [f"train.out_dir={folder}", "--dry-run"], capsys)
+    assert code == 2
+    assert_one_line(err, "config", "train.out_dir")
+    code, err = call(finetune_main.main, [f"sweep.out_dir={folder}", "sweep.budgets=[1]", "--dry-run"], capsys)
+    assert code == 2
+    assert_one_line(err, "config", "sweep.out_dir")
+
+
+def test_run_folder_rule_holds_for_library_callers(tmp_path):  # item 1: run_training's own check
+    from hybengine.runtime.run_folder import RunFolderError, check_run_folder
+
+    for folder in ("/", str(Path.cwd()), str(Path.cwd()) + "/sub/.."):
+        with pytest.raises(RunFolderError, match="folder of its own"):
+            check_run_folder(Path(folder), None, lambda saved: ([], []))
+    assert check_run_folder(tmp_path / "new", None, lambda saved: ([], [])) == (None, [])
+
+
+def test_resume_from_a_folder_that_does_not_exist(tmp_path, capsys):  # item 2
+    for main, what in ((finetune_main.main, "finetune"), (train.main, "train")):
+        code, err = call(main, ["--resume", str(tmp_path / "does" / "not" / "exist")], capsys)
+        assert code == 2
+        assert_one_line(err, what, "does/not/exist")
+    assert not (tmp_path / "does").exists()
+
+
+def test_finetune_without_a_test_split_is_refused_before_training(tmp_path, capsys):  # item 3
+    data = good_data(tmp_path / "data")  # a train split only
+    out = tmp_path / "ft"
+    over = tiny(out, **{"data.root": str(data), "data.num_classes": 2, "data.normalize": "dtype"})
+    code, err = call(finetune_main.main, over, capsys)
+    assert code == 2
+    assert_one_line(err, "finetune", str(data / "test"))
+    assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()  # nothing trained
+
+
+def _rgb_data(root: Path, equal_channels: bool) -> Path:
+    good_data(root)
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, size=(40, 40), dtype=np.uint8)
+    rgb = np.stack([gray, gray, gray] if equal_channels else [gray, 255 - gray, gray // 2], -1)
+    write_png(root / "train" / "images" / "img1.png", rgb)
+    return root / "train" / "images" / "img1.png"
+
+
+def test_colour_images_with_one_image_channel_are_named(tmp_path, capsys):  # item 4
+    from hybengine.console import validate_main
+
+    rgb = _rgb_data(tmp_path / "rgb", equal_channels=False)
+    over = ["data.num_classes=2", "data.normalize=dtype"]
+    assert validate_main([str(rgb.parents[2]), *over, "--splits", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "img1.png" in out and "data.image_channels=3" in out
+    code, err = call(train.main, tiny(tmp_path / "run", **{"data.root": str(rgb.parents[2]),
+                                                          "data.num_classes": 2, "data.normalize": "dtype"}), capsys)
+    assert code == 2
+    assert_one_line(err, "train", "img1.png")
+    assert "data.image_channels=3" in err and not (tmp_path / "run" / "config.yaml").exists()
+    # gray saved as RGB (three equal channels) is gray: accepted as it was
+    gray_rgb = _rgb_data(tmp_path / "gray_rgb", equal_channels=True)
+    assert validate_main([str(gray_rgb.parents[2]), *over, "--splits", "train"]) == 0
+    capsys.readouterr()
+
+
+def test_predict_names_a_colour_image_for_a_gray_model(run_dir, tmp_path, capsys):  # item 4
+    rgb = _rgb_data(tmp_path / "rgb", equal_channels=False)
+    code, err = call(predict.main, ["--checkpoint", str(run_dir), "--images", str(rgb.parent), "--out",
+                                    str(tmp_path / "pred")], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "img1.png" in err and "data.image_channels=3" in err
+
+
+def _disk_full_at(monkeypatch, module, fragment: str, name: str) -> list:
+    """Writes of files whose path holds `fragment` and `name` go to /dev/full (the kernel's ENOSPC)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    real_open, calls = open, []
+
+    def open_full(path, mode="r", *a, **kw):
+        if ("w" in mode or "a" in mode) and fragment in str(path) and name in str(path):
+            calls.append(path)
+            return real_open("/dev/full", mode, *a, **kw)
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(module, "open", open_full, raising=False)
+    return calls
+
+
+def test_disk_full_before_the_first_snapshot_is_no_circle(tmp_path, capsys, monkeypatch):  # item 5
+    import hybengine.runtime.atomic as atomic
+
+    calls = _disk_full_at(monkeypatch, atomic, "step_00000003.tmp", "weights.pt")
+    out = tmp_path / "run"
+    code, err = call(train.main, tiny_overrides(out, steps=6), capsys)
+    assert calls and code == 2
+    assert_one_line(err, "train", "no space left on device")
+    assert "no earlier snapshot exists" in err and "run the same command again" in err
+    monkeypatch.undo()
+    code, err = call(train.main, tiny_overrides(out, steps=6), capsys)  # the same command: starts over
+    assert code == 0, err[-3000:]
+    assert json_steps(out) == [2, 4, 6]
+    # and --resume of a run that never saved a snapshot starts it over too
+    shutil.rmtree(out / "checkpoints")
+    code, err = call(train.main, ["--resume", str(out)], capsys)
+    assert code == 0, err[-3000:]
+    assert json_steps(out) == [2, 4, 6] and "starting the run over from step 0" in (out / "run.log").read_text()
+
+
+def test_disk_full_while_logging_metrics_names_the_file(tmp_path, capsys, monkeypatch):  # item 5
+    import hybengine.runtime.run_log as run_log
+
+    calls = _disk_full_at(monkeypatch, run_log, "", "metrics.jsonl")
+    out = tmp_path / "run"
+    code, err = call(train.main, tiny_overrides(out, steps=6), capsys)
+    assert calls and code == 2
+    assert_one_line(err, "train", str(out / "metrics.jsonl"))
+
+
+def json_steps(out: Path) -> list[int]:
+    import json
+
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"PK\x03\x04 broken zip"],
+                         ids=["zero bytes", "text", "broken zip"])
+def test_weights_that_are_not_a_torch_file(content, run_dir, tmp_path, capsys):  # item 6
+    run = _copy_run(run_dir, tmp_path / "run")
+    (_snapshot(run) / "weights.pt").write_bytes(content)
+    images = good_data(tmp_path / "data") / "train" / "images"
+    code, err = call(predict.main, ["--checkpoint", str(run), "--images", str(images), "--out",
+                                    str(tmp_path / "pred")], capsys)
+    assert code == 2
+    assert_one_line(err, "predict", "weights.pt")
+    over = tiny(tmp_path / "ft", **{"data.root": str(DEMO_TARGET), "finetune.checkpoint": str(run)})
+    code, err = call(finetune_main.main, over, capsys)
+    assert code == 2
+    assert_one_line(err, "finetune", "weights.pt")
+
+
+def test_resume_with_the_run_folder_alone(run_dir, tmp_path, capsys):  # item 8
+    """--resume RUN reads the run's saved config: no --config or overrides to repeat; resume-free
+    overrides (train.steps to extend) are applied and written to run.log; others are refused."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    code, err = call(train.main, ["--resume", str(run)], capsys)  # finished: nothing left to do
+    assert code == 0, err[-3000:]
+    before = fingerprint(run / "checkpoints")
+    code, err = call(train.main, ["--resume", str(run), "optim.lr=0.5"], capsys)
+    assert code == 2
+    assert_one_line(err, "train", "optim.lr")
+    assert fingerprint(run / "checkpoints") == before
+    code, err = call(train.main, ["--resume", str(run), "train.steps=5"], capsys)
+    assert code == 0, err[-3000:]
+    assert torch.load(_snapshot(run) / "weights.pt", weights_only=True)["step"] == 5
+    assert "train.steps: 3 -> 5" in (run / "run.log").read_text()
+    assert json_steps(run) == [2, 3, 4, 5]
+    code = train.main(["--resume", str(run), "--dry-run"])
+    assert code == 0 and "steps: 5" in capsys.readouterr().out
+
+
+# What the property-based test (tests/test_property_inputs.py) found, kept by name: each was a traceback
+# or a message broken over several lines
+GENERATED_FINDS = {
+    "list value cut short": (["sweep.budgets=[1,"], "sweep.budgets"),
+    "NUL byte in a value": (["optim.lr=\x00"], "optim.lr"),
+    "control character in a value": (["train.steps=\x1b[31m"], "train.steps"),
+    "record separator as an override": (["\x1e"], "'\\x1e'"),
+    "empty override": ([""], "override ''"),
+    "line break in a key": (["train.ste\nps=3"], "train.ste\\nps"),
+}
+
+
+@pytest.mark.parametrize("kind", GENERATED_FINDS)
+def test_generated_input_finds(kind, capsys):
+    overrides, culprit = GENERATED_FINDS[kind]
+    code, err = call(train.main, [*overrides, "--dry-run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert_one_line(err, "config", culprit)
+
+
+def test_generated_yaml_finds(tmp_path, capsys):
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text("optim: {lr: '1}\n")  # a quoted scalar left open: PyYAML's message spans lines
+    code, err = call(train.main, ["--config", str(quoted), "--dry-run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert_one_line(err, "config", "quoted.yaml")

@@ -60,15 +60,15 @@ print((faults() - f0) / 8 if counted else "uncounted")
 
 
 def test_config_key_is_validated_and_free_on_resume_and_in_sweeps(capsys):
+    from hybengine.config import resume_free_keys
     from hybengine.finetune.sweep import BOOKKEEPING
-    from hybengine.training_loop import _RESUME_FREE
 
     cfg = resolve(parse_args(None, ["train.cpu_malloc=default"]))
     assert cfg.train.cpu_malloc == "default"
     code = resolve(parse_args(None, ["train.cpu_malloc=jemalloc"]))
     assert isinstance(code, int) and code != 0
     assert "train.cpu_malloc='jemalloc' is not allowed; choose one of: default, tuned" in capsys.readouterr().err
-    assert "train.cpu_malloc" in _RESUME_FREE and "train.cpu_malloc" in BOOKKEEPING
+    assert "train.cpu_malloc" in resume_free_keys() and "train.cpu_malloc" in BOOKKEEPING
 
 
 @glibc_only

@@ -1,5 +1,6 @@
 """The experiment driver end to end on a tiny simulated pair, and the source-validation selection."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,26 @@ def test_bad_select_sections_are_named(tmp_path, select, match):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=match):
         experiment.load_experiment(path)
+
+
+def test_experiment_killed_in_pretraining_and_in_the_sweep_reruns_to_the_same_reports(tmp_path):  # issue 26
+    """SIGKILL before the first pretraining snapshot and while the sweep writes its second result; the
+    reruns (the last with `--resume <out_dir>` alone) finish with the reports of an uninterrupted run."""
+    from tiny_run import run_cli
+
+    spec = tiny_spec(tmp_path)
+    del spec["select"], spec["analysis"]
+    spec["pretrain"]["modes"] = ["hybrid"]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    names = ("runs.csv", "per_image.csv", "table.csv", "table.md")
+    assert experiment.main(["--config", str(path)]) == 0
+    straight = {n: (tmp_path / "results" / n).read_text() for n in names}
+    for folder in ("out", "results"):
+        shutil.rmtree(tmp_path / folder)
+    for env in ({"HYBENGINE_KILL_AT_STEP": "1"}, {"HYBENGINE_KILL_AT_FILE": "result.json:2"}):
+        r = run_cli(["-m", "hybengine.finetune.experiment", "--config", str(path)], env=env)
+        assert r.returncode == -9, (env, r.stderr[-3000:])
+    assert not (tmp_path / "results" / "table.md").exists()
+    assert experiment.main(["--resume", str(tmp_path / "out")]) == 0
+    assert {n: (tmp_path / "results" / n).read_text() for n in names} == straight

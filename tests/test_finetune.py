@@ -42,3 +42,33 @@ def test_finetune_checks_architecture_and_budget(pretrained, tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         run_finetune(_ft_cfg(tmp_path, **{"finetune.checkpoint": str(tmp_path / "nowhere")}),
                      console_logging=False)
+
+
+def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 item 2, issue 28
+    """A fine-tune killed at step 4 (snapshot at 3), continued with `finetune --resume RUN` alone, ends with
+    the weights and result of an uninterrupted one, bit for bit."""
+    import signal
+
+    import torch
+
+    from hybengine.finetune import __main__ as finetune_main
+    from hybengine.runtime.checkpoint import load_weights
+
+    from tiny_run import run_cli
+
+    extra = {"data.root": str(DEMO_TARGET), "finetune.checkpoint": str(pretrained), "finetune.budget": 2,
+             "finetune.steps_per_label": 1}  # train.steps 4 + 1 * 2 = 6: the resume must not grow it again
+    straight = run_finetune(load_config(None, tiny_overrides(tmp_path / "straight", steps=4, **extra)),
+                            console_logging=False)
+    killed = run_cli(["-m", "hybengine.finetune", *tiny_overrides(tmp_path / "ft", steps=4, **extra)],
+                     env={"HYBENGINE_KILL_AT_STEP": "4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "ft" / "result.json").exists()
+    assert finetune_main.main(["--resume", str(tmp_path / "ft")]) == 0
+    a, b = load_weights(tmp_path / "straight"), load_weights(tmp_path / "ft")
+    assert a["step"] == b["step"] == 6
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    resumed = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert resumed["dice"] == straight["dice"] and resumed["steps"] == 6

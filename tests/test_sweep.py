@@ -116,3 +116,34 @@ def test_sweep_outputs_and_resume(tmp_path, monkeypatch):
     with pytest.raises(SweepError, match=r"different config \(optim.lr differ"):
         run_sweep(changed, console_logging=False)
     assert json.loads((out / "runs" / "scratch_b1_s0" / "result.json").read_text())["init"] == "scratch"
+
+
+REPORTS = ("runs.csv", "per_image.csv", "table.csv", "table.md")
+
+
+def _reports(folder):
+    return {name: (folder / name).read_text() for name in REPORTS}
+
+
+@pytest.mark.parametrize("runner, kills", [
+    ("sequential", [{"HYBENGINE_KILL_AT_STEP": "2"}, {"HYBENGINE_KILL_AT_FILE": "result.json:2"},
+                    {"HYBENGINE_KILL_AT_FILE": "runs.csv"}]),
+    ("batched", [{"HYBENGINE_KILL_AT_FILE": "result.json:2"}]),
+])
+def test_sweep_killed_at_several_points_reruns_to_the_same_reports(runner, kills, tmp_path):  # issue 26
+    """SIGKILL in a fine-tune's training, while a result is written (the group's second member, for the
+    batched runner) and while the reports are written; each rerun goes on, the last one finishes, and its
+    runs.csv, per_image.csv and tables are byte for byte those of an uninterrupted sweep."""
+    target = small_target(tmp_path / "target", n_train=4, n_test=2)
+    over = tiny_overrides(tmp_path / "unused", steps=2, **{
+        "data.root": str(target), "sweep.budgets": "[1]", "sweep.seeds": "[0,1]", "sweep.inits": "[scratch]",
+        "sweep.out_dir": str(tmp_path / "sweep"), "sweep.runner": runner, "train.ckpt_every": 1})
+    run_sweep(load_config(None, over), console_logging=False)
+    straight = _reports(tmp_path / "sweep")
+    shutil.rmtree(tmp_path / "sweep")
+    for env in kills:
+        r = run_cli(["-m", "hybengine.finetune.sweep", *over], env=env)
+        assert r.returncode == -9, (env, r.stderr[-3000:])
+    assert sweep_mod.main(["--resume", str(tmp_path / "sweep")]) == 0  # its sweep.yaml alone
+    assert _reports(tmp_path / "sweep") == straight
+    assert not any((tmp_path / "sweep" / "runs").glob("*/checkpoints"))  # none left from the kills

@@ -43,6 +43,7 @@ def test_resume_after_kill_is_exact(straight, tmp_path):
     resumed = load_weights(tmp_path)
     assert resumed["step"] == 6
     _assert_same_weights(straight, resumed)
+    assert _steps(tmp_path) == [2, 4, 6]  # step 4 was logged before the kill: not recorded twice
 
 
 def test_kill_during_snapshot_keeps_previous(straight, tmp_path):
@@ -81,3 +82,19 @@ def test_resume_refuses_a_different_run(straight, tmp_path):
     assert _train(tmp_path, steps=3).returncode == 0
     r = _train(tmp_path, resume=tmp_path, **{"optim.lr": 0.5})
     assert r.returncode != 0 and "optim.lr" in r.stderr
+
+
+def _steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ctrl_c_is_one_line_and_resumes_exactly(straight, tmp_path):  # issue 26 item 7
+    r = _train(tmp_path, env={"HYBENGINE_INTERRUPT_AT_STEP": "5"})
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("train interrupted:")]
+    assert len(lines) == 1 and "step_00000003 is intact" in lines[0] and f"--resume {tmp_path}" in lines[0]
+    r = _train(tmp_path, resume=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_weights(straight, load_weights(tmp_path))
+    assert _steps(tmp_path) == [2, 4, 6]  # step 4, logged before the stop, is not logged twice

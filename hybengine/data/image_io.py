@@ -2,8 +2,11 @@
 
 Images: PNG / JPEG / TIFF, 8- or 16-bit, gray or RGB(A). They come back as float32 (I, H, W)
 holding the RAW values (no rescaling: 16-bit stays 0..65535) plus the dtype's maximum, so that
-`normalize` can use either the per-image percentiles or the dtype range. RGB becomes luma
-(ITU-R BT.601 weights) when I=1; gray is repeated when I=3; alpha is dropped.
+`normalize` can use either the per-image percentiles or the dtype range. Gray is repeated when I=3;
+alpha is dropped. With I=1, an RGB file whose three channels are equal (gray saved as RGB) becomes
+luma (ITU-R BT.601 weights, i.e. that gray); one whose channels differ is refused with a `FileProblem`
+naming `data.image_channels`: colour is never turned into gray without the user asking (set
+data.image_channels=3, or save the images as grayscale).
 Masks: single-channel PNG, class index (8- or 16-bit), or 0/255 binary mapped to 0/1.
 
 Every reader raises `FileProblem` with a one-line reason; the folder scan collects them.
@@ -23,6 +26,11 @@ MASK_EXTENSIONS = (".png",)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
 PERCENTILES = (0.5, 99.5)  # per-image percentiles mapped to -1 and +1
 CLIP = 1.5  # percentile-normalised values are clipped to [-CLIP, CLIP]
+
+
+COLOUR_AS_GRAY = ("RGB image whose colour channels differ, but data.image_channels=1: set data.image_channels=3 "
+                  "to train and predict on colour, or save the images as grayscale (hybengine does not turn "
+                  "colour into gray on its own)")
 
 
 class FileProblem(Exception):
@@ -120,6 +128,8 @@ def as_channels(arr: np.ndarray, channels: int) -> tuple[np.ndarray, float]:
     if x.ndim == 2:
         x = np.repeat(x[None], channels, axis=0)
     elif channels == 1:
+        if not (arr[..., 1:3] == arr[..., :1]).all():
+            raise FileProblem(COLOUR_AS_GRAY)
         x = np.tensordot(x, LUMA, axes=([-1], [0]))[None].astype(np.float32)
     else:
         x = np.ascontiguousarray(x.transpose(2, 0, 1))

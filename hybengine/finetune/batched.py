@@ -38,7 +38,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .. import ops
-from ..config import Config, KernelConfig, dumps, flatten, to_dict
+from ..config import Config, KernelConfig, dumps, flatten, per_member_keys, to_dict
 from ..data import build_train_loader
 from ..objective import HybridObjective
 from ..runtime import cpu_malloc
@@ -51,8 +51,7 @@ from ..unet import UNet, build_unet
 log = logging.getLogger("hybengine.batched")
 
 # Config keys that may differ between members of one batched group (all else must be equal).
-MEMBER_KEYS = {"data.labeled_subset", "train.seed", "train.out_dir", "finetune.checkpoint", "finetune.budget",
-               "finetune.seed", "finetune.weights"}
+MEMBER_KEYS = per_member_keys()  # marked per_member in hybengine/config.py
 
 
 class NonFiniteMembersError(RuntimeError):

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from ..config import ConfigError, load_config
-from ..data import DatasetError
+from ..data import DatasetError, validate_folder
 from ..data.simulated import spec_from_dict, write_pair
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import find_snapshot, load_weights
@@ -201,13 +201,22 @@ def copy_results(out: Path, results: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="experiment YAML (configs/experiments/)")
+    p.add_argument("--config", help="experiment YAML (configs/experiments/)")
+    p.add_argument("--resume", help="an experiment's out_dir: continue it with the experiment.yaml saved there")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th pretraining and label seed from the "
                    "i-th (start n processes, then --analyse-only once all have finished)")
     p.add_argument("--analyse-only", action="store_true",
                    help="train nothing: write the reports and contrasts of the fine-tunes finished so far")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
+    if args.resume:  # the spec saved at the first start (same command, so same pretrainings and sweep)
+        args.config = str(Path(args.resume) / "experiment.yaml")
+        if not Path(args.config).is_file():
+            print(f"experiment error: --resume {args.resume}: no experiment.yaml there; name the out_dir of an "
+                  "experiment started with --config", file=sys.stderr)
+            return 2
+    elif not args.config:
+        p.error("--config (or --resume <out_dir>) is required")
     if args.analyse_only:
         return analyse_only(args.config)
     try:
@@ -216,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         if "simulate" in spec:
             write_pair(spec_from_dict(spec["simulate"]))
         ft = spec["finetune"]
-        load_config(ft["config"], ft.get("overrides", []))  # a config error stops us before pretraining
+        # a config error or an unusable target split stops us before any pretraining
+        ft_cfg = load_config(ft["config"], ft.get("overrides", []))
+        for split in (ft_cfg.data.train_split, ft_cfg.data.test_split):
+            validate_folder(ft_cfg.data.root, split, dataclasses.replace(ft_cfg.data, labeled_subset=[]))
+        out.mkdir(parents=True, exist_ok=True)
+        if Path(args.config).resolve() != (out / "experiment.yaml").resolve():
+            atomic_write_text(out / "experiment.yaml", Path(args.config).read_text())  # for --resume
         shard = tuple(int(v) for v in args.shard.split("/"))
         if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
             raise ConfigError(f"--shard {args.shard}: expected i/n with 0 <= i < n")

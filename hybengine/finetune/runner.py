@@ -144,10 +144,25 @@ def write_result(run_cfg: Config, metrics: dict, steps: int, init_name: str | No
     return record
 
 
+def command_config(run_cfg: Config) -> Config:
+    """The fine-tune command's config back from the config a fine-tune saved (`--resume RUN`): the saved
+    train.steps holds finetune.steps_per_label * budget more; everything else `prepare_finetune` sets
+    it sets again to the same values."""
+    ft = run_cfg.finetune
+    return dataclasses.replace(run_cfg, train=dataclasses.replace(
+        run_cfg.train, steps=run_cfg.train.steps - ft.steps_per_label * ft.budget))
+
+
 def run_finetune(cfg: Config, *, console_logging: bool = True, init_name: str | None = None,
-                 pool: list[str] | None = None, test_set: FolderDataset | None = None) -> dict:
-    """Fine-tunes per cfg.finetune and writes `<train.out_dir>/result.json`; returns the result."""
+                 pool: list[str] | None = None, test_set: FolderDataset | None = None,
+                 resume: str | None = None) -> dict:
+    """Fine-tunes per cfg.finetune and writes `<train.out_dir>/result.json`; returns the result. Every
+    split it needs (train and test) is read before training starts. `resume`: continue the killed
+    fine-tune in that run folder (as `train --resume`: the same config, bit for bit)."""
     run_cfg, init = prepare_finetune(cfg, pool)
-    result = run_training(run_cfg, init_weights=init, console_logging=console_logging)
+    if test_set is None:  # checked (and loaded) now: a bad test split must not wait for the end of training
+        test_set = FolderDataset(dataclasses.replace(run_cfg.data, labeled_subset=[]), run_cfg.data.test_split,
+                                 train=False)
+    result = run_training(run_cfg, init_weights=init, console_logging=console_logging, resume=resume)
     metrics = evaluate(result.best_net, run_cfg, run_cfg.data.test_split, test_set)
     return write_result(run_cfg, metrics, result.step, init_name)

@@ -15,8 +15,12 @@ data.image_channels / data.num_classes, and the test split must be readable. Lab
 
 Resuming: a run whose folder holds result.json and the same config.yaml is done and is not redone; a
 folder with a result for another config is an error (use another sweep.out_dir). Run the same command
-again after an interruption. The batched runner writes results per group of `sweep.batch_runs` runs, so
-an interrupted group is redone whole.
+again after an interruption (or `--resume <sweep.out_dir>` alone: its sweep.yaml is the config). Every
+result and report is written atomically (a kill leaves a whole file or none), a run without its
+result.json is started over, and the rerun makes the same choices as the first start: the runner is
+chosen for the whole plan and the batched runner's groups are cut from the whole plan, an interrupted
+group (some members without a result) redone whole, so the rerun's runs.csv, per_image.csv and reports
+are those of an uninterrupted sweep, bit for bit (tests/test_sweep.py).
 
 Runner: `sequential` loops over `run_finetune`; `batched` trains groups of up to `sweep.batch_runs` runs
 at once (hybengine/finetune/batched.py); `auto` times one training step of R runs both ways on this
@@ -26,7 +30,6 @@ and the step shape are unchanged.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -40,13 +43,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import Config, ConfigError, SweepConfig, config_diff, dumps, load_config
+from ..config import Config, SweepConfig, bookkeeping_keys, config_diff, dumps
 from ..data import DatasetError, FolderDataset, validate_folder
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import save_final_weights
 from ..runtime.distributed import device_name, pick_device
+from ..runtime.run_folder import check_folder_path, clear_run_files
 from ..runtime.run_log import setup_logging
-from ..training_loop import clear_run_files
 from .batched import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
 from .reports import write_reports
 from .runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
@@ -54,8 +57,7 @@ from .runner import evaluate, prepare_finetune, pretrained_init, run_finetune, w
 log = logging.getLogger("hybengine.finetune.sweep")
 
 # Keys that change how a run is watched, not what it trains: a finished run stays finished across them.
-BOOKKEEPING = {"train.progress", "train.log_every", "train.threads", "train.cpu_malloc", "train.ckpt_every",
-               "train.keep_last", "data.num_workers", "data.loader"}
+BOOKKEEPING = bookkeeping_keys()
 AUTO_MARGIN = 0.8  # batched is chosen only when it takes < 80 % of the sequential time (timing noise)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -211,12 +213,18 @@ def _run_sequential(cfg: Config, runs: list[PlannedRun], pool: list[str], test_s
         log.info("[%d/%d] %s done in %.1f s (sequential)", i + 1, len(runs), run.name, time.perf_counter() - t0)
 
 
-def _run_batched(cfg: Config, runs: list[PlannedRun], pool: list[str], test_set: FolderDataset) -> None:
+def _run_batched(cfg: Config, runs: list[PlannedRun], todo: list[PlannedRun], pool: list[str],
+                 test_set: FolderDataset) -> None:
+    """Groups cut from the whole plan `runs` (a rerun cuts the same ones); each group with a member in
+    `todo` is trained whole, its finished members' results written again, identical."""
+    waiting = {r.name for r in todo}
     prepared = [(run, *prepare_finetune(run_config(cfg, run), pool)) for run in runs]
     groups: dict[str, list] = {}
     for item in prepared:
         groups.setdefault(group_key(item[1]), []).append(item)
     chunks = [g[i:i + cfg.sweep.batch_runs] for g in groups.values() for i in range(0, len(g), cfg.sweep.batch_runs)]
+    chunks = [c for c in chunks if any(run.name in waiting for run, _, _ in c)]
+    runs = [run for c in chunks for run, _, _ in c]
     done = 0
     for chunk in chunks:
         t0 = time.perf_counter()
@@ -247,23 +255,37 @@ def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
     """Runs every planned fine-tune not yet done, then writes the reports; returns the aggregate rows."""
     s = cfg.sweep
     out = Path(s.out_dir)
+    check_folder_path("sweep.out_dir", s.out_dir)
     if console_logging:
         setup_logging(out, 0)
     runs, pool = plan_sweep(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "sweep.yaml").is_file():  # a rerun or --resume: say what changed since the last start
+        then = yaml.safe_load((out / "sweep.yaml").read_text()) or {}
+        changed = config_diff(cfg, then)
+        if changed:
+            log.info("sweep resumed with changed settings: %s (finished runs whose own config differs are refused)",
+                     ", ".join(changed))
     atomic_write_text(out / "sweep.yaml", dumps(cfg))
     todo = [r for r in runs if not is_done(cfg, r, pool)]
+    for run in runs:
+        if run not in todo:  # killed after its result, before its snapshots were removed
+            _finish(cfg, run)
     log.info("sweep: %d inits x %d budgets x %d seeds = %d runs; %d done already, %d to run",
              len(s.inits), len(s.budgets), len(s.seeds), len(runs), len(runs) - len(todo), len(todo))
     test_set = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), cfg.data.test_split, train=False)
     t0 = time.perf_counter()
     if todo:
         device = pick_device(0)
-        first_cfg, _ = prepare_finetune(run_config(cfg, todo[0]), pool)  # the architecture actually trained
-        runner, reason = choose_runner(s.runner, first_cfg, min(len(todo), s.batch_runs), device,
+        # chosen for the whole plan, not for what is left: a rerun after a kill chooses as the first start
+        first_cfg, _ = prepare_finetune(run_config(cfg, runs[0]), pool)  # the architecture actually trained
+        runner, reason = choose_runner(s.runner, first_cfg, min(len(runs), s.batch_runs), device,
                                        out / "runner.json")
         log.info("sweep runner: %s (%s)", runner, reason)
-        (_run_batched if runner == "batched" else _run_sequential)(cfg, todo, pool, test_set)
+        if runner == "batched":
+            _run_batched(cfg, runs, todo, pool, test_set)
+        else:
+            _run_sequential(cfg, todo, pool, test_set)
     records = [json.loads((r.out_dir / "result.json").read_text()) for r in runs]
     log.info("sweep: %d runs trained in %.1f s", len(todo), time.perf_counter() - t0)
     names = [n for n, _ in parse_inits(s.inits)]
@@ -273,17 +295,14 @@ def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file of overrides over the typed defaults")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run_sweep(cfg)
-    except (ConfigError, SweepError) as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """`hybengine sweep --config X [k=v ...]`, or `--resume <sweep.out_dir>` (its sweep.yaml) to continue."""
+    from ..cli import guarded, parse_args, resolve
+
+    args = parse_args(__doc__, argv)
+    cfg = resolve(args, "sweep")
+    if isinstance(cfg, int):
+        return cfg
+    return guarded("sweep", args.debug, lambda: run_sweep(cfg) and None)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from . import faults
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -28,9 +30,12 @@ def _replacing(path: Path) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.maybe_kill_at_file(path.name)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a write's ENOSPC names no file: name it
+            raise OSError(e.errno, f"{e.strerror or e} while writing {path}") from e
         raise
     _fsync_dir(path.parent)
 

@@ -81,9 +81,13 @@ def safe_load(path: Path, allow: list | tuple = (), mmap: bool = False) -> Any:
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain types ({first[:200]}); "
             "loading it could run code. Use a snapshot written by this version of hybengine") from None
-    except RuntimeError as e:  # not a torch file at all (truncated, another format)
-        raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") \
-            from None
+    except OSError:
+        raise  # unreadable for the operating system (missing, permissions): that error names the file
+    except Exception as e:  # noqa: BLE001 - not a torch file at all: text, zero bytes, truncated, another
+        # format; torch's legacy reader fails on these with KeyError, EOFError, RuntimeError, ...
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {reason}); "
+                                    "point at a run or snapshot folder written by hybengine") from None
 
 
 _WEIGHTS_KEYS = ("model", "ema", "config", "step")
@@ -161,11 +165,16 @@ def _write_failed(what: Path, root: Path, e: BaseException) -> SnapshotWriteErro
     full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
     reason = "no space left on device" if full else f"writing failed ({str(e).splitlines()[0][:160]})"
     latest = root / "latest"
-    kept = f"the previous snapshot {latest.read_text().strip()} is intact" if latest.is_file() else \
-        "no earlier snapshot exists"
+    run = root.parent
+    if latest.is_file():
+        todo = (f"the previous snapshot {latest.read_text().strip()} is intact; free space, then continue with "
+                f"--resume {run}")
+    else:
+        todo = (f"no earlier snapshot exists; free space, then run the same command again (or --resume {run}): "
+                "either starts the run over from step 0")
     return SnapshotWriteError(e.errno if isinstance(e, OSError) and e.errno else errno.EIO,
                               f"{reason} while writing the snapshot {what} ({free / 2**20:.1f} MiB free on "
-                              f"that disk); {kept}; free space, then continue with --resume")
+                              f"that disk); {todo}")
 
 
 class CheckpointManager:

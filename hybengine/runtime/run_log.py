@@ -2,6 +2,7 @@
 a text log, and a rich progress bar."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .atomic import atomic_write_text
 from .progress_plot import read_records, write_progress_png
 
 log = logging.getLogger("hybengine")
@@ -54,13 +56,31 @@ def _tensorboard_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def _records_up_to(path: Path, step: int) -> list[dict]:
+    """The records of metrics.jsonl up to `step`; the file is rewritten (atomically) without the later
+    ones and without a torn last line."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    records = read_records(path)
+    kept = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= step]
+    if len(kept) != len(records) or (text and not text.endswith("\n")):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        if len(kept) != len(records):
+            log.info("%s: dropped the %d record(s) after step %d (the resumed snapshot's step)", path,
+                     len(records) - len(kept), step)
+    return kept
+
+
 class MetricsLog:
     """Appends one JSON object per line and redraws the run's progress.png from all of them (those of
-    an earlier, resumed part included); also drives the progress bar, and TensorBoard where asked for."""
+    an earlier, resumed part included); also drives the progress bar, and TensorBoard where asked for.
+    A resumed run continues at `start_step`: records of later steps (logged after the snapshot it resumes
+    from, then lost with the process) are dropped first, so that no step is recorded twice."""
 
     def __init__(self, path: Path | None, total_steps: int, start_step: int, show_progress: bool):
         self.path = path
-        self.records = read_records(path) if path is not None else []
+        self.records = _records_up_to(path, start_step) if path is not None else []
         self.file = open(path, "a") if path is not None else None  # noqa: SIM115 - closed in close()
         self.tensorboard = _tensorboard_writer(path.parent) if path is not None else None
         self.plot_at = float("-inf")  # perf_counter of the last progress.png
@@ -78,8 +98,15 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         record = {"time": round(time.perf_counter() - self.t0, 3), **record}
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk: name the file (the bare error names none)
+                file, self.file = self.file, None
+                with contextlib.suppress(OSError):  # its buffer cannot be written either
+                    file.close()
+                raise OSError(e.errno, f"{e.strerror or e} while writing {self.path}; the last snapshot is "
+                              f"intact: free space, then continue with --resume {self.path.parent}") from e
             self.records.append(record)
             if time.perf_counter() - self.plot_at >= PLOT_EVERY_S:
                 self._plot()
@@ -109,7 +136,10 @@ class MetricsLog:
         if self.progress is not None:
             self.progress.stop()
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as e:
+                raise OSError(e.errno, f"{e.strerror or e} while writing {self.path}") from e
             self._plot()
         if self.tensorboard is not None:
             self.tensorboard.close()
