@@ -56,6 +56,14 @@ class DataConfig:
     crop: int = 64  # training crop side (pixels); must divide by 2**(levels-1)
     augment: bool = True  # random crop position, flips, 90-degree rotations, intensity jitter
     intensity_jitter: float = 0.1  # image-only brightness/contrast amplitude (fraction)
+    # Few-label augmentation (hybengine/data/augment.py), each off at 0 so earlier runs reproduce; seeded per
+    # sample, one warp for image (bilinear) and mask (nearest); configs/finetune/few_labels.yaml turns them on
+    aug_scale: float = 0.0  # zoom drawn log-uniformly in [1 / (1 + aug_scale), 1 + aug_scale]
+    aug_rotate: float = 0.0  # rotation in degrees, uniform in [-aug_rotate, aug_rotate] (besides quarter turns)
+    aug_elastic: float = 0.0  # elastic deformation: largest displacement of a smooth random field, pixels
+    aug_gamma: float = 0.0  # image only: gamma log-uniform in [1 / (1 + aug_gamma), 1 + aug_gamma]
+    aug_noise: float = 0.0  # image only: Gaussian noise, std uniform in [0, aug_noise] (normalised units)
+    aug_blur: float = 0.0  # image only: Gaussian blur, sigma uniform in [0, aug_blur] pixels
     # batch source (DALI: see hybengine/data/dali_pipeline)
     loader: str = choice("torch", "dali", "auto", **BOOKKEEPING)
     num_workers: int = marked(0, **BOOKKEEPING)  # torch DataLoader worker processes
@@ -192,6 +200,21 @@ class SweepConfig:
 
 
 @dataclass
+class PredictConfig:
+    """How the engine turns an image into a mask (hybengine/inference.py): `predict`, and every Dice a
+    fine-tune or sweep reports (each result.json names these settings)."""
+    # "tiled": overlapping tiles at the training crop, Gaussian-blended (nnU-Net, MONAI's sliding window),
+    # so the model sees the context it was trained on and memory stays bounded; "whole": one forward pass
+    # over the whole image (padded to the U-Net's multiple), the engine's convention before tiling
+    mode: str = choice("tiled", "whole")
+    tile: int = 0  # tile side in pixels; 0 = the model's training crop (data.crop of its checkpoint)
+    overlap: float = 0.5  # share of a tile's side that its neighbour also covers (nnU-Net: 0.5)
+    batch_tiles: int = 16  # tiles per forward pass
+    tta: bool = False  # test-time mirroring: average the probabilities of the image and its 3 flips
+    precision: str = choice("auto", "fp32", "bf16")  # autocast; auto = bf16 on CUDA, fp32 elsewhere
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,6 +224,7 @@ class Config:
     kernels: KernelConfig = field(default_factory=KernelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,6 +447,8 @@ def validate(cfg: Config) -> None:
     _check(d.crop >= 8, f"data.crop={d.crop}: must be at least 8")
     _check(d.num_workers >= 0, f"data.num_workers={d.num_workers}: must be >= 0")
     _check(0 <= d.intensity_jitter < 1, f"data.intensity_jitter={d.intensity_jitter}: must be in [0, 1)")
+    _check(min(d.aug_scale, d.aug_rotate, d.aug_elastic, d.aug_gamma, d.aug_noise, d.aug_blur) >= 0,
+           "data.aug_scale, aug_rotate, aug_elastic, aug_gamma, aug_noise and aug_blur must be >= 0 (0 = off)")
     _check(m.groups >= 1, f"model.groups={m.groups}: must be >= 1")
     _check(m.channels >= 0 and m.num_res_blocks >= 0, "model.channels and model.num_res_blocks must be >= 0")
     _check(all(c >= 1 for c in m.channel_mult), f"model.channel_mult={m.channel_mult}: entries must be >= 1")
@@ -455,6 +481,9 @@ def validate(cfg: Config) -> None:
                f"{key}={folder!r}: name a run folder of its own (e.g. runs/my_run); an empty or '.' "
                "folder would write the run into the current directory")
     _check_model(cfg)
+    pr = cfg.predict
+    _check(0 <= pr.overlap < 1, f"predict.overlap={pr.overlap}: must be in [0, 1)")
+    _check(pr.tile >= 0 and pr.batch_tiles >= 1, "predict.tile must be >= 0 and predict.batch_tiles >= 1")
     _check(cfg.finetune.steps_per_label >= 0,
            f"finetune.steps_per_label={cfg.finetune.steps_per_label}: must be >= 0")
     if t.engine == "deepspeed" or t.engine == "auto":

@@ -4,11 +4,24 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from test_data_helpers import threshold_folder, write_pair
 
 from hybengine.data import FolderDataset, build_train_loader
-from hybengine.data.augment import AugParams, apply_geometry, sample_params, sample_rng
+from hybengine.data.augment import (
+    AugParams,
+    FewLabelAug,
+    WarpParams,
+    apply_geometry,
+    apply_image_warp,
+    augment_pair,
+    sample_params,
+    sample_rng,
+    warp_crop,
+)
+
+from tiny_run import REPO
 
 
 def test_alignment_exact_with_all_augmentations(tmp_path):
@@ -119,3 +132,94 @@ def test_uncached_dataset_gives_the_cached_samples(tmp_path):
     assert uncached._cache is None
     for key in [(0, 0), (1, 2), (4, 1)]:
         assert all(torch.equal(a, b) for a, b in zip(cached[key], uncached[key], strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-label augmentation (zoom, rotation, elastic, gamma, noise, blur)
+
+FEW = FewLabelAug(scale=0.3, rotate=20, elastic=4, gamma=0.4, noise=0.1, blur=1.0)
+WARPS = FewLabelAug(scale=0.3, rotate=20, elastic=4)
+
+
+def _blobs(h=40, w=52, seed=0):
+    """A mask of a few rectangles (classes 0..2) and an image equal to it: where the bilinear image is
+    a whole number, the four pixels it mixed share one class, which the nearest mask must then show."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), np.int32)
+    for k in (1, 2, 1, 2):
+        t, left = rng.integers(0, h - 10), rng.integers(0, w - 10)
+        mask[t:t + rng.integers(6, 14), left:left + rng.integers(6, 14)] = k
+    return mask.astype(np.float32)[None], mask
+
+
+def test_few_label_augmentation_is_off_by_default_and_draws_nothing_then():
+    from hybengine.config import DataConfig
+    assert FewLabelAug.from_config(DataConfig()) == FewLabelAug()
+    image, mask = _blobs()
+    a_rng, b_rng = sample_rng(0, 1, 2), sample_rng(0, 1, 2)
+    a = augment_pair(image, mask, a_rng, 24, True, 0.1, 255)
+    b = augment_pair(image, mask, b_rng, 24, True, 0.1, 255, FewLabelAug())
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a_rng.random() == b_rng.random()  # the same draws were taken: earlier runs reproduce
+
+
+def test_few_label_augmentation_is_seeded_per_sample():
+    image, mask = _blobs()
+    first = augment_pair(image, mask, sample_rng(4, 0, 1), 24, True, 0.1, 255, FEW)
+    again = augment_pair(image, mask, sample_rng(4, 0, 1), 24, True, 0.1, 255, FEW)
+    other = augment_pair(image, mask, sample_rng(4, 0, 2), 24, True, 0.1, 255, FEW)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0])
+    assert first[0].shape == (1, 24, 24) and first[0].dtype == np.float32 and first[1].shape == (24, 24)
+
+
+def test_warps_keep_image_and_mask_aligned():
+    image, mask = _blobs()
+    changed = 0
+    for i in range(12):
+        rng = sample_rng(7, 0, i)
+        out, m = augment_pair(image, mask, rng, 24, True, 0.0, 255, WARPS)
+        assert set(np.unique(m)) <= {0, 1, 2, 255}  # nearest: no class is invented
+        whole = (np.abs(out[0] - np.round(out[0])) < 1e-4) & (m != 255)  # 255: outside the file (image mirrored)
+        assert whole.mean() > 0.6
+        np.testing.assert_array_equal(np.round(out[0])[whole], m[whole])
+        plain = augment_pair(image, mask, sample_rng(7, 0, i), 24, True, 0.0, 255)[1]
+        changed += not np.array_equal(plain, m)
+    assert changed >= 10  # the warp moved pixels, it did not fall back to the plain crop
+
+
+def test_warp_marks_pixels_from_outside_the_file_as_ignored():
+    image, mask = _blobs(24, 24)
+    p = AugParams(0, 0, False, False, 0, 1.0, 0.0)
+    _, m = warp_crop(image, mask, p, WarpParams(zoom=0.5), 24, 255)  # zoom out: the corners lie outside
+    assert m[0, 0] == 255 and m[12, 12] != 255
+    out, m = warp_crop(image, mask, p, WarpParams(), 24, 255)  # identity
+    np.testing.assert_array_equal(m, mask)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+
+
+def test_image_only_intensity_changes():
+    x = np.linspace(-1, 1, 400, dtype=np.float32).reshape(1, 20, 20)
+    g = apply_image_warp(x, WarpParams(gamma=2.0))
+    assert g.min() == pytest.approx(-1) and g.max() == pytest.approx(1) and (np.diff(g.ravel()) >= 0).all()
+    b = apply_image_warp(np.eye(20, dtype=np.float32)[None], WarpParams(blur=1.0))
+    assert b.shape == (1, 20, 20) and b.max() < 0.5 and b.sum() == pytest.approx(20, rel=0.05)
+    n = apply_image_warp(np.zeros((1, 64, 64), np.float32), WarpParams(noise=0.1, noise_seed=3))
+    assert np.std(n) == pytest.approx(0.1, rel=0.1)
+    np.testing.assert_array_equal(n, apply_image_warp(np.zeros((1, 64, 64), np.float32),
+                                                      WarpParams(noise=0.1, noise_seed=3)))
+
+
+def test_dataset_applies_the_config_preset(tmp_path):
+    from hybengine.config import load_config
+    cfg = threshold_folder(tmp_path, 3, 30, 30)
+    preset = load_config(REPO / "configs/finetune/scratch_assay_oblique_few_labels.yaml").data
+    for key in ("aug_scale", "aug_rotate", "aug_elastic", "aug_gamma", "aug_noise", "aug_blur"):
+        assert getattr(preset, key) > 0
+        setattr(cfg, key, getattr(preset, key))
+    cfg.crop = 16
+    image, mask = FolderDataset(cfg, "train", train=True, seed=1)[(0, 0)]
+    assert image.shape == (1, 16, 16) and mask.shape == (16, 16)
+    cfg.aug_scale = cfg.aug_rotate = cfg.aug_elastic = cfg.aug_gamma = cfg.aug_noise = cfg.aug_blur = 0
+    plain, _ = FolderDataset(cfg, "train", train=True, seed=1)[(0, 0)]
+    assert not torch.equal(image, plain)

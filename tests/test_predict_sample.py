@@ -106,3 +106,49 @@ def test_predict_pads_tiny_images_and_reports_failures_per_file(hybrid_ckpt, tmp
     assert code == 1 and err.count("skipped") == 1 and "broken.png" in err and "Traceback" not in err
     for stem, shape in (("dot", (1, 1)), ("line", (1, 5)), (src.stem, np.asarray(Image.open(src)).shape)):
         assert np.asarray(Image.open(tmp_path / "out" / f"{stem}_mask.png")).shape == shape
+
+
+def test_predict_cli_tiles_mirrors_and_saves_probabilities(hybrid_ckpt, tmp_path, capsys):
+    """--save-probs writes float32 (K, H, W) probabilities that sum to 1 and whose argmax is the mask;
+    --whole predicts in one pass; a tile the U-Net cannot take is refused in one line."""
+    import tifffile
+
+    from hybengine import predict as predict_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    src = sorted((DEMO_TARGET / "test" / "images").iterdir())[0]
+    shutil.copy(src, images / src.name)
+    out = tmp_path / "tiled"
+    assert predict_cli.main(["--checkpoint", str(hybrid_ckpt), "--images", str(images), "--out", str(out),
+                             "--tta", "--batch-tiles", "3", "--overlap", "0.25", "--save-probs", "both"]) == 0
+    probs = np.load(out / f"{src.stem}_probs.npy")
+    mask = np.asarray(Image.open(out / f"{src.stem}_mask.png"))
+    assert probs.dtype == np.float32 and probs.shape == (3, *mask.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), mask)
+    np.testing.assert_array_equal(tifffile.imread(out / f"{src.stem}_probs.tif"), probs)
+    assert predict_cli.main(["--checkpoint", str(hybrid_ckpt), "--images", str(images), "--out",
+                             str(tmp_path / "whole"), "--whole"]) == 0
+    assert (tmp_path / "whole" / f"{src.stem}_mask.png").is_file()
+    assert not (tmp_path / "whole" / f"{src.stem}_probs.npy").exists()
+    assert predict_cli.main(["--checkpoint", str(hybrid_ckpt), "--images", str(images), "--out",
+                             str(tmp_path / "bad"), "--tile", "31"]) == 2
+    err = capsys.readouterr().err
+    assert "predict.tile=31 must be a multiple of 2" in err and "Traceback" not in err
+
+
+def test_evaluate_names_its_prediction_path(hybrid_ckpt):
+    """Every Dice a fine-tune or sweep reports comes from predict_probs, and result.json says how."""
+    import dataclasses
+
+    from hybengine.finetune.runner import evaluate
+    from hybengine.inference import load_model
+
+    net, cfg = load_model(str(hybrid_ckpt))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(DEMO_TARGET)))
+    tiled = evaluate(net, cfg, "test")
+    assert tiled["prediction"] == {"mode": "tiled", "tile": 32, "overlap": 0.5, "batch_tiles": 16, "tta": False,
+                                   "precision": "fp32", "blend_sigma": "tile/8"}
+    whole = evaluate(net, dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, mode="whole")), "test")
+    assert whole["prediction"]["mode"] == "whole" and len(whole["per_image"]) == len(tiled["per_image"]) == 24

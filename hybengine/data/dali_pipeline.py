@@ -36,6 +36,7 @@ from hybengine.data.image_io import LUMA, FileProblem, read_mask, read_raw
 
 log = logging.getLogger("hybengine.data")
 _OUTPUTS = ("image", "mask")
+FEW_LABEL_KEYS = ("scale", "rotate", "elastic", "gamma", "noise", "blur")  # data.aug_*
 
 
 def dali_installed() -> bool:
@@ -56,6 +57,11 @@ def plan_problems(scan: FolderScan, cfg: DataConfig) -> list[str]:
     if masks:
         problems.append(f"{len(masks)} mask(s) are not plain 8-bit grayscale PNG (palette, 1- or 16-bit "
                         f"or colour), which DALI would not decode as class indices: {some(masks)}")
+    few = [f"data.aug_{k}={getattr(cfg, 'aug_' + k)}" for k in FEW_LABEL_KEYS if getattr(cfg, "aug_" + k)]
+    if few and cfg.augment:
+        problems.append(f"the few-label augmentations ({', '.join(few)}) run on the torch path only: DALI has "
+                        "warp_affine, gaussian_blur, noise and pow for zoom, rotation, blur, noise and gamma "
+                        "but no elastic deformation on the CPU, and its draws would not be the torch path's")
     alpha = [s for s, i in scan.info.items() if i.file_channels in (2, 4)]
     if alpha:
         problems.append(f"{len(alpha)} image(s) have an alpha channel: {some(alpha)}")

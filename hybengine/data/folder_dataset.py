@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hybengine.config import DataConfig
-from hybengine.data.augment import augment_pair, sample_rng
+from hybengine.data.augment import FewLabelAug, augment_pair, sample_rng
 from hybengine.data.errors import DatasetError
 from hybengine.data.image_io import (
     IMAGE_EXTENSIONS,
@@ -236,5 +236,6 @@ class FolderDataset(torch.utils.data.Dataset):
             return torch.from_numpy(image.copy()), torch.from_numpy(mask.astype(np.int64)), self.names[i]
         c = self.cfg
         rng = sample_rng(self.seed, epoch, i)
-        image, mask = augment_pair(image, mask, rng, c.crop, c.augment, c.intensity_jitter, c.ignore_index)
+        image, mask = augment_pair(image, mask, rng, c.crop, c.augment, c.intensity_jitter, c.ignore_index,
+                                   FewLabelAug.from_config(c))
         return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))

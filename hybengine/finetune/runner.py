@@ -18,7 +18,7 @@ import torch
 from ..config import Config, ModelConfig, apply_model_preset, config_from_dict
 from ..data import FolderDataset, labeled_subset, validate_folder
 from ..data.label_budget import coverage_warning, mask_classes
-from ..inference import predict_padded
+from ..inference import predict_probs, resolve_prediction
 from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import load_weights
@@ -87,19 +87,19 @@ def new_mask_head(state: dict, model: ModelConfig, image_channels: int, num_clas
 @torch.no_grad()
 def evaluate(net: UNet, cfg: Config, split: str, dataset: FolderDataset | None = None) -> dict:
     """Per-image and mean Dice/IoU/HD95/ASSD (per class; hybengine/metrics.py) of argmax predictions on a
-    whole split (images padded to fit the net). `dataset`: the split already loaded (sweeps reuse it)."""
+    whole split, predicted as cfg.predict says (hybengine/inference.py; recorded under "prediction").
+    `dataset`: the split already loaded (sweeps reuse it)."""
     if dataset is None:
         dataset = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), split, train=False)
-    device = next(net.parameters()).device
+    p = resolve_prediction(cfg, net)
     net.eval()
     per_image = []
     for i in range(len(dataset)):
         image, mask, name = dataset[i]
-        logits = predict_padded(net, image[None].to(device), cfg.objective.sigma_clean, cfg.objective.sigma_data)
-        pred = logits[0].argmax(0).cpu()
+        pred = predict_probs(net, image, cfg, p).argmax(0).cpu()
         per_image.append({"name": name, **image_metrics(pred, mask, cfg.data.num_classes, cfg.data.ignore_index)})
     net.train()
-    return {"per_image": per_image, **summarize(per_image, cfg.data.num_classes)}
+    return {"per_image": per_image, **summarize(per_image, cfg.data.num_classes), "prediction": p.describe()}
 
 
 def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config, dict | None]:
