@@ -193,9 +193,12 @@ def analyse(spec: dict, records: list[dict], results: Path, title: str) -> list[
                           family=lambda r: r["score"] == primary and (r["a"], r["b"]) in fam_pairs
                           and r["budget"] in fam_budgets)
     note = (f"Paired differences A − B over seeds (hybengine/finetune/stats.py): mean over the (pretraining "
-            f"seed, label seed) grid, 95 % two-way bootstrap interval (resampling both seed axes), exact "
-            f"Wilcoxon signed-rank p over label seeds; Holm over the declared family ({primary}: "
-            f"{sorted(fam_pairs)} at budgets {sorted(fam_budgets)}). Bold: interval excludes 0.")
+            f"seed, label seed) grid; in brackets the 95 % hierarchical bootstrap interval (pretraining seeds "
+            f"drawn with replacement, then label seeds within each: the unit of a claim about a pretraining "
+            f"method), and how many pretraining seeds have a mean difference > 0; then the 95 % interval over "
+            f"label seeds alone (conditional on these checkpoints) and the exact Wilcoxon signed-rank p over "
+            f"label seeds; Holm over the declared family ({primary}: {sorted(fam_pairs)} at budgets "
+            f"{sorted(fam_budgets)}). Bold: the hierarchical interval excludes 0.")
     write_contrasts(rows, results, title, note)
     return rows
 
