@@ -68,6 +68,12 @@ class DataConfig:
     loader: str = choice("torch", "dali", "auto", **BOOKKEEPING)
     num_workers: int = marked(0, **BOOKKEEPING)  # torch DataLoader worker processes
     labeled_subset: list[str] = marked(factory=list, **PER_MEMBER)  # only these file stems (label budgets)
+    # Unlabeled images (hybengine/data/unlabeled.py): folders whose images/ are used without their masks
+    # (e.g. the target's train split), besides <root>/unlabeled/images when it exists; they fill the last
+    # round(unlabeled_share * batch) samples of each training batch (0: none used). They carry an
+    # all-ignore mask, so they train the denoising term only.
+    unlabeled: list[str] = field(default_factory=list)
+    unlabeled_share: float = 0.0
 
 
 @dataclass
@@ -105,6 +111,9 @@ class ObjectiveConfig:
     clean_share: float = 0.25
     w_mask: float = 0.2  # weight of the mask term (the paper down-weights it)
     dice_weight: float = 1.0  # mask term = w_mask * (CE + dice_weight * soft-Dice); 0 = plain CE
+    # keep the denoising term on samples drawn at sigma_clean; there lambda * c_out^2 = 1 and its target is
+    # essentially the added noise itself, a loss of about 1 that nothing can learn (false: term dropped)
+    denoise_at_clean: bool = False
 
 
 @dataclass
@@ -184,6 +193,12 @@ class FinetuneConfig:
     # A target with another number of classes than the checkpoint: keep the body and the image rows of
     # the output conv, re-initialise its mask rows for data.num_classes (false: such a target is refused)
     new_head: bool = False
+    # share of each fine-tune batch given to the target's train-split IMAGES as unlabeled samples (their
+    # masks are never read) with the denoising term at random sigma, keeping what pretraining learnt;
+    # 0: the paper's vanilla fine-tune (mask term only)
+    unlabeled_share: float = 0.0
+    # the seeds' 1-label subsets are distinct images while seeds < pool size (label_budget.py); still nested
+    distinct_subsets: bool = False
 
 
 @dataclass
@@ -471,7 +486,11 @@ def validate(cfg: Config) -> None:
     _check(t.threads >= 0, f"train.threads={t.threads}: must be >= 0")
     _check(m.compile or not m.compile_step, "model.compile_step=true needs model.compile=true")
     _check(m.compile or not t.cuda_graphs, "train.cuda_graphs=true needs model.compile=true (it is a compile mode)")
-    _check(cfg.finetune.budget >= 1, f"finetune.budget={cfg.finetune.budget}: must be >= 1")
+    _check(cfg.finetune.budget >= 0, f"finetune.budget={cfg.finetune.budget}: must be >= 0 (0: the start "
+                                     "as it is, no fine-tune)")
+    _check(0 <= d.unlabeled_share < 1, f"data.unlabeled_share={d.unlabeled_share}: must be in [0, 1)")
+    _check(0 <= cfg.finetune.unlabeled_share < 1,
+           f"finetune.unlabeled_share={cfg.finetune.unlabeled_share}: must be in [0, 1)")
     for key, seed in (("train.seed", t.seed), ("finetune.seed", cfg.finetune.seed),
                       *((f"sweep.seeds[{i}]", s) for i, s in enumerate(cfg.sweep.seeds))):
         _check(0 <= seed <= MAX_SEED, f"{key}={seed}: must be in 0..{MAX_SEED} (each rank seeds numpy "

@@ -80,6 +80,16 @@ def validate_main(argv: list[str] | None = None) -> int:
         else:
             print(f"{Path(d.root) / split}: {len(stems)} image/mask pairs, usable "
                   f"({d.num_classes} classes, mask_format {d.mask_format}, {d.image_channels} image channel(s))")
+    from .data.unlabeled import scan_unlabeled, unlabeled_folders
+    if unlabeled_folders(d):  # images without masks: <root>/unlabeled and data.unlabeled (masks never read)
+        try:
+            n = len(scan_unlabeled(d).files)
+        except DatasetError as e:
+            print(e)
+            bad += len(e.problems) or 1
+        else:
+            print(f"unlabeled images: {n} in {', '.join(map(str, unlabeled_folders(d)))} (used: "
+                  f"data.unlabeled_share={d.unlabeled_share} of each batch)")
     if bad:
         print(f"{bad} problem{'s' if bad != 1 else ''} in {d.root}", file=sys.stderr)
     return 1 if bad else 0

@@ -13,6 +13,11 @@ hybrid's sigmas (the control for noise augmentation); `denoise` trains the image
 In `hybrid` and `supervised-noisy` the first round(clean_share * B) samples of each batch are drawn at
 `sigma_clean`, where fine-tuning and prediction use the net, the rest at ln sigma ~ N(P_mean, P_std^2):
 without it P(sigma < 0.01) is about 0.2 % and the mask head is hardly trained where it is used.
+No denoising term at sigma <= sigma_clean (unless `denoise_at_clean`): there lambda * c_out^2 = 1 for
+every sigma and the target (x - c_skip x_n) / c_out is essentially -n, noise that is 0.2 % of the input,
+so such a sample adds a loss of about 1 that nothing learns (tests/test_objective.py measures it).
+Unlabeled samples (hybengine/data/unlabeled.py) carry a mask that is ignore_index throughout
+(`has_mask` false): their mask term is zero, so they train the denoising term only.
 The objective knows no layers: it takes any net with the signature above.
 """
 from __future__ import annotations
@@ -79,11 +84,19 @@ class HybridObjective:
         x_n = x + per_sample(sigma, x) * n
         out, c_skip, c_out, lam = precond_forward(net, x_n, sigma, cfg.sigma_data)
         lam = lam if cfg.mode in ("hybrid", "denoise") else torch.zeros_like(lam)
+        if not cfg.denoise_at_clean:
+            lam = torch.where(sigma <= cfg.sigma_clean, torch.zeros_like(lam), lam)
         w_mask = cfg.w_mask if cfg.mode != "denoise" else 0.0
         denoise, mask = self.ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
         if cfg.dice_weight > 0 and w_mask > 0:
             mask = mask + w_mask * cfg.dice_weight * soft_dice_loss(out[:, x.shape[1]:], y, self.ignore_index)
+        mask = torch.where(has_mask(y, self.ignore_index), mask, torch.zeros_like(mask))
         return denoise, mask
+
+
+def has_mask(y: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Per-sample flag (..., B) of masks (..., B, H, W): false for unlabeled samples (all ignore_index)."""
+    return (y != ignore_index).flatten(-2).any(-1)
 
 
 def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -74,3 +74,18 @@ def test_mask_classes_reads_the_masks(tmp_path):
     Image.fromarray(np.array([[0, 2], [255, 0]], np.uint8)).save(tmp_path / "train" / "masks" / "x.png")
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "train" / "masks" / "y.png")
     assert mask_classes(tmp_path, "train", ["x", "y"], "index", 255) == {"x": frozenset({0, 2}), "y": frozenset({0})}
+
+
+def test_distinct_subsets_start_from_different_images_and_stay_nested():
+    names = [f"img{i:02d}" for i in range(8)]
+    plain = [tuple(labeled_subset(names, 1, s)) for s in range(8)]
+    assert len(set(plain)) < 8  # the plain draw repeats images across 8 seeds (the finding)
+    firsts = [labeled_subset(names, 1, s, distinct=True)[0] for s in range(8)]
+    assert sorted(firsts) == names  # 8 seeds, 8 different 1-label sets
+    for s in range(8):
+        sets = [labeled_subset(names, b, s, distinct=True) for b in range(1, 9)]
+        assert all(set(a) < set(b) for a, b in zip(sets, sets[1:], strict=False))
+        assert labeled_subset(names, 8, s, distinct=True)[0] == firsts[s]
+    classes = {n: frozenset({0, 1}) if i % 2 else frozenset({0}) for i, n in enumerate(names)}
+    fg = [labeled_subset(names, 1, s, "foreground", classes, distinct=True)[0] for s in range(4)]
+    assert len(set(fg)) == 4 and all(1 in classes[n] for n in fg)  # distinct AND foreground while they last

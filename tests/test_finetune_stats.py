@@ -8,10 +8,13 @@ import pytest
 from hybengine.finetune.stats import (
     bootstrap_ci,
     contrast_table,
+    hierarchical_ci,
     holm,
+    label_seed_ci,
     paired_contrast,
     paired_grid,
     score_of,
+    sign_per_pretraining_seed,
     split_init,
     wilcoxon_signed_rank,
 )
@@ -127,3 +130,24 @@ def test_records_round_trip_through_the_committed_csv_files(tmp_path):
     write_contrasts(rows, tmp_path, "t")
     text = (tmp_path / "contrasts.md").read_text()
     assert "hybrid − scratch" in text and "Caution: some cells rest on 3 label seeds" in text
+
+
+def test_hierarchical_interval_and_pretraining_seed_sign_on_known_cases():
+    """d[p, s] = a_p (checkpoints differ, label seeds do not): with a = (0, 1) the mean of two drawn
+    pretraining seeds is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the 95 % interval is [0, 1];
+    the label-seed interval, conditional on the two checkpoints, is the point 0.5."""
+    d = np.array([[0.0] * 6, [1.0] * 6])
+    assert hierarchical_ci(d, n_boot=4000) == pytest.approx((0.0, 1.0))
+    assert label_seed_ci(d, n_boot=4000) == pytest.approx((0.5, 0.5))
+    assert hierarchical_ci(np.full((3, 4), 0.2)) == pytest.approx((0.2, 0.2))
+    # one pretraining seed: the hierarchical interval is the label-seed bootstrap of that row
+    row = np.random.default_rng(0).normal(0.1, 0.05, (1, 30))
+    lo, hi = hierarchical_ci(row, n_boot=4000)
+    assert lo < 0.1 < hi and hi - lo == pytest.approx(np.subtract(*bootstrap_ci(row, n_boot=4000)[::-1]), rel=0.15)
+    # exact sign test: 4 of 4 seeds up -> 2/16; 2 of 3 -> 1.0; zeros dropped
+    assert sign_per_pretraining_seed(np.ones((4, 3))) == (4, 4, pytest.approx(0.125))
+    assert sign_per_pretraining_seed(np.array([[1.0], [2.0], [-1.0]])) == (2, 3, pytest.approx(1.0))
+    assert sign_per_pretraining_seed(np.array([[0.0], [1.0]])) == (1, 1, pytest.approx(1.0))
+    # in a contrast row, beside the label-seed test
+    r = paired_contrast(_records(0.05), "hybrid", "supervised")
+    assert r["seeds_up"] == 2 and r["seeds_nonzero"] == 2 and r["hier_low"] > 0.03 and r["label_high"] < 0.07

@@ -112,3 +112,43 @@ def test_soft_dice_perfect_and_wrong():
     perfect = torch.nn.functional.one_hot(y, 2).permute(0, 3, 1, 2).float() * 50
     assert soft_dice_loss(perfect, y, 255, eps=0.0).item() == pytest.approx(0.0, abs=1e-6)
     assert soft_dice_loss(-perfect, y, 255, eps=0.0).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_denoising_term_at_sigma_clean_is_an_unlearnable_loss_of_one_and_is_dropped():
+    """The issue's claim, checked: lambda * c_out^2 = 1 at every sigma, and at sigma_clean the target of F is
+    about -n, so even the best net for it (F = 0, or the exact -n it cannot see) leaves a loss near 1; the
+    default drops that term (objective.denoise_at_clean=false), samples at random sigma keep theirs."""
+    s = torch.tensor([0.002, 0.1, 1.0, 5.0])
+    _, c_out, _, _, lam = edm_precond(s, 0.5)
+    assert torch.allclose(lam * c_out.square(), torch.ones(4), atol=1e-5)
+    x, y = torch.rand(8, 1, 16, 16), torch.randint(0, 3, (8, 16, 16))
+    sigma = torch.full((8,), 0.002)
+    sigma[4:] = 0.5
+    n = torch.randn_like(x)
+    kept = HybridObjective(ObjectiveConfig(mode="hybrid", denoise_at_clean=True), 255)
+    den_kept, _ = kept.terms(_Probe(), x, y, sigma, n)
+    assert den_kept[:4].mean().item() == pytest.approx(1.0, abs=0.1)  # zero output: loss ~ mean n^2
+    assert ObjectiveConfig().denoise_at_clean is False
+    den, mask = HybridObjective(ObjectiveConfig(mode="hybrid"), 255).terms(_Probe(), x, y, sigma, n)
+    assert torch.all(den[:4] == 0) and torch.equal(den[4:], den_kept[4:])
+    assert torch.all(mask > 0)  # the mask term stays at sigma_clean
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "denoise", "supervised"])
+def test_unlabeled_samples_train_the_denoising_term_only(mode):
+    """A sample whose mask is ignore_index throughout (an unlabeled image) has mask term 0 exactly and the
+    same denoising term as a labeled one; its gradient reaches no mask channel."""
+    obj = HybridObjective(ObjectiveConfig(mode=mode, clean_share=0.0, dice_weight=1.0), 255)
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 3, (4, 8, 8))
+    y[2:] = 255
+    sigma, n = torch.full((4,), 0.5), torch.randn_like(x)
+    net = torch.nn.Conv2d(1, 4, 3, padding=1)
+    net_fn = lambda inp, c_noise: net(inp)  # noqa: E731
+    den, mask = obj.terms(net_fn, x, y, sigma, n)
+    assert torch.all(mask[2:] == 0)
+    if mode != "denoise":
+        assert torch.all(mask[:2] > 0)
+    (den[2:].sum() + mask[2:].sum()).backward()
+    assert net.weight.grad[1:].abs().sum() == 0  # no mask-channel gradient from unlabeled samples
+    assert (net.weight.grad[0].abs().sum() > 0) == (mode != "supervised")

@@ -52,11 +52,12 @@ class BatchCounter:
     world_size: int
     num_items: int
     _batch: int = 0
+    labeled_per_batch: int = 0  # with unlabeled samples mixed in: the labeled items of a batch (0: all)
 
     @property
     def epoch(self) -> int:
-        """Epoch of the first item of the next global batch."""
-        return self._batch * self.batch_size * self.world_size // self.num_items
+        """Epoch (of the labeled items) of the first item of the next global batch."""
+        return self._batch * (self.labeled_per_batch or self.batch_size) * self.world_size // self.num_items
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self._batch}
@@ -64,7 +65,7 @@ class BatchCounter:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continues at batch state["batch"]; nothing before it is decoded."""
         batch = int(state["batch"])
-        expected = batch * self.batch_size * self.world_size // self.num_items
+        expected = batch * (self.labeled_per_batch or self.batch_size) * self.world_size // self.num_items
         if "epoch" in state and int(state["epoch"]) != expected:
             raise ValueError(
                 f"loader state {state} does not fit this loader: batch {batch} is in epoch {expected} with "

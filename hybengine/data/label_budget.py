@@ -5,7 +5,10 @@ NESTED: for a seed, the 5-label set contains the 2-label set, and sweeps over bu
 with like. With `classes` (each name's set of mask labels, `mask_classes`) the "foreground" policy
 orders the permutation so that images holding a class other than 0 come first (their own order kept),
 then the rest: a 1-label run never trains on pure background while the pool has foreground, and the
-sets stay nested. `coverage_warning` says when a subset misses a class.
+sets stay nested. With `distinct` the seed's first image (its 1-label set) is item `seed mod n` of one
+seed-independent permutation (of the foreground images first under "foreground"), the rest follows the
+seed's own order: seeds 0..n-1 start from n different images, still nested. `coverage_warning` says when
+a subset misses a class.
 """
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ from hybengine.data.errors import DatasetError
 from hybengine.data.image_io import read_mask
 
 _BUDGET_TAG = 3  # first SeedSequence word: apart from the augmentation and permutation streams
+_SHARED = 2**62 + 1  # second word of the seed-independent permutation (`distinct`); no seed reaches it
 POLICIES = ("foreground", "any")
 log = logging.getLogger("hybengine.data.label_budget")
 
 
 def labeled_subset(names: list[str], budget: int, seed: int, policy: str = "any",
-                   classes: dict[str, frozenset[int]] | None = None) -> list[str]:
+                   classes: dict[str, frozenset[int]] | None = None, distinct: bool = False) -> list[str]:
     """`budget` names picked by `seed` (in permutation order; nested across budgets). policy
-    "foreground" needs `classes` ({name: labels in its mask}) and puts names with a label > 0 first."""
+    "foreground" needs `classes` ({name: labels in its mask}) and puts names with a label > 0 first;
+    `distinct`: distinct 1-label sets across seeds (module docstring)."""
     if not names:
         raise DatasetError("labeled_subset: no image names to choose from; check data.root and the split")
     ordered = sorted(names)
@@ -43,6 +48,12 @@ def labeled_subset(names: list[str], budget: int, seed: int, policy: str = "any"
             raise DatasetError("labeled_subset: the foreground policy needs every name's mask classes")
         fg = {n for n in perm if any(k > 0 for k in classes[n])}
         perm = [n for n in perm if n in fg] + [n for n in perm if n not in fg]
+    if distinct:
+        shared = [ordered[j] for j in np.random.default_rng([_BUDGET_TAG, _SHARED]).permutation(len(ordered))]
+        if policy == "foreground":
+            shared = [n for n in shared if n in fg] or shared
+        lead = shared[seed % len(shared)]
+        perm = [lead] + [n for n in perm if n != lead]
     return perm[:budget]
 
 

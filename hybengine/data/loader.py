@@ -36,6 +36,7 @@ from hybengine.config import DataConfig
 from hybengine.data.epoch_stream import BatchCounter, ShardedEpochStream
 from hybengine.data.errors import DatasetError
 from hybengine.data.folder_dataset import FolderDataset
+from hybengine.data.unlabeled import MixedDataset, MixedStream, UnlabeledImages, unlabeled_per_batch
 
 if TYPE_CHECKING:
     from hybengine.data.dali_pipeline import DaliTrainLoader
@@ -63,7 +64,8 @@ class TrainLoader(BatchCounter):
 
     def __init__(self, dataset: FolderDataset, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 mask_dtype: torch.dtype = torch.int64):
+                 mask_dtype: torch.dtype = torch.int64, unlabeled: UnlabeledImages | None = None,
+                 unlabeled_k: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         if not 0 <= rank < world_size:
@@ -72,12 +74,20 @@ class TrainLoader(BatchCounter):
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.pin_memory, self.mask_dtype = pin_memory, mask_dtype
         self.num_items = len(dataset)
+        self.unlabeled_k = unlabeled_k if unlabeled is not None else 0
+        if self.unlabeled_k:  # the last unlabeled_k samples of each batch (hybengine/data/unlabeled.py)
+            self.dataset = MixedDataset(dataset, unlabeled)
+            self.labeled_per_batch = batch_size - self.unlabeled_k
         self._batch = 0  # batches handed to the caller
         self._it: Iterator | None = None
 
     def _iterator(self) -> Iterator:
-        stream = ShardedEpochStream(len(self.dataset), self.batch_size, self.seed, self.rank,
-                                    self.world_size, start_batch=self._batch)
+        if self.unlabeled_k:
+            stream = MixedStream(self.num_items, len(self.dataset.unlabeled), self.batch_size, self.unlabeled_k,
+                                 self.seed, self.rank, self.world_size, start_batch=self._batch)
+        else:
+            stream = ShardedEpochStream(len(self.dataset), self.batch_size, self.seed, self.rank,
+                                        self.world_size, start_batch=self._batch)
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) % 2**63)
         narrow = self.mask_dtype != torch.int64  # collate, then cast the masks (uint8 on the wire)
         loader = torch.utils.data.DataLoader(
@@ -125,6 +135,16 @@ def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 
     available, else `cpu` (slow; for tests). auto: DALI on a GPU when it is installed and can
     reproduce the torch path on these files, else torch."""
     dataset = FolderDataset(cfg, cfg.train_split, train=True, seed=seed)  # validates the folder
+    k = unlabeled_per_batch(cfg, batch_size)
+    if k:
+        unlabeled = UnlabeledImages(cfg, seed)
+        if cfg.loader == "dali":
+            raise DatasetError("data.loader=dali with data.unlabeled_share > 0: the DALI pipeline does not mix "
+                               "unlabeled images yet; use data.loader=torch (or auto)")
+        log.info("data loader: torch DataLoader, %d worker(s), %d of %d samples per batch unlabeled (%d images)",
+                 cfg.num_workers, k, batch_size, len(unlabeled))
+        return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers,
+                           **wire_format(cfg, device), unlabeled=unlabeled, unlabeled_k=k)
     if cfg.loader == "torch":
         log.info("data loader: torch DataLoader, %d worker(s) (data.loader=torch)", cfg.num_workers)
         return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers, **wire_format(cfg, device))

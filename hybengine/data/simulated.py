@@ -14,6 +14,12 @@ image up to the noise:
   cells touch, nuclei darker still, smooth texture, more noise. Nucleus and cytoplasm keep their order
   against each other but the background flips from darkest to brightest: a real domain gap.
 
+Either microscope may also mark nuclei by a ring along their inner edge (`nucleus_ring`) and a
+fine-grained texture (`nucleus_texture`), drawn after everything else so that 0 (the default) leaves a
+rendering bit for bit as it was. A source with bright, ringed, textured nuclei and a target whose nuclei
+are as bright as the cytoplasm but still ringed and textured offers a shortcut (brightness) that the
+target removes (configs/experiments/simulated_shortcut.yaml).
+
 Everything is drawn from `numpy.random.default_rng([domain, split, seed, index])`: the same seed gives
 the same files, bit for bit, offline. `write_pair` writes the layout the engine reads,
 `<root>/<domain>/<split>/images|masks/<stem>.png` (8-bit grey images, class-index masks), and a
@@ -55,6 +61,8 @@ class SourceMicroscope:
     cell_brightness: float = 0.2  # per-cell gain drawn in 1 +- this
     blur: float = 0.6  # Gaussian blur sigma (pixels)
     noise: float = 0.03  # additive Gaussian noise std
+    nucleus_ring: float = 0.0  # added along each nucleus's inner edge (negative: a dark envelope); 0: none
+    nucleus_texture: float = 0.0  # std of a fine-grained texture inside nuclei; 0: none
 
 
 @dataclass
@@ -68,6 +76,8 @@ class TargetMicroscope:
     texture: float = 0.04  # smooth random texture inside cells (std)
     blur: float = 1.0
     noise: float = 0.05
+    nucleus_ring: float = 0.0  # as SourceMicroscope's
+    nucleus_texture: float = 0.0
 
 
 @dataclass
@@ -170,8 +180,25 @@ def render_source(scene: Scene, m: SourceMicroscope, rng: np.random.Generator) -
     gain = np.where(scene.cell_id >= 0, 1 + m.cell_brightness * scene.gains[np.maximum(scene.cell_id, 0)]
                     if len(scene.gains) else 1.0, 1.0)
     level = np.array([m.background, m.cytoplasm, m.nucleus])[scene.labels]
-    img = _blur(np.where(scene.labels > 0, level * gain, level), m.blur)
+    img = _blur(np.where(scene.labels > 0, level * gain, level) + _nucleus_marks(scene, m, rng), m.blur)
     return np.clip(img + m.noise * rng.standard_normal(img.shape), 0, 1)
+
+
+def _nucleus_marks(scene: Scene, m, rng: np.random.Generator) -> np.ndarray | float:
+    """The ring along each nucleus's inner edge plus the texture inside nuclei (0 when both are 0; the
+    texture's draw happens only when it is on)."""
+    out = 0.0
+    nucleus = scene.labels == 2
+    if m.nucleus_ring:
+        pad = np.pad(nucleus, 1, mode="edge")
+        H, W = nucleus.shape
+        edge = nucleus & ~np.all([pad[1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+                                  for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))], axis=0)
+        out = out + m.nucleus_ring * edge
+    if m.nucleus_texture:
+        grain = _blur(rng.standard_normal(nucleus.shape), 0.6)
+        out = out + m.nucleus_texture * grain / max(float(grain.std()), 1e-9) * nucleus
+    return out
 
 
 def _edges(cell_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +222,7 @@ def render_target(scene: Scene, m: TargetMicroscope, rng: np.random.Generator) -
     outside, between = _edges(scene.cell_id)
     ring = _blur((outside | between).astype(np.float64), m.halo_width / 2)
     img = img + m.halo * np.clip(ring / max(ring.max(), 1e-9), 0, 1) * (scene.labels != 2)
-    img = _blur(img * illum, m.blur)
+    img = _blur((img + _nucleus_marks(scene, m, rng)) * illum, m.blur)
     return np.clip(img + m.noise * rng.standard_normal(img.shape), 0, 1)
 
 

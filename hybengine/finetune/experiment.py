@@ -8,7 +8,10 @@ its overrides, `out_dir` (pretrain_<mode>[_p<seed>]/ and sweep/ go there) and `r
 `simulate` (a simulated domain pair written first, hybengine/data/simulated.py) and `analysis` (the
 endpoint, the contrasts and the family of tests Holm-corrected, fixed before the experiment runs;
 hybengine/finetune/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
-pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed). Optional
+pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed).
+`pretrain.variants` ({name: {mode, overrides}}) adds pretrainings of a mode with overrides of their own
+(e.g. the target's images as unlabeled data); `finetune.variants` ({name: {start, overrides}}) fine-tunes
+a start's checkpoints again with overrides of their own (e.g. `finetune.unlabeled_share`). Optional
 `select`: objective settings chosen per mode on source validation data by candidate pretrainings run
 first (hybengine/finetune/selection.py). Both stages resume: a pretraining whose final snapshot exists
 is not redone (a partial one continues from its last snapshot), and the sweep skips finished
@@ -41,7 +44,8 @@ from .reports import write_contrasts, write_reports
 from .stats import contrast_table, score_of
 from .sweep import SweepError, run_sweep
 
-KEYS = {"pretrain": {"config", "modes", "seeds", "overrides"}, "finetune": {"config", "overrides"},
+KEYS = {"pretrain": {"config", "modes", "seeds", "overrides", "variants"},
+        "finetune": {"config", "overrides", "variants"},
         "out_dir": None, "results_dir": None}
 OPTIONAL = {"simulate", "analysis", "select"}
 ANALYSIS_KEYS = {"metric", "classes", "class_names", "contrasts", "family", "n_boot"}
@@ -79,11 +83,40 @@ def load_experiment(path: str | Path) -> dict:
 
 
 def pretrain_plan(spec: dict) -> list[tuple[str, str, int | None]]:
-    """(start name, mode, seed or None) of every pretraining, seeds outermost."""
+    """(start name, mode or variant, seed or None) of every pretraining, seeds outermost: the modes, then
+    `pretrain.variants` ({name: {mode, overrides}}: a mode with overrides of its own, e.g. unlabeled images)."""
     pre = spec["pretrain"]
     seeds = pre.get("seeds")
-    return [(mode if seed is None else f"{mode}_p{seed}", mode, seed)
-            for seed in seeds or [None] for mode in pre.get("modes", ["hybrid"])]
+    kinds = [*pre.get("modes", ["hybrid"]), *pre.get("variants", {})]
+    return [(kind if seed is None else f"{kind}_p{seed}", kind, seed) for seed in seeds or [None] for kind in kinds]
+
+
+def kind_overrides(spec: dict, kind: str) -> list[str]:
+    """objective.mode and the overrides of one pretraining kind (a mode or a pretrain.variants entry)."""
+    variant = spec["pretrain"].get("variants", {}).get(kind)
+    if variant is None:
+        return [f"objective.mode={kind}"]
+    return [f"objective.mode={variant['mode']}", *variant.get("overrides", [])]
+
+
+def finetune_variants(spec: dict, folders: dict[str, Path]) -> list[tuple[list[str], list[str]]]:
+    """(inits, overrides) of each `finetune.variants` entry ({name: {start, overrides}}): the start's
+    checkpoints (every seed) fine-tuned with overrides of the variant's own, named <name>[_p<seed>]."""
+    out = []
+    for name, v in spec["finetune"].get("variants", {}).items():
+        inits = [f"{name}{start[len(v['start']):]}={folder}" for start, folder in folders.items()
+                 if start == v["start"] or start.startswith(f"{v['start']}_p")]
+        out.append((inits, v.get("overrides", [])))
+    return out
+
+
+def start_names(spec: dict) -> list[str]:
+    """Every start the sweeps fine-tune: the pretrainings, the fine-tune variants, then scratch."""
+    plan = pretrain_plan(spec)
+    names = [name for name, _, _ in plan]
+    for vname, v in spec["finetune"].get("variants", {}).items():
+        names += [f"{vname}{name[len(v['start']):]}" for name, kind, _ in plan if kind == v["start"]]
+    return [*names, "scratch"]
 
 
 def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Path]:
@@ -96,11 +129,13 @@ def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str
                  for name, mode, over in selection.plan(spec["select"])], spec, out, shard)
         chosen = selection.choose(spec["select"], out)
         print(f"chosen on the source {spec['select']['split']} split: {chosen}", flush=True)
-    jobs = [(name, [*chosen.get(mode, []), *([] if seed is None else [f"train.seed={seed}"]), f"objective.mode={mode}"])
-            for name, mode, seed in pretrain_plan(spec)]
+    jobs = [(name, [*chosen.get(kind, []), *([] if seed is None else [f"train.seed={seed}"]),
+                    *kind_overrides(spec, kind)]) for name, kind, seed in pretrain_plan(spec)]
     folders = run_all(jobs, spec, out, shard)
-    if "select" in spec and shard[0] == 0:
-        selection.score_starts(folders, spec["select"]["split"], out)
+    split = spec.get("select", {}).get("split", "val")
+    source = load_config(spec["pretrain"]["config"], spec["pretrain"].get("overrides", [])).data.root
+    if shard[0] == 0 and (Path(source) / split).is_dir():  # each start's source score, in every report
+        selection.score_starts(folders, split, out)
     return folders
 
 
@@ -158,9 +193,12 @@ def analyse(spec: dict, records: list[dict], results: Path, title: str) -> list[
                           family=lambda r: r["score"] == primary and (r["a"], r["b"]) in fam_pairs
                           and r["budget"] in fam_budgets)
     note = (f"Paired differences A − B over seeds (hybengine/finetune/stats.py): mean over the (pretraining "
-            f"seed, label seed) grid, 95 % two-way bootstrap interval (resampling both seed axes), exact "
-            f"Wilcoxon signed-rank p over label seeds; Holm over the declared family ({primary}: "
-            f"{sorted(fam_pairs)} at budgets {sorted(fam_budgets)}). Bold: interval excludes 0.")
+            f"seed, label seed) grid; in brackets the 95 % hierarchical bootstrap interval (pretraining seeds "
+            f"drawn with replacement, then label seeds within each: the unit of a claim about a pretraining "
+            f"method), and how many pretraining seeds have a mean difference > 0; then the 95 % interval over "
+            f"label seeds alone (conditional on these checkpoints) and the exact Wilcoxon signed-rank p over "
+            f"label seeds; Holm over the declared family ({primary}: {sorted(fam_pairs)} at budgets "
+            f"{sorted(fam_budgets)}). Bold: the hierarchical interval excludes 0.")
     write_contrasts(rows, results, title, note)
     return rows
 
@@ -176,7 +214,7 @@ def analyse_only(path: str) -> int:
     """Reports over the finished fine-tunes only (an interrupted experiment): table + contrasts."""
     spec = load_experiment(path)
     out, results = Path(spec["out_dir"]), Path(spec["results_dir"])
-    starts = [name for name, _, _ in pretrain_plan(spec)]
+    starts = start_names(spec)
     records = sweep_records(out, starts)
     if not records:
         print(f"experiment error: no finished fine-tune under {out / 'sweep' / 'runs'}", file=sys.stderr)
@@ -184,7 +222,7 @@ def analyse_only(path: str) -> int:
     cfg = load_config(spec["finetune"]["config"], spec["finetune"].get("overrides", []))
     copy_results(out, results)  # the selection's files (the sweep's reports are rewritten below)
     write_reports(records, results, title=f"{spec['out_dir']} (finished fine-tunes: {len(records)})",
-                  class_names=cfg.sweep.class_names, inits=[*starts, "scratch"])
+                  class_names=cfg.sweep.class_names, inits=starts)
     if "analysis" in spec:
         analyse(spec, records, results, f"{spec['out_dir']}: paired differences in fine-tuned Dice "
                                         f"({len(records)} finished fine-tunes)")
@@ -244,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         # one label seed at a time, so that an interrupted experiment leaves whole seeds (every start
         # and budget) behind, which the paired analysis can use (--analyse-only)
+        variants = [load_config(ft["config"], [*ft.get("overrides", []), *over, f"sweep.inits=[{','.join(v_inits)}]",
+                                               f"sweep.out_dir={out / 'sweep'}"])
+                    for v_inits, over in finetune_variants(spec, folders)]
         for i, seed in enumerate(cfg.sweep.seeds[shard[0]::shard[1]]):
-            run_sweep(dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=[seed])),
-                      console_logging=i == 0)
+            for c in [cfg, *variants]:
+                run_sweep(dataclasses.replace(c, sweep=dataclasses.replace(c.sweep, seeds=[seed])),
+                          console_logging=i == 0 and c is cfg)
         t_sweep = time.perf_counter() - t0
     except (ConfigError, SweepError, DatasetError) as e:
         print(f"experiment error: {e}", file=sys.stderr)
@@ -257,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(spec["results_dir"])
     results.mkdir(parents=True, exist_ok=True)
     copy_results(out, results)
+    records = sweep_records(out, start_names(spec))
+    if "variants" in ft:  # the sweeps' own tables hold one config each: rewrite them over every start
+        write_reports(records, results, title=f"{spec['out_dir']}: mean foreground Dice after fine-tuning",
+                      class_names=cfg.sweep.class_names, inits=start_names(spec))
     if "analysis" in spec:
-        analyse(spec, sweep_records(out, folders), results, f"{spec['out_dir']}: paired differences in fine-tuned Dice")
+        analyse(spec, records, results, f"{spec['out_dir']}: paired differences in fine-tuned Dice")
     command = "python -m hybengine.finetune.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     atomic_write_text(results / "command.md", (
         f"# How these results were made\n\n```\n{command}\n```\n\n"

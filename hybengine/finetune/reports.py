@@ -128,7 +128,7 @@ def plot(agg: list[dict], path: Path, title: str, metric: str = "dice") -> None:
         offset = 1 + 0.03 * (i - (len(inits) - 1) / 2)  # spread the error bars apart (log axis)
         ax.errorbar([a["budget"] * offset for a in rows], [a[f"{metric}_mean"] for a in rows],
                     yerr=[a[f"{metric}_std"] for a in rows], marker="o", capsize=3, label=init)
-    ax.set_xscale("log")
+    _budget_axis(ax, budgets)
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.minorticks_off()
     ax.set_xlabel("labeled target images (budget)")
@@ -177,7 +177,8 @@ def write_reports(records: list[dict], out_dir: Path, title: str, class_names: l
 # Paired contrasts (hybengine/finetune/stats.py): A - B per score and budget, 95 % interval, p-values
 
 CONTRAST_FIELDS = ("score", "a", "b", "budget", "pretrain_seeds", "label_seeds", "mean", "ci_low", "ci_high",
-                   "w_plus", "p", "p_holm")
+                   "w_plus", "p", "p_holm", "hier_low", "hier_high", "label_low", "label_high", "seeds_up",
+                   "seeds_nonzero", "sign_p")
 
 
 def contrast_markdown(rows: list[dict]) -> str:
@@ -197,13 +198,35 @@ def contrast_markdown(rows: list[dict]) -> str:
                 if r is None or math.isnan(r["mean"]):
                     cells.append("")
                     continue
-                mark = "**" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
                 holm = "" if math.isnan(r["p_holm"]) else f", Holm {r['p_holm']:.3g}"
+                if "hier_low" in r and not math.isnan(r["hier_low"]):  # both units (stats.py)
+                    mark = "**" if r["hier_low"] > 0 or r["hier_high"] < 0 else ""
+                    sign = (f"; {r['seeds_up']}/{r['seeds_nonzero']} pretraining seeds > 0"
+                            if r["seeds_nonzero"] else "")
+                    cells.append(f"{mark}{r['mean']:+.3f} [{r['hier_low']:+.3f}, {r['hier_high']:+.3f}]{mark}{sign}; "
+                                 f"label seeds [{r['label_low']:+.3f}, {r['label_high']:+.3f}] p {r['p']:.3g}{holm}")
+                    continue
+                mark = "**" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
                 cells.append(f"{mark}{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{mark} "
                              f"p {r['p']:.3g}{holm}")
             out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _budget_axis(ax, budgets) -> None:
+    """Budgets on a log axis; linear below 1 when budget 0 (zero-shot) is among them."""
+    if 0 in budgets:
+        ax.set_xscale("symlog", linthresh=1)
+    else:
+        ax.set_xscale("log")
+
+
+def _ci(r: dict) -> tuple[float, float]:
+    """The interval a contrast row is drawn with: the hierarchical one when computed, else the two-way."""
+    if "hier_low" in r and not math.isnan(r["hier_low"]):
+        return r["hier_low"], r["hier_high"]
+    return r["ci_low"], r["ci_high"]
 
 
 def plot_contrasts(rows: list[dict], path: Path, title: str) -> None:
@@ -223,10 +246,10 @@ def plot_contrasts(rows: list[dict], path: Path, title: str) -> None:
             pts = sorted((r for r in sub if (r["a"], r["b"]) == (a, b)), key=lambda r: r["budget"])
             offset = 1 + 0.04 * (i - (len(pairs) - 1) / 2)
             ax.errorbar([r["budget"] * offset for r in pts], [r["mean"] for r in pts],
-                        yerr=[[r["mean"] - r["ci_low"] for r in pts], [r["ci_high"] - r["mean"] for r in pts]],
+                        yerr=[[r["mean"] - _ci(r)[0] for r in pts], [_ci(r)[1] - r["mean"] for r in pts]],
                         marker="o", capsize=3, label=f"{a} − {b}")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        _budget_axis(ax, budgets)
         if budgets:
             ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.minorticks_off()

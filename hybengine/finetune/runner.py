@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ModelConfig, apply_model_preset, config_from_dict
+from ..config import Config, ModelConfig, apply_model_preset, config_from_dict, dumps
 from ..data import FolderDataset, labeled_subset, validate_folder
 from ..data.label_budget import coverage_warning, mask_classes
 from ..inference import predict_probs, resolve_prediction
@@ -112,11 +112,7 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
     d = cfg.data
     if pool is None:
         pool = validate_folder(d.root, d.train_split, dataclasses.replace(d, labeled_subset=[]))
-    classes = mask_classes(d.root, d.train_split, pool, d.mask_format, d.ignore_index)
-    subset = labeled_subset(pool, ft.budget, ft.seed, ft.subset_policy, classes)
-    warning = coverage_warning(subset, classes, d.num_classes)
-    if warning:
-        log.warning("budget %d, seed %d: %s", ft.budget, ft.seed, warning)
+    subset = draw_subset(cfg, pool)
     run_cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(d, labeled_subset=subset),
@@ -124,7 +120,42 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
         train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain",
                                   steps=cfg.train.steps + ft.steps_per_label * ft.budget),
     )
-    return run_cfg, init
+    return keep_denoising(run_cfg), init
+
+
+def draw_subset(cfg: Config, pool: list[str]) -> list[str]:
+    """The budget's labeled images (none at budget 0). Masks read: the subset's alone under the "any" policy;
+    under "foreground" the classes present in every pool mask, which order the draw."""
+    ft, d = cfg.finetune, cfg.data
+    if ft.budget == 0:
+        return []
+    if ft.subset_policy == "foreground":
+        classes = mask_classes(d.root, d.train_split, pool, d.mask_format, d.ignore_index)
+        subset = labeled_subset(pool, ft.budget, ft.seed, "foreground", classes, ft.distinct_subsets)
+    else:
+        subset = labeled_subset(pool, ft.budget, ft.seed, "any", distinct=ft.distinct_subsets)
+        classes = mask_classes(d.root, d.train_split, subset, d.mask_format, d.ignore_index)
+    warning = coverage_warning(subset, classes, d.num_classes)
+    if warning:
+        log.warning("budget %d, seed %d: %s", ft.budget, ft.seed, warning)
+    return subset
+
+
+def keep_denoising(run_cfg: Config) -> Config:
+    """finetune.unlabeled_share > 0: the last samples of each batch are the target train split's images as
+    unlabeled samples (their masks never read) with the denoising term at random sigma; the labeled head
+    of the batch stays at sigma_clean with the mask term only (objective mode hybrid, clean_share = the
+    labeled share, no denoising term at sigma_clean). 0: unchanged (vanilla fine-tune)."""
+    share, d, o = run_cfg.finetune.unlabeled_share, run_cfg.data, run_cfg.objective
+    if share <= 0 or run_cfg.finetune.budget == 0:
+        return run_cfg
+    B = run_cfg.train.batch_size
+    k = round(share * B)
+    return dataclasses.replace(
+        run_cfg,
+        data=dataclasses.replace(d, unlabeled=[*d.unlabeled, str(Path(d.root) / d.train_split)],
+                                 unlabeled_share=share),
+        objective=dataclasses.replace(o, mode="hybrid", clean_share=(B - k) / B, denoise_at_clean=False))
 
 
 def write_result(run_cfg: Config, metrics: dict, steps: int, init_name: str | None = None) -> dict:
@@ -158,7 +189,10 @@ def run_finetune(cfg: Config, *, console_logging: bool = True, init_name: str | 
                  resume: str | None = None) -> dict:
     """Fine-tunes per cfg.finetune and writes `<train.out_dir>/result.json`; returns the result. Every
     split it needs (train and test) is read before training starts. `resume`: continue the killed
-    fine-tune in that run folder (as `train --resume`: the same config, bit for bit)."""
+    fine-tune in that run folder (as `train --resume`: the same config, bit for bit). Budget 0: the
+    start as it is (`zero_shot`)."""
+    if cfg.finetune.budget == 0:
+        return zero_shot(cfg, init_name, pool, test_set)
     run_cfg, init = prepare_finetune(cfg, pool)
     if test_set is None:  # checked (and loaded) now: a bad test split must not wait for the end of training
         test_set = FolderDataset(dataclasses.replace(run_cfg.data, labeled_subset=[]), run_cfg.data.test_split,
@@ -166,3 +200,19 @@ def run_finetune(cfg: Config, *, console_logging: bool = True, init_name: str | 
     result = run_training(run_cfg, init_weights=init, console_logging=console_logging, resume=resume)
     metrics = evaluate(result.best_net, run_cfg, run_cfg.data.test_split, test_set)
     return write_result(run_cfg, metrics, result.step, init_name)
+
+
+def zero_shot(cfg: Config, init_name: str | None = None, pool: list[str] | None = None,
+              test_set: FolderDataset | None = None) -> dict:
+    """Budget 0: the start's mask head as it is, at the prediction sigma, scored like a fine-tune (no
+    target label read, no step taken); writes config.yaml and result.json like one."""
+    run_cfg, init = prepare_finetune(cfg, pool if pool is not None else [])
+    if init is None:
+        raise ValueError("finetune.budget=0 needs finetune.checkpoint: an untrained net has no zero-shot score")
+    net = build_unet(run_cfg.model, run_cfg.data.image_channels, run_cfg.data.num_classes)
+    net.load_state_dict(init)
+    out = Path(run_cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dumps(run_cfg))
+    metrics = evaluate(net, run_cfg, run_cfg.data.test_split, test_set)
+    return write_result(run_cfg, metrics, 0, init_name)

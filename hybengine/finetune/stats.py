@@ -13,6 +13,12 @@ contrast A - B at one budget the paired difference of cell (p, s) is
 - test: exact two-sided Wilcoxon signed-rank over label seeds, on d averaged over p (label seeds are
   the independent units: every start of a label seed trains on the same images); zeros dropped, ties
   given mid-ranks, the null distribution enumerated over the 2^n sign flips of those ranks;
+- at the unit of the pretraining seed (a claim about a pretraining METHOD, not about these checkpoints):
+  a hierarchical bootstrap (draw pretraining seeds with replacement, then label seeds with replacement
+  within each drawn one; `hierarchical_ci`), and the sign of each pretraining seed's mean difference with
+  an exact two-sided sign test (`sign_per_pretraining_seed`). Beside them the label-seed interval
+  (`label_seed_ci`: label seeds resampled, d averaged over p) is conditional on the checkpoints: it knows
+  nothing of how another pretraining run would have come out;
 - Holm's step-down correction over the family of tests named in the experiment config.
 
 No scipy (not a declared dependency): the pieces are small and tested on cases with known answers
@@ -86,6 +92,40 @@ def bootstrap_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: 
     return float(lo), float(hi)
 
 
+def hierarchical_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the grid mean of d (P, S): each draw takes P pretraining seeds (rows) with
+    replacement, then for each of them S label seeds (columns) with replacement, its own draw per row."""
+    d = np.atleast_2d(np.asarray(d, dtype=np.float64))
+    P, S = d.shape
+    if d.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, P, (n_boot, P))
+    cols = rng.integers(0, S, (n_boot, P, S))
+    means = d[rows[:, :, None], cols].mean(axis=(1, 2))
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def label_seed_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval over label seeds alone, of d (P, S) averaged over its pretraining seeds."""
+    d = np.atleast_2d(np.asarray(d, dtype=np.float64))
+    return bootstrap_ci(d.mean(axis=0, keepdims=True), n_boot, level, seed) if d.size else (math.nan, math.nan)
+
+
+def sign_per_pretraining_seed(d: np.ndarray) -> tuple[int, int, float]:
+    """(pretraining seeds whose mean difference is > 0, seeds with a non-zero one, exact two-sided sign-test
+    p of that count under p = 1/2)."""
+    means = np.atleast_2d(np.asarray(d, dtype=np.float64)).mean(axis=1)
+    means = means[means != 0]
+    n, k = len(means), int((means > 0).sum())
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(n + 1) if abs(i - n / 2) >= abs(k - n / 2)) / 2 ** n
+    return k, n, min(1.0, tail)
+
+
 def wilcoxon_signed_rank(d: np.ndarray | list[float]) -> tuple[float, float, int]:
     """(W+, exact two-sided p, n used) for the paired differences d; zeros dropped, ties mid-ranked.
     p = P(|W+ - n(n+1)/4| >= observed) under random signs; 1.0 when no difference is non-zero."""
@@ -142,11 +182,18 @@ def contrast(records: list[dict], a: str, b: str, budget: int, score: Callable[[
     d, ps, seeds = paired_grid(records, a, b, budget, score)
     if d.size == 0:
         return {"a": a, "b": b, "budget": budget, "pretrain_seeds": 0, "label_seeds": 0, "mean": math.nan,
-                "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "w_plus": math.nan}
+                "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "w_plus": math.nan,
+                "hier_low": math.nan, "hier_high": math.nan, "label_low": math.nan, "label_high": math.nan,
+                "seeds_up": 0, "seeds_nonzero": 0, "sign_p": math.nan}
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     w_plus, p, _ = wilcoxon_signed_rank(d.mean(axis=0))
+    h_lo, h_hi = hierarchical_ci(d, n_boot=n_boot, seed=seed)
+    l_lo, l_hi = label_seed_ci(d, n_boot=n_boot, seed=seed)
+    up, nonzero, sign_p = sign_per_pretraining_seed(d) if ps != [None] else (0, 0, math.nan)
     return {"a": a, "b": b, "budget": budget, "pretrain_seeds": len(ps), "label_seeds": len(seeds),
-            "mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "p": p, "w_plus": w_plus}
+            "mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "p": p, "w_plus": w_plus,
+            "hier_low": h_lo, "hier_high": h_hi, "label_low": l_lo, "label_high": l_hi,
+            "seeds_up": up, "seeds_nonzero": nonzero, "sign_p": sign_p}
 
 
 def paired_contrast(rows: list[dict], a: str, b: str, budget: int | None = None, metric: str = "dice",

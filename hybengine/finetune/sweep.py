@@ -116,8 +116,8 @@ def plan_sweep(cfg: Config) -> tuple[list[PlannedRun], list[str]]:
         raise SweepError("sweep.inits is empty: list initialisations as name=checkpoint_folder, or scratch")
     if len(set(s.budgets)) != len(s.budgets) or len(set(s.seeds)) != len(s.seeds):
         raise SweepError(f"sweep.budgets={s.budgets} and sweep.seeds={s.seeds} must not repeat values")
-    if min(s.budgets) < 1:
-        raise SweepError(f"sweep.budgets={s.budgets}: every budget must be >= 1 labeled image")
+    if min(s.budgets) < 0:
+        raise SweepError(f"sweep.budgets={s.budgets}: every budget must be >= 0 labeled images (0: zero-shot)")
     if s.batch_runs < 1:
         raise SweepError(f"sweep.batch_runs={s.batch_runs}: must be >= 1")
     inits = parse_inits(s.inits)
@@ -144,7 +144,8 @@ def plan_sweep(cfg: Config) -> tuple[list[PlannedRun], list[str]]:
 
     root = Path(s.out_dir) / "runs"
     runs = [PlannedRun(name, ckpt, b, seed, root / f"{name}_b{b}_s{seed}")
-            for name, ckpt in inits for b in s.budgets for seed in s.seeds]
+            for name, ckpt in inits for b in s.budgets for seed in s.seeds
+            if b or ckpt]  # budget 0 (zero-shot) of a pretrained start only
     return runs, pool
 
 
@@ -275,6 +276,8 @@ def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
              len(s.inits), len(s.budgets), len(s.seeds), len(runs), len(runs) - len(todo), len(todo))
     test_set = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), cfg.data.test_split, train=False)
     t0 = time.perf_counter()
+    _run_sequential(cfg, [r for r in todo if r.budget == 0], pool, test_set)  # zero-shot: evaluation only
+    todo = [r for r in todo if r.budget]
     if todo:
         device = pick_device(0)
         # chosen for the whole plan, not for what is left: a rerun after a kill chooses as the first start

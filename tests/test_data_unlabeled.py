@@ -1,0 +1,119 @@
+"""Unlabeled images end to end (issue 27): validate counts them, the loader mixes them in at a set share
+with an all-ignore mask (the has-mask flag), resume restarts the mixed stream, a fine-tune that keeps the
+denoising term on the target's images reads exactly its budget's masks, and budget 0 is a plain prediction."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hybengine.config import load_config
+from hybengine.console import validate_main
+from hybengine.data import DatasetError, build_train_loader, labeled_subset
+from hybengine.data.simulated import PairSpec, SceneParams, write_pair
+from hybengine.data.unlabeled import scan_unlabeled
+from hybengine.finetune.runner import evaluate, pretrained_init, run_finetune
+from hybengine.objective import has_mask
+from hybengine.training_loop import run_training
+from hybengine.unet import build_unet
+
+from tiny_run import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair") / "data"
+    scene = SceneParams(size=16, cells_min=1, cells_max=2, empty_fraction=0.0, cell_radius=(3.0, 5.0))
+    write_pair(PairSpec(root=str(root), source_train=6, source_test=2, target_train=6, target_test=2, scene=scene))
+    return root
+
+
+def _over(out, root, **extra):
+    return tiny_overrides(out, steps=3, **{"data.root": str(root), "data.crop": 16, "train.ckpt_every": 0,
+                                           "train.batch_size": 4, **extra})
+
+
+def test_loader_mixes_unlabeled_images_at_their_share_and_resumes(pair, tmp_path, capsys):
+    target = pair / "target" / "train"
+    cfg = load_config(None, _over(tmp_path, pair / "source", **{"data.unlabeled": f"[{target}]",
+                                                              "data.unlabeled_share": 0.5}))
+    assert validate_main([str(pair / "source"), f"data.unlabeled=[{target}]", "data.unlabeled_share=0.5"]) == 0
+    assert "unlabeled images: 6" in capsys.readouterr().out
+    loader = build_train_loader(cfg.data, 4, seed=0)
+    batches = [next(loader) for _ in range(5)]
+    for x, y in batches:
+        assert has_mask(y, 255).tolist() == [True, True, False, False]
+        assert x.shape == (4, 1, 16, 16)
+    # without augmentation a 16-pixel crop is the whole image: the unlabeled samples are the target's images
+    plain = dataclasses.replace(cfg.data, augment=False)
+    targets = [torch.from_numpy(im) for im in scan_unlabeled(plain).images]
+    x, _ = next(build_train_loader(plain, 4, seed=0))
+    assert all(any(torch.equal(x[i], t) for t in targets) for i in (2, 3))
+    assert not any(torch.equal(x[i], t) for t in targets for i in (0, 1))
+    state = loader.state_dict()
+    after = [next(loader) for _ in range(2)]
+    again = build_train_loader(cfg.data, 4, seed=0)
+    again.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(after, [next(again) for _ in range(2)], strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    with pytest.raises(DatasetError, match="unlabeled_share=0.1"):
+        build_train_loader(dataclasses.replace(cfg.data, unlabeled_share=0.1), 4, seed=0)
+
+
+def test_unlabeled_split_and_bad_folders_are_reported(pair, tmp_path, capsys):
+    root = tmp_path / "data"
+    import shutil
+    shutil.copytree(pair / "source" / "train", root / "train")
+    shutil.copytree(pair / "source" / "test", root / "test")
+    shutil.copytree(pair / "target" / "train" / "images", root / "unlabeled" / "images")
+    (root / "unlabeled" / "images" / "notes.txt").write_text("x")
+    assert validate_main([str(root)]) == 1
+    assert "notes.txt: unsupported image extension" in capsys.readouterr().out
+    (root / "unlabeled" / "images" / "notes.txt").unlink()
+    assert validate_main([str(root)]) == 0
+    assert "unlabeled images: 6" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def pretrained(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre")
+    run_training(load_config(None, _over(out, pair / "source")), console_logging=False)
+    return out
+
+
+def test_finetune_keeping_the_denoising_term_reads_exactly_its_budget_of_masks(pair, pretrained, tmp_path):
+    """Every target train mask outside the budget's subset is replaced by a file no reader accepts: a
+    fine-tune that read one would fail. It trains on the images (the denoising term is non-zero)."""
+    import shutil
+    target = tmp_path / "target"
+    shutil.copytree(pair / "target", target)
+    pool = sorted(p.stem for p in (target / "train" / "images").iterdir())
+    subset = labeled_subset(pool, 2, 1, "any", distinct=True)
+    for stem in set(pool) - set(subset):
+        (target / "train" / "masks" / f"{stem}.png").write_bytes(b"not a png")
+    out = tmp_path / "ft"
+    cfg = load_config(None, _over(out, target, **{"finetune.checkpoint": str(pretrained), "finetune.budget": 2,
+                                                  "finetune.seed": 1, "finetune.subset_policy": "any",
+                                                  "finetune.distinct_subsets": "true",
+                                                  "finetune.unlabeled_share": 0.5}))
+    rec = run_finetune(cfg, console_logging=False, pool=pool)
+    assert sorted(rec["labeled"]) == sorted(subset)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["denoise"] > 0 and r["mask"] > 0 for r in logged if "denoise" in r)
+
+
+def test_budget_zero_is_a_plain_prediction_with_the_start(pair, pretrained, tmp_path):
+    cfg = load_config(None, _over(tmp_path / "z", pair / "target", **{"finetune.checkpoint": str(pretrained),
+                                                                       "finetune.budget": 0}))
+    rec = run_finetune(cfg, console_logging=False, pool=[])
+    assert rec["budget"] == 0 and rec["labeled"] == [] and rec["steps"] == 0
+    run_cfg, state = pretrained_init(cfg)
+    net = build_unet(run_cfg.model, 1, 3)
+    net.load_state_dict(state)
+    plain = evaluate(net, run_cfg, "test")
+    assert rec["dice"] == plain["dice"] and rec["per_image"] == plain["per_image"]
+    assert np.isfinite(rec["mean_fg_dice"])
+    with pytest.raises(ValueError, match="budget=0 needs finetune.checkpoint"):
+        run_finetune(load_config(None, _over(tmp_path / "s", pair / "target", **{"finetune.budget": 0})),
+                     console_logging=False, pool=[])
