@@ -132,7 +132,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     malloc_state = cpu_malloc.apply(t.cpu_malloc, dist.device.type)
     seed_all(t.seed, dist.rank)
     run_ops = ops.resolve_ops(cfg.kernels, dist.device)
-    ops.log_ops(run_ops, cfg.kernels)
+    ops.log_ops(run_ops)
 
     net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(dist.device)
     if cfg.data.crop % net.downsample_factor:
