@@ -114,16 +114,17 @@ def resolve(name: str, choice: str, device: torch.device, env: Environment = bod
     form = FORMS[name]
     if choice not in ("auto", "reference", form.fast_name):
         raise ValueError(f"kernels.{name}={choice!r}: expected auto, reference or {form.fast_name}")
-    fused = form.fast_name == "fused"
-    body, body_why = bodies.resolve_body(name, device.type, env) if fused else ("-", "")
     if choice == "reference":
         return Choice(name, "reference", "-", "asked for in the config")
-    if choice == form.fast_name:
-        return Choice(name, choice, body, "asked for in the config" + (f" (body: {body_why})" if fused else ""))
-    if not fused:  # upsample_conv
+    if form.fast_name != "fused":  # upsample_conv: plain torch either way, no body to pick
+        if choice == form.fast_name:
+            return Choice(name, choice, "-", "asked for in the config")
         if device.type == "cuda":
             return Choice(name, "reference", "-", "auto: the sub-pixel form is not yet timed on CUDA")
         return Choice(name, "subpixel", "-", "auto: sub-pixel form, 2.25x fewer conv FLOPs, measured faster on CPU")
+    body, body_why = bodies.resolve_body(name, device.type, env)
+    if choice == "fused":
+        return Choice(name, "fused", body, f"asked for in the config (body: {body_why})")
     if device.type == "cuda":
         if body == "math":
             return Choice(name, "reference", "-", "auto: fused op unavailable (is triton installed?)")
@@ -152,13 +153,14 @@ def resolve_ops(cfg: KernelConfig, device: torch.device | str, env: Environment 
     return Ops(**impls, choices=tuple(choices), device=device.type)
 
 
-def log_ops(ops: Ops, cfg: KernelConfig | None = None) -> None:
-    """One line per op: what runs and why (the training loop calls it once per run)."""
+def log_ops(ops: Ops) -> None:
+    """One line per op: what runs and why (the training loop calls it once per run); on CUDA also the
+    Triton design the fused GroupNorm-SiLU was bound to."""
     for c in ops.choices:
         log.info("op %s on %s: %s", c.op, ops.device, c)
-    if cfg is not None and ops.choice("group_norm_silu").body.startswith("triton") and ops.device == "cuda":
+    if ops.choice("group_norm_silu").body.startswith("triton") and ops.device == "cuda":
         from .kernels.group_norm_silu.design import DEFAULT_DESIGN
 
-        design = cfg.group_norm_silu_channels_last
+        design = ops.group_norm_silu.keywords["design"]
         log.info("group_norm_silu Triton design on CUDA: %s (%s)", DEFAULT_DESIGN if design == "auto" else design,
                  design)

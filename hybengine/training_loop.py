@@ -43,6 +43,7 @@ from .runtime.distributed import DistInfo, setup
 from .runtime.ema import EMA
 from .runtime.run_folder import RunInterrupted, check_run_folder
 from .runtime.run_log import MetricsLog, setup_logging
+from .runtime.seeding import objective_generator, seed_all
 from .schedule import learning_rate
 from .unet import UNet, build_unet
 
@@ -134,11 +135,9 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     if t.threads:
         torch.set_num_threads(t.threads)
     malloc_state = cpu_malloc.apply(t.cpu_malloc, dist.device.type)
-    torch.manual_seed(t.seed * 1000 + dist.rank)
-    np.random.seed(t.seed * 1000 + dist.rank)
-    random.seed(t.seed * 1000 + dist.rank)
+    seed_all(t.seed, dist.rank)
     run_ops = ops.resolve_ops(cfg.kernels, dist.device)
-    ops.log_ops(run_ops, cfg.kernels)
+    ops.log_ops(run_ops)
 
     net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(dist.device)
     if cfg.data.crop % net.downsample_factor:
@@ -160,7 +159,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     backend = _make_backend(cfg, net, dist)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
     objective = HybridObjective(cfg.objective, cfg.data.ignore_index, run_ops)
-    gen = torch.Generator(dist.device).manual_seed(t.seed * 1000 + dist.rank + 1)
+    gen = objective_generator(t.seed, dist.rank, dist.device)
     if dist.is_main:  # only now, with data, model and back-end built: a failed start leaves no run behind
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", dumps(cfg))

@@ -7,7 +7,7 @@ from test_sweep import small_target
 
 from hybengine.config import load_config
 from hybengine.finetune import sweep as sweep_mod
-from hybengine.finetune.batched import _clip_per_member, check_batchable, run_batched
+from hybengine.finetune.batched import NonFiniteMembersError, _clip_per_member, check_batchable, run_batched
 from hybengine.finetune.runner import evaluate, prepare_finetune
 from hybengine.finetune.sweep import choose_runner
 from hybengine.training_loop import run_training
@@ -104,3 +104,16 @@ def test_real_measurement_runs(members):
     c0, _ = members[0]
     seq, bat = sweep_mod.time_steps(c0, 2, torch.device("cpu"), repeats=1)
     assert seq > 0 and bat > 0
+
+
+def test_a_non_finite_member_stops_the_group(members, tmp_path):
+    """A member whose loss is not finite is flagged on the device, read with the metrics, and stops the
+    group naming it and the step (the sweep then reruns the group in the loop, under the loop's rule)."""
+    (c0, w0), (c1, w1) = members[0], members[1]
+    short = lambda c, name: dataclasses.replace(c, train=dataclasses.replace(
+        c.train, steps=2, log_every=2, out_dir=str(tmp_path / name)))
+    broken = {k: v.clone() for k, v in w1.items()}
+    broken["conv_in.weight"].fill_(float("nan"))
+    with pytest.raises(NonFiniteMembersError) as err:
+        run_batched([(short(c0, "a"), w0), (short(c1, "b"), broken)])
+    assert (err.value.members, err.value.step) == ([1], 1)
