@@ -53,9 +53,12 @@ def test_rgb_to_luma_and_gray_repeated(tmp_path):
     rgb = np.zeros((3, 5, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
     write_png(tmp_path / "c.png", rgb)
-    x, m = read_image(tmp_path / "c.png", 1)
+    with pytest.raises(FileProblem, match="data.image_channels=3"):  # colour is never grayed silently
+        read_image(tmp_path / "c.png", 1)
+    write_png(tmp_path / "e.png", np.full((3, 5, 3), 120, np.uint8))  # gray saved as RGB: that gray
+    x, m = read_image(tmp_path / "e.png", 1)
     assert x.shape == (1, 3, 5) and m == 255
-    np.testing.assert_allclose(x, float(np.dot([200, 100, 50], LUMA)), rtol=1e-6)
+    np.testing.assert_allclose(x, float(np.dot([120, 120, 120], LUMA)), rtol=1e-6)
     gray = np.arange(15, dtype=np.uint8).reshape(3, 5)
     write_png(tmp_path / "g.png", gray)
     x3, _ = read_image(tmp_path / "g.png", 3)

@@ -47,6 +47,7 @@ def test_finetune_checks_architecture_and_budget(pretrained, tmp_path):
 def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 item 2, issue 28
     """A fine-tune killed at step 4 (snapshot at 3), continued with `finetune --resume RUN` alone, ends with
     the weights and result of an uninterrupted one, bit for bit."""
+    import shutil
     import signal
 
     import torch
@@ -56,7 +57,14 @@ def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 
 
     from tiny_run import run_cli
 
-    extra = {"data.root": str(DEMO_TARGET), "finetune.checkpoint": str(pretrained), "finetune.budget": 2,
+    target = tmp_path / "target"  # 4 train and 1 test frame of the demo target: a fast evaluation
+    for split, n in (("train", 4), ("test", 1)):
+        for sub in ("images", "masks"):
+            (target / split / sub).mkdir(parents=True)
+        for img in sorted((DEMO_TARGET / split / "images").iterdir())[:n]:
+            shutil.copy(img, target / split / "images" / img.name)
+            shutil.copy(DEMO_TARGET / split / "masks" / img.name, target / split / "masks" / img.name)
+    extra = {"data.root": str(target), "finetune.checkpoint": str(pretrained), "finetune.budget": 2,
              "finetune.steps_per_label": 1}  # train.steps 4 + 1 * 2 = 6: the resume must not grow it again
     straight = run_finetune(load_config(None, tiny_overrides(tmp_path / "straight", steps=4, **extra)),
                             console_logging=False)
