@@ -118,6 +118,8 @@ setup(
     name="hybengine",
     version="0.1.0",
     description="Training engine for label-efficient segmentation with hybrid diffusion models",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=["hybengine", "hybengine.data", "hybengine.finetune", "hybengine.runtime", "hybengine.kernels",
               "hybengine.kernels.native"],
@@ -133,13 +135,19 @@ setup(
         "pyyaml",
         "pillow",
         "tifffile",
+        "safetensors",  # `hybengine export`: weights any framework reads
     ],
     extras_require={
         "triton": ["triton"],
         "deepspeed": ["deepspeed"],
+        # DALI ships one wheel per CUDA major; its CPU pipelines (the tests) need one too (no CPU-only wheel)
         "dali": ["nvidia-dali-cuda130"],
+        "dali-cuda130": ["nvidia-dali-cuda130"],
+        "dali-cuda120": ["nvidia-dali-cuda120"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # `hybengine export --onnx`
         "plots": ["matplotlib"],
         "tensorboard": ["tensorboard"],  # train.tensorboard=true
-        "dev": ["pytest", "pytest-xdist", "ruff", "triton", "deepspeed", "matplotlib", "hypothesis"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "triton", "deepspeed", "matplotlib", "hypothesis", "onnx",
+                "onnxscript", "onnxruntime"],
     },
 )

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("hybengine.finetune.sweep", "fine-tunes over label budgets x seeds x initialisations, with a table"),
     "experiment": ("hybengine.finetune.experiment", "pretrain each objective, then sweep them all (one YAML)"),
     "predict": ("hybengine.predict", "masks and overlays for a folder of images"),
+    "export": ("hybengine.export", "a run's weights as safetensors, its segmentation as torch.export / ONNX"),
     "sample": ("hybengine.sample", "draw joint (image, mask) samples from a hybrid checkpoint"),
     "demo": ("hybengine.demo", "the bundled demo: pretrain, fine-tune hybrid and scratch, Dice table"),
     "validate": ("hybengine.console", "check a data folder and list every problem (no training)"),
