@@ -17,7 +17,7 @@ Providers (same inputs, same run):
                (both layouts)
     groups-pre8a0dcf0
                the group kernels before commit 8a0dcf0 (two-pass tile statistics, per-tile backward
-               sums; benchmarks/gn_groups_pre8a0dcf0.py): the A/B of that commit against `groups`
+               sums; benchmarks/probes/gn_groups_pre8a0dcf0.py): the A/B of that commit against `groups`
     apex       apex.contrib.group_norm.GroupNorm(act="silu") where apex imports (NHWC, fp16/bf16,
                no modulation: its rows say modulated=False)
 
@@ -35,7 +35,7 @@ appended, one configuration at a time, to --csv (default benchmarks/results/grou
     python benchmarks/bench_group_norm_silu.py                 # GPU: the U-Net's real call list
     python benchmarks/bench_group_norm_silu.py --quick         # CPU: one small shape
 
-The GPU default is the real call list (hybengine.call_list: base preset, batch 32, 128x128, the
+The GPU default is the real call list (benchmarks/call_list.py: base preset, batch 32, 128x128, the
 configured model.groups): one configuration per distinct (C, H, W, groups) with its number of calls
 per forward, and at the end, per provider, the sum over the list of calls x time ("per step") and
 its fraction of the roofline (5E bytes of every call over the measured copy bandwidth).
@@ -66,6 +66,10 @@ def eager_composition(x, weight, bias, groups, eps, scale, shift):
 
 
 DESIGN_PROVIDERS = ("groups", "rows", "slab")  # the fused op with that Triton design, passed as its argument
+# the columns of a --real row before the environment's (a failed provider's row leaves the timings empty)
+ROW_FIELDS = ["bench", "provider", "impl", "mode", "timing", "shape", "groups", "calls", "dtype", "layout", "modulated",
+              "ms_p50", "ms_p20", "ms_p80", "gbps", "roofline", "bytes_model", "max_err_y", "max_err_dx", "ref_err_y",
+              "ref_err_dx", "status"]
 
 
 def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torch.dtype, device, layout: str):
@@ -78,7 +82,7 @@ def make_provider(name: str, groups: int, eps: float, channels: int, dtype: torc
     if name == "groups-pre8a0dcf0":
         if not triton_runs:
             return None
-        from gn_groups_pre8a0dcf0 import group_norm_silu_pre8a0dcf0
+        from probes.gn_groups_pre8a0dcf0 import group_norm_silu_pre8a0dcf0
 
         return lambda x, w, b, s, t: group_norm_silu_pre8a0dcf0(x, w, b, groups, eps, s, t)
     if name == "fused":
@@ -146,7 +150,7 @@ def real_shapes(batch: int, crop: int) -> tuple[list[tuple], dict]:
     """Distinct (N, C, H, W) of the real call list, most elements first, and {shape: (groups, calls)}."""
     from collections import Counter
 
-    from hybengine.call_list import real_calls
+    from call_list import real_calls
 
     counts = Counter((c.n, c.c, c.h, c.w, c.groups) for c in real_calls(batch=batch, crop=crop))
     info = {k[:4]: (k[4], v) for k, v in counts.items()}
@@ -169,6 +173,14 @@ def configs(args, device):
     return out, info
 
 
+def failed_row(provider: str, shape: tuple, groups_calls: tuple, dtype: str, layout: str, status: str, env: dict,
+               mode: str = "", timing: str = "") -> dict:
+    """A --real row for a provider that failed here: what and why, the timings empty."""
+    return {**dict.fromkeys(ROW_FIELDS, ""), "bench": "group_norm_silu", "provider": provider, "impl": provider,
+            "mode": mode, "timing": timing, "shape": "x".join(map(str, shape)), "groups": groups_calls[0],
+            "calls": groups_calls[1], "dtype": dtype, "layout": layout, "status": status, **env}
+
+
 def per_step_summary(p50: dict, info: dict, copy_gbps: float) -> list[str]:
     """Per (provider, timing, mode, dtype, layout): sum over the configurations of calls x p50, and the
     roofline fraction of that sum; only groups of configurations every provider ran completely."""
@@ -189,6 +201,24 @@ def per_step_summary(p50: dict, info: dict, copy_gbps: float) -> list[str]:
     return lines
 
 
+def smoke(design: str, device: torch.device) -> None:
+    """The fused op with `design` against the float64 reference, both layouts, one small shape, fp32: run
+    in a process of its own with a time limit before the timings (benchmarks/gpu_run.py), so a design
+    that faults or hangs (the slab kernels' spin waits) is left out instead of stopping the bench."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from kernel_helpers import check_group_norm_silu, gn_inputs
+
+    n, c, h, w, g = (4, 64, 16, 16, 8) if device.type == "cuda" else (2, 16, 8, 8, 4)
+    for cl in (False, True):
+        inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
+        errors = check_group_norm_silu(inputs, g, torch.float32, partial(group_norm_silu, design=design))
+        print(f"{design} smoke {'nhwc' if cl else 'nchw'}: " + " ".join(f"{k} {v:.1e}" for k, v in errors.items()),
+              flush=True)
+
+
 def main() -> None:
     p = kernel_bench_parser(__doc__, shapes_help="N,C,H,W ...", layouts=["nchw", "nhwc"],
                             providers=["fused", "slab", "groups", "rows", "groups-pre8a0dcf0", "reference", "eager",
@@ -200,7 +230,11 @@ def main() -> None:
     p.add_argument("--hand-picked", action="store_true", help="GPU: the old hand-picked shapes instead")
     p.add_argument("--batch", type=int, default=32, help="batch of the real call list")
     p.add_argument("--crop", type=int, default=128, help="crop of the real call list")
+    p.add_argument("--smoke", choices=DESIGN_PROVIDERS, default=None,
+                   help="only check this design against the reference (both layouts, one small shape) and exit")
     args = p.parse_args()
+    if args.smoke:
+        return smoke(args.smoke, torch.device(args.device))
     device, timings, rep, env, copy_gbps, impl = kernel_bench_setup(args, "group_norm_silu")
     eps, start = 1e-5, time.perf_counter()
     cfgs, info = configs(args, device)
@@ -209,8 +243,8 @@ def main() -> None:
         args.csv = RESULTS / "group_norm_silu_real.csv"  # its rows carry a `calls` column
     step_p50 = {}
 
-    for shape, dtype_name, layout in cfgs:
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+    for i, (shape, dtype_name, layout) in enumerate(cfgs):
+        if args.budget_s is not None and i > 0 and time.perf_counter() - start > args.budget_s:
             print(f"budget of {args.budget_s:.0f}s spent: stopping before {shape} {dtype_name} {layout}")
             break
         dtype, numel = DTYPES[dtype_name], shape[0] * shape[1] * shape[2] * shape[3]
@@ -220,18 +254,29 @@ def main() -> None:
         err_y, err_dx, ref_err_y, ref_err_dx = check(leaves, dy, groups, eps)
         rows, p50 = [], {}
         for provider in args.providers:
-            fn = make_provider(provider, groups, eps, shape[1], dtype, device, layout)
-            if fn is None:
+            try:  # a provider that fails to build or check (compile error, CUDA fault) is recorded, not fatal
+                fn = make_provider(provider, groups, eps, shape[1], dtype, device, layout)
+                if fn is None:
+                    continue
+                own = provider in (*DESIGN_PROVIDERS, "groups-pre8a0dcf0")  # checked on their own kernels
+                errs = check(leaves, dy, groups, eps, fn)[:2] if own else (err_y, err_dx)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e)[:200]}".replace("\n", " ")
+                print(f"  {provider}: FAILED ({reason})", flush=True)
+                if real:
+                    rows.append(failed_row(provider, shape, info[shape], dtype_name, layout, f"failed: {reason}", env))
                 continue
-            own = provider in (*DESIGN_PROVIDERS, "groups-pre8a0dcf0")  # checked on their own kernels
-            errs = check(leaves, dy, groups, eps, fn)[:2] if own else (err_y, err_dx)
             for timing, mode in [(t, m) for t in timings for m in args.modes if t == "call" or m != "bwd"]:
                 try:
                     call = partial(fn, *leaves)
                     ms, ms20, ms80 = time_mode(mode, timing, forward=call, objective=call, grad=dy, device=device,
-                                               rep=rep, leaves=leaves)
+                                               rep=rep, leaves=leaves, warmup=args.warmup)
                 except Exception as e:  # a provider that cannot run this case (apex's channel limits)
-                    print(f"  {provider} {timing} {mode}: skipped ({type(e).__name__}: {str(e)[:100]})")
+                    reason = f"{type(e).__name__}: {str(e)[:200]}".replace("\n", " ")
+                    print(f"  {provider} {timing} {mode}: skipped ({reason})")
+                    if real:
+                        rows.append(failed_row(provider, shape, info[shape], dtype_name, layout, f"skipped: {reason}",
+                                               env, mode=mode, timing=timing))
                     continue  # its other modes may still run (compile: bwd alone fails, fwd+bwd works)
                 gbps = ELEMENT_SIZES[mode] * numel * leaves[0].element_size() / (ms * 1e-3) / 1e9
                 p50[(provider, timing, mode)] = ms
@@ -246,7 +291,8 @@ def main() -> None:
                     "ms_p20": f"{ms20:.4f}", "ms_p80": f"{ms80:.4f}", "gbps": f"{gbps:.1f}",
                     "roofline": f"{gbps / copy_gbps:.3f}", "bytes_model": f"{ELEMENT_SIZES[mode]}E",
                     "max_err_y": f"{errs[0]:.2e}", "max_err_dx": f"{errs[1]:.2e}",
-                    "ref_err_y": f"{ref_err_y:.2e}", "ref_err_dx": f"{ref_err_dx:.2e}", **env,
+                    "ref_err_y": f"{ref_err_y:.2e}", "ref_err_dx": f"{ref_err_dx:.2e}",
+                    **({"status": "ok"} if real else {}), **env,
                 })  # fmt: skip
         if not args.no_csv:
             append_rows(args.csv, rows)

@@ -41,7 +41,10 @@ the log's host read, so GPU work is inside it); the first interval (warm-up) is 
 reported as warm-up seconds. The paired ratio pairs interval k of a configuration with interval k
 of plain (or strong) in the same round, pooled over rounds: its median, and its 10th-90th
 percentile as the interval, as the lockstep rows do; the per-round medians' ratios are printed.
-Rows go to benchmarks/results/train.csv with the method, device, versions, date and commit.
+Rows go to benchmarks/results/train.csv with the method, device, versions, date and commit, at
+the end. Rounds also write each round's rows (images/s per interval, the paired ratio within the
+round) to --rounds-csv as soon as the round ends, so a run cut short by a time limit keeps what it
+measured; --budget-s starts no round that the longest round so far would carry past the budget.
 
 On a GPU the script also reports the model FLOPs per image (counted with
 torch.utils.flop_counter on one forward; training step = 3x forward) and MFU against the assumed
@@ -56,12 +59,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lockstep  # noqa: E402
+import repo_imports  # noqa: E402, F401  (before hybengine: works without an install)
+import torch  # noqa: E402
 from harness import RESULTS, append_rows, environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,8 +149,6 @@ def child(argv: list[str]) -> None:
     """One timed run (--method rounds): run_training with gc.freeze() once its first step is done."""
     import gc
 
-    import repo_imports  # noqa: F401  (before hybengine: works without an install)
-
     from hybengine.cli import parse_args, resolve
     from hybengine.training_loop import LoopHooks, run_training
 
@@ -178,10 +180,27 @@ def paired_intervals(per_round: list[dict[str, list[float]]], name: str) -> dict
     return out
 
 
+def round_rows(rnd: int, intervals: dict[str, list[float]], args, env_row: dict) -> list[dict]:
+    """One row per configuration of round `rnd` (written as soon as the round ends, so a run cut short
+    keeps its finished rounds): the median images/s of its timed intervals, every interval (pooling the
+    rounds later needs them), and the paired ratio within the round."""
+    rows = []
+    for name, timed in intervals.items():
+        paired = paired_intervals([intervals], name)
+        rows.append({"round": rnd, "config": name, "preset": args.preset, "batch": args.batch, "crop": args.crop,
+                     "images_per_s": round(statistics.median(timed), 2), **paired,
+                     "intervals_images_per_s": " ".join(f"{v:.2f}" for v in timed), **env_row})
+    return rows
+
+
 def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
-    """Whole runs one after another, the order reversed every round; paired ratios per interval."""
+    """Whole runs one after another, the order reversed every round; paired ratios per interval.
+    Each finished round's rows go to --rounds-csv at once; with --budget-s no round starts that the
+    longest round so far would carry past the budget."""
     per_round: list[dict[str, float]] = []  # round -> configuration -> median images/s of that run
     intervals: list[dict[str, list[float]]] = []  # round -> configuration -> images/s per timed interval
+    env_row = environment(torch.device(device))
+    start, longest = time.perf_counter(), 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs if args.warm_runs else []:
             warm_common = [*common, f"train.steps={args.log_every + 2}"]  # a short run: compiles, fills caches
@@ -191,6 +210,12 @@ def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
             except RuntimeError as e:
                 print(f"warm-up run {name}: FAILED\n{e}", flush=True)
         for rnd in range(args.rounds):
+            elapsed = time.perf_counter() - start
+            if args.budget_s is not None and rnd > 0 and elapsed + longest > args.budget_s:
+                print(f"budget of {args.budget_s:.0f}s: {elapsed:.0f}s spent, a round takes up to {longest:.0f}s; "
+                      f"stopping after {rnd} rounds", flush=True)
+                break
+            t_round = time.perf_counter()
             intervals.append({})
             per_round.append({})
             for name in (args.configs if rnd % 2 == 0 else args.configs[::-1]):
@@ -207,6 +232,8 @@ def run_rounds(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
                 warm[name].append(recs[0]["time"] - step_s)
                 mem[name] = max(mem.get(name, 0.0), recs[-1]["peak_mem_mb"])
                 print(f"round {rnd} {name:11s} {statistics.median(timed):8.1f} img/s", flush=True)
+            longest = max(longest, time.perf_counter() - t_round)
+            append_rows(Path(args.rounds_csv), round_rows(rnd, intervals[-1], args, env_row))
     for name in args.configs:
         by_round = paired_ratios(per_round, name)
         print(f"{name}: per-round ratio of medians x plain {by_round['paired_vs_plain']} "
@@ -248,6 +275,25 @@ def run_lockstep(args, common, device, env, ips, warm, mem) -> dict[str, dict]:
     return out
 
 
+def engine_steps(args) -> int:
+    """A few steps of the engine configuration (compiled on CUDA: configs/engine/cuda.yaml), the whole
+    loop in its own process: the preflight of a GPU run. 0 when every step's loss is finite."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    common = common_args(args.preset, args.batch, args.crop, args.data, args.compiled_steps, 1, device)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            recs = run_one("engine", common, device, Path(tmp) / "engine", {**os.environ, "PYTHONUNBUFFERED": "1"})
+        except RuntimeError as e:
+            print(f"FAIL engine steps: {e}", flush=True)
+            return 1
+    losses = [r.get("loss") for r in recs]
+    ok = len(recs) == args.compiled_steps and all(v is not None and v == v and abs(v) < float("inf") for v in losses)
+    print(f"steps {'ok' if ok else 'FAIL'}: {len(recs)} engine steps ({_engine_summary(device)}), "
+          f"losses {losses}, {time.perf_counter() - t0:.0f}s with start-up and compile", flush=True)
+    return 0 if ok else 1
+
+
 def run_parser(doc: str | None, configs: list[str] | None = None) -> argparse.ArgumentParser:
     """The options every training benchmark shares: --preset, --batch, --crop and, when `configs` gives
     its default, --configs (names from CONFIG_NAMES)."""
@@ -268,18 +314,28 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["plain", "strong", "engine"], choices=CONFIG_NAMES)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--csv", default=str(RESULTS / "train.csv"))
+    p.add_argument("--rounds-csv", default=None,
+                   help="rounds: each round's rows as soon as it ends (default: the --csv name + _rounds)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="rounds: start no round that the longest one so far would carry past this")
     p.add_argument("--data", default="demo_data/scratch-assay/fluorescence")
     p.add_argument("--method", choices=["lockstep", "rounds"], default=None,
                    help="lockstep (default on CPU) or rounds (default on CUDA, where a step's work is async)")
     p.add_argument("--warm-runs", type=int, choices=[0, 1], default=None,
                    help="rounds: one short untimed run per configuration first (default 1 on CUDA, 0 on CPU)")
+    p.add_argument("--compiled-steps", type=int, default=None,
+                   help="only run the engine configuration for this many steps and report (a preflight)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("train_args", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args.train_args)
         return
+    if args.compiled_steps:
+        sys.exit(engine_steps(args))
     args.method = args.method or ("lockstep" if not torch.cuda.is_available() else "rounds")
+    if args.rounds_csv is None:
+        args.rounds_csv = str(Path(args.csv).with_name(Path(args.csv).stem + "_rounds.csv"))
     if args.warm_runs is None:
         args.warm_runs = int(torch.cuda.is_available())
     if args.method == "rounds" and torch.cuda.is_available() and (
@@ -302,6 +358,8 @@ def main() -> None:
         paired = run_rounds(args, common, device, env, ips, warm, mem)
 
     med = {c: statistics.median(v) for c, v in ips.items() if v}
+    if not med:
+        sys.exit("every run failed: no rows")
     env_row = environment(torch.device(device))
     flops = model_flops_per_image(args.preset, 1, args.crop) if device == "cuda" else None
     rows = []

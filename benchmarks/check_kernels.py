@@ -9,7 +9,15 @@ bitwise-deterministic gradients, opcheck, and a fullgraph torch.compile of a tin
 slab kernels (both layouts, and the real call list's shapes at batch 2 in bf16); and the
 sub-pixel upsample conv (kernels/upsample_conv.py) in every dtype and layout.
 
+The engine's real path comes first (opcheck, the fullgraph compile, the joint loss, the upsample
+conv, GroupNorm-SiLU through the default design), the other designs' kernels after, so a time
+limit (--budget-s: checks not started by then are listed as skipped) cuts those last.
+--preflight is the minute at the start of a GPU run (benchmarks/gpu_run.py): every fused op against
+the reference in bf16 and fp32 (fp32 on a CPU), both layouts, one odd shape and one the launch plan
+splits, stopping at the first failure with its reason.
+
     python benchmarks/check_kernels.py --device cuda --json gpu_out/check.json
+    python benchmarks/check_kernels.py --device cuda --preflight
     TRITON_INTERPRET=1 python benchmarks/check_kernels.py --device cpu --quick    # a dry run
 """
 import argparse
@@ -53,21 +61,34 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (n, c, h, w, groups): odd sizes; U-Net-like; few groups on large images (split by the launch plan)
 GN_SHAPES = [(2, 6, 7, 9, 3), (1, 5, 7, 9, 1), (1, 12, 7, 9, 12), (4, 64, 32, 32, 32), (2, 96, 24, 40, 32),
              (1, 32, 128, 128, 1), (2, 64, 90, 90, 8)]
+# --preflight: an odd shape and one the launch plan splits over several programs per group, per device
+PREFLIGHT_GN_SHAPES = {"cuda": [(2, 6, 7, 9, 3), (1, 32, 128, 128, 1)], "cpu": [(2, 6, 7, 9, 3), (1, 2, 16, 16, 1)]}
 # (n, c_in, c_out, h, w) of the upsample's input: odd sizes; the base preset's deepest stage
 UPSAMPLE_SHAPES = [(2, 5, 6, 7, 9), (4, 512, 512, 16, 16)]
 # (b, I, K, h, w)
 LOSS_SHAPES = [(2, 3, 2, 7, 9), (1, 1, 5, 7, 9), (3, 3, 3, 8, 8), (8, 3, 2, 64, 64), (4, 1, 4, 100, 90)]
 
 
+class FirstFailure(Exception):
+    """Raised by a fail-fast Checker after recording the first failing check."""
+
+
 class Checker:
     """Runs named checks, printing one line each; the JSON report is rewritten after every check so
-    a run cut short by a time limit still leaves what it found."""
+    a run cut short by a time limit still leaves what it found. Past `budget_s` a check is recorded
+    as skipped instead of run; with `fail_fast` the first failure raises FirstFailure."""
 
-    def __init__(self, json_path: Path | None, header: dict):
+    def __init__(self, json_path: Path | None, header: dict, budget_s: float | None = None,
+                 fail_fast: bool = False):
         self.results, self.json_path, self.header = [], json_path, header
+        self.start, self.budget_s, self.fail_fast = time.perf_counter(), budget_s, fail_fast
 
     def run(self, name: str, fn) -> None:
         t0 = time.perf_counter()
+        if self.budget_s is not None and t0 - self.start > self.budget_s:
+            self.results.append({"check": name, "status": "skipped", "detail": "budget spent", "seconds": 0.0})
+            self._write()
+            return
         try:
             detail = fn()
             status = "ok"
@@ -79,12 +100,17 @@ class Checker:
                              "seconds": round(time.perf_counter() - t0, 2)})
         shown = detail if isinstance(detail, str) else " ".join(f"{k} {v:.1e}" for k, v in (detail or {}).items())
         print(f"{status:4s} {name}  {shown}", flush=True)
+        self._write()
+        if status == "FAIL" and self.fail_fast:
+            raise FirstFailure(f"{name}: {detail}")
+
+    def _write(self) -> None:
         if self.json_path:
             self.json_path.parent.mkdir(parents=True, exist_ok=True)
             self.json_path.write_text(json.dumps({**self.header, "results": self.results}, indent=1))
 
 
-def gn_checks(ck: Checker, device, dtypes, shapes):
+def gn_checks(ck: Checker, device, dtypes, shapes, modulation: bool = True):
     for n, c, h, w, g in shapes:
         splits = split_plan(n * g, h * w, c // g, device)[0]
         for dt in dtypes:
@@ -92,7 +118,7 @@ def gn_checks(ck: Checker, device, dtypes, shapes):
                 name = f"group_norm_silu {(n, c, h, w)} G={g} S={splits} {dt} {'nhwc' if cl else 'nchw'}"
                 inputs = gn_inputs(n, c, h, w, channels_last=cl, device=device)
                 ck.run(name, partial(check_group_norm_silu, inputs, g, DTYPES[dt], ops.group_norm_silu))
-    for scale, shift in [(False, False), (True, False), (False, True)]:
+    for scale, shift in [(False, False), (True, False), (False, True)] if modulation else []:
         for dt in dtypes:
             inputs = gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, device=device)
             ck.run(f"group_norm_silu modulation scale={scale} shift={shift} {dt}",
@@ -169,7 +195,7 @@ def gn_slab_checks(ck: Checker, device, dtypes, shapes):
     distinct shapes at batch 2 (on a GPU), shrunken chunks against the plan, determinism."""
     cases = [(shape, dt) for shape in shapes for dt in dtypes]
     if device.type == "cuda":  # the real shapes in the first dtype (bf16): the check stage's time limit
-        from hybengine.call_list import real_calls
+        from call_list import real_calls
 
         cases += [(shape, dtypes[0]) for shape in sorted({(2, c.c, c.h, c.w, c.groups) for c in real_calls()})]
     design_ops = ops.resolve_ops(KernelConfig(group_norm_silu="fused", group_norm_silu_channels_last="slab"),
@@ -181,13 +207,15 @@ def gn_slab_checks(ck: Checker, device, dtypes, shapes):
     gn_forced_split_and_determinism(ck, device, dtypes, gn_slab_run, (False, True), "group_norm_silu slab")
 
 
-def loss_checks(ck: Checker, device, dtypes, shapes):
+def loss_checks(ck: Checker, device, dtypes, shapes, extras: bool = True):
     for shape in shapes:
         for dt in dtypes:
             for cl in (False, True):
                 name = f"hybrid_loss {shape} {dt} {'nhwc' if cl else 'nchw'}"
                 inputs, upstream = loss_inputs(*shape, channels_last=cl, device=device)
                 ck.run(name, partial(check_hybrid_loss, inputs, upstream, DTYPES[dt]))
+    if not extras:
+        return
     inputs, upstream = loss_inputs(2, 3, 4, 7, 9, ignore_index=255, device=device)
     ck.run("hybrid_loss ignore_index=255", lambda: check_hybrid_loss(inputs, upstream, torch.float32, 255))
 
@@ -242,10 +270,20 @@ def op_checks(ck: Checker, device):
     ck.run("torch.compile fullgraph tiny block fwd+bwd vs eager", compiled_block)
 
 
+def preflight(ck: Checker, device: torch.device, dtypes: list[str]) -> None:
+    """Every fused op against the reference in `dtypes`, both layouts: GroupNorm-SiLU on an odd shape and
+    one the launch plan splits, the joint loss, the upsample conv."""
+    gn_checks(ck, device, dtypes, PREFLIGHT_GN_SHAPES[device.type], modulation=False)
+    loss_checks(ck, device, dtypes, LOSS_SHAPES[:1], extras=False)
+    upsample_checks(ck, device, dtypes, UPSAMPLE_SHAPES[:1])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small shapes only (and no bf16 on CPU)")
+    p.add_argument("--preflight", action="store_true", help="the fast subset, stopping at the first failure")
+    p.add_argument("--budget-s", type=float, default=None, help="start no check after this (the rest: skipped)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -255,20 +293,35 @@ def main() -> int:
         print("note: without TRITON_INTERPRET=1 the CPU runs the math path; the Triton launchers are skipped")
     # bf16 is wrong under the Triton interpreter (CPU); the GPU covers it
     dtypes = ["fp32", "fp16"] if device.type == "cpu" else ["bf16", "fp32", "fp16"]
-    ck = Checker(args.json, {"device": str(device), "torch": torch.__version__, "backends": table})
+    ck = Checker(args.json, {"device": str(device), "torch": torch.__version__, "backends": table},
+                 budget_s=args.budget_s, fail_fast=args.preflight)
     t0 = time.perf_counter()
-    gn_checks(ck, device, dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
-    if bodies.select("group_norm_silu", device.type).startswith("triton"):
-        gn_forced_split_and_determinism(ck, device, dtypes[:1] if args.quick else dtypes, gn_triton_run,
-                                        (False, True), "group_norm_silu")
-        gn_rows_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
-        gn_slab_checks(ck, device, dtypes[:1] if args.quick else dtypes, GN_SHAPES[:3] if args.quick else GN_SHAPES)
-    loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if args.quick else LOSS_SHAPES)
-    upsample_checks(ck, device, dtypes, UPSAMPLE_SHAPES[:1] if args.quick else UPSAMPLE_SHAPES)
-    op_checks(ck, device)
-    failed = [r for r in ck.results if r["status"] != "ok"]
-    print(f"{len(ck.results) - len(failed)} ok, {len(failed)} failed, {time.perf_counter() - t0:.0f}s")
+    try:
+        if args.preflight:
+            preflight(ck, device, ["fp32"] if device.type == "cpu" else ["bf16", "fp32"])
+        else:
+            checks(ck, device, dtypes, args.quick)
+    except FirstFailure as e:
+        print(f"FAIL preflight stopped at the first failure: {e}", flush=True)
+    failed = [r for r in ck.results if r["status"] == "FAIL"]
+    skipped = sum(r["status"] == "skipped" for r in ck.results)
+    print(f"{len(ck.results) - len(failed) - skipped} ok, {len(failed)} failed, {skipped} skipped (budget), "
+          f"{time.perf_counter() - t0:.0f}s")
     return 1 if failed else 0
+
+
+def checks(ck: Checker, device: torch.device, dtypes: list[str], quick: bool) -> None:
+    """Everything, the engine's real path first: opcheck and fullgraph compile, the joint loss, the
+    upsample conv, GroupNorm-SiLU through the default design; then the forced splits and the other designs."""
+    op_checks(ck, device)
+    loss_checks(ck, device, dtypes, LOSS_SHAPES[:3] if quick else LOSS_SHAPES)
+    upsample_checks(ck, device, dtypes, UPSAMPLE_SHAPES[:1] if quick else UPSAMPLE_SHAPES)
+    gn_checks(ck, device, dtypes, GN_SHAPES[:3] if quick else GN_SHAPES)
+    if bodies.select("group_norm_silu", device.type).startswith("triton"):
+        gn_forced_split_and_determinism(ck, device, dtypes[:1] if quick else dtypes, gn_triton_run,
+                                        (False, True), "group_norm_silu")
+        gn_rows_checks(ck, device, dtypes[:1] if quick else dtypes, GN_SHAPES[:3] if quick else GN_SHAPES)
+        gn_slab_checks(ck, device, dtypes[:1] if quick else dtypes, GN_SHAPES[:3] if quick else GN_SHAPES)
 
 
 if __name__ == "__main__":

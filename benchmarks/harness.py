@@ -184,6 +184,7 @@ def time_mode(
     device: torch.device,
     rep: int,
     leaves: Iterable[torch.Tensor],
+    warmup: int = 5,
 ) -> tuple[float, float, float]:
     """(p50, p20, p80) ms of one mode of an op: "fwd" times forward(); "bwd" times backward from a
     fixed objective() (retain_graph); "fwd+bwd" both, objective().backward(grad). timing "graph"
@@ -196,11 +197,12 @@ def time_mode(
         call = forward if mode == "fwd" else (lambda: objective().backward(grad))
         return bench_graph(call, device, rep=rep, grad_to_none=leaves)
     if mode == "fwd":
-        return bench(forward, device, rep=rep, grad_to_none=leaves)
+        return bench(forward, device, warmup=warmup, rep=rep, grad_to_none=leaves)
     if mode == "bwd":
         fixed = objective()
-        return bench(lambda: fixed.backward(grad, retain_graph=True), device, rep=rep, grad_to_none=leaves)
-    return bench(lambda: objective().backward(grad), device, rep=rep, grad_to_none=leaves)
+        return bench(lambda: fixed.backward(grad, retain_graph=True), device, warmup=warmup, rep=rep,
+                     grad_to_none=leaves)
+    return bench(lambda: objective().backward(grad), device, warmup=warmup, rep=rep, grad_to_none=leaves)
 
 
 def kernel_bench_parser(doc: str, *, shapes_help: str, layouts: list[str], providers: list[str], modes: tuple,
@@ -218,7 +220,9 @@ def kernel_bench_parser(doc: str, *, shapes_help: str, layouts: list[str], provi
     p.add_argument("--timing", nargs="*", choices=["call", "graph"], default=None,
                    help="GPU: call (host launch work included) and graph (CUDA-graph replay, device time)")
     p.add_argument("--rep", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None, help="start no new configuration after this")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls before the timed ones (call timing)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no configuration after this (the first always runs)")
     p.add_argument("--csv", type=Path, default=csv_path)
     p.add_argument("--no-csv", action="store_true")
     return p

@@ -192,9 +192,10 @@ HEADER = """# Performance
 
 Every speed figure is a ratio measured side by side in one run, new path over baseline on the same
 machine and inputs; absolute times count only on a GPU. Each table shows the newest run of each
-device in its CSV, with the date and commit of that run. Reproduce: `benchmarks/gpu_suite.sh` on a
-GPU, or the bench script named in each section (`benchmarks/README.md` lists them). Older runs stay
-in the CSVs; investigations, including the ones that did not pay off, are in [lab/](lab/README.md).
+device in its CSV, with the date and commit of that run. Reproduce: the calls of `benchmarks/gpu_run.sh`
+on a GPU (`benchmarks/README.md`, "A GPU window"), or the bench script named in each section
+(`benchmarks/README.md` lists them). Older runs stay in the CSVs; investigations, including the ones
+that did not pay off, are in [lab/](lab/README.md).
 """
 
 

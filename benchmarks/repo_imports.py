@@ -3,7 +3,10 @@
 setup.py maps the package `hybengine.kernels` to the folder kernels/ (a PyPI package owns the
 top-level name `kernels`). On a machine that only has a copy of the tree (the lent GPU machine),
 this puts the repo on sys.path and maps that one name the same way. A no-op when installed.
-Scripts in benchmarks/ import it before anything from hybengine.
+Scripts in benchmarks/ import it before anything from hybengine. Run as a script, it runs a module
+of the package the way `python -m` would, on a machine without the install:
+
+    python benchmarks/repo_imports.py hybengine.finetune.experiment --config ...
 """
 import importlib.abc
 import importlib.util
@@ -38,3 +41,11 @@ def ensure() -> str:
 
 
 HOW = ensure()
+
+if __name__ == "__main__":
+    import runpy
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python benchmarks/repo_imports.py MODULE [ARGS...]")
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Counted memory traffic of GroupNorm-SiLU over the U-Net's real call list (CPU, Triton interpreter).
 
-For every distinct call of `hybengine.call_list.real_calls` (default: base preset, batch 32, 128x128,
+For every distinct call of `real_calls` (benchmarks/call_list.py) (default: base preset, batch 32, 128x128,
 bf16 as cuda.yaml trains) and each layout and kernel design, runs the forward and the backward once
 under `kernels.traffic.count` with the launch plan the GPU would use at the real batch (132 SMs),
 and reports bytes per element in element-sizes: raw (every global load/store) and DRAM (the
@@ -29,8 +29,8 @@ from collections import Counter
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
+from call_list import GNCall, real_calls  # noqa: E402
 
-from hybengine.call_list import GNCall, real_calls  # noqa: E402
 from hybengine.kernels import traffic  # noqa: E402
 from hybengine.kernels.group_norm_silu import design as gn_design  # noqa: E402
 from hybengine.kernels.group_norm_silu import rows, slab  # noqa: E402

@@ -9,7 +9,8 @@ start it as a subprocess).
     python tests/kernel_aot.py            # the main variants (what the test runs)
     python tests/kernel_aot.py --all      # every dtype x layout x flag combination
     python tests/kernel_aot.py --real     # the GroupNorm-SiLU variants of the U-Net's real call list
-                                          # (hybengine.call_list: base preset, batch 32, 128x128, bf16)
+                                          # (benchmarks/call_list.py: base preset, batch 32, 128x128, bf16),
+                                          # with the benchmark's pre-8a0dcf0 group kernels
     python tests/kernel_aot.py --real --check-spills        # and fail on any spill (the committed report)
     python tests/kernel_aot.py --real --subset --check-spills  # a few of them, each tiling kind (the test)
     python tests/kernel_aot.py --real --tune-registers      # print registers.TABLE: per kernel and
@@ -161,11 +162,14 @@ def variants(everything: bool):
 
 
 def real_variants(everything: bool, subset: bool = False):
-    """The slab, group and rows kernels at every distinct shape of the real call list, both layouts, bf16.
+    """The slab, group and rows kernels at every distinct shape of the real call list, both layouts, bf16,
+    and the pre-8a0dcf0 group kernels of the benchmark (benchmarks/probes/) beside the group kernels.
 
     `subset` (the test): one shape, C=128 at 128x128: the group kernels in both layouts, the slab kernels
     channels-last and unmodulated; all of these spilled before registers.TABLE."""
-    from hybengine.call_list import real_calls
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from call_list import real_calls
+
     from hybengine.kernels.launch import gpu_split_plan
 
     shapes = sorted({(c.c, c.h * c.w, c.groups) for c in real_calls()})
@@ -207,6 +211,13 @@ def real_variants(everything: bool, subset: bool = False):
             if split:
                 yield f"_gns_bwd_reduce_kernel {tag}", gns._gns_bwd_reduce_kernel, gio, sizes, flags, unit
                 yield f"_gns_stats_kernel {tag}", gns._gns_stats_kernel, gio, sizes, {}, unit
+            if not subset:  # the benchmark's pre-8a0dcf0 group kernels, under the group kernels' budgets
+                pre = pre8a0dcf0()
+                yield f"pre8a0dcf0 _gns_fwd_kernel {tag}", pre.fwd, gio, sizes, {**flags, "SPLIT": split}, unit
+                yield f"pre8a0dcf0 _gns_bwd_kernel {tag}", pre.bwd, gio, sizes, {**flags, "SPLIT": split}, unit
+                if split:
+                    yield f"pre8a0dcf0 _gns_bwd_reduce_kernel {tag}", pre.bwd_reduce, gio, sizes, flags, unit
+                    yield f"pre8a0dcf0 _gns_stats_kernel {tag}", pre.stats, gio, sizes, {}, unit
         pkey = ("params", c, chunk < hw)
         if pkey not in seen and not subset:  # the parameter gradients of the group and rows kernels
             seen.add(pkey)
@@ -225,8 +236,17 @@ def real_variants(everything: bool, subset: bool = False):
         yield _param_grads_variant("slab", "bf16", 128, False, False)
 
 
+def pre8a0dcf0():
+    """The group kernels before commit 8a0dcf0 (benchmarks/probes/gn_groups_pre8a0dcf0.py): a GroupKernels."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from probes.gn_groups_pre8a0dcf0 import PRE
+
+    return PRE
+
+
 def tiling_key(label: str, meta: dict) -> tuple | None:
-    """registers.TABLE's key of a compiled variant: (kernel, layout, block a, block b, warps)."""
+    """registers.TABLE's key of a compiled variant: (kernel, layout, block a, block b, warps); None for
+    kernels that take another kernel's budgets (the pre-8a0dcf0 group kernels take the group kernels')."""
     name, layout = label.split()[0], "nhwc" if " nhwc" in label else "nchw"
     if name in ("_slab_fwd_kernel", "_slab_bwd_kernel"):
         return name, layout, meta["BLOCK_C"], meta["BLOCK_P"], meta["num_warps"]

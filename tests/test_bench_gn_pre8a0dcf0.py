@@ -1,4 +1,4 @@
-"""The benchmark-only provider `groups-pre8a0dcf0` (benchmarks/gn_groups_pre8a0dcf0.py: the group kernels
+"""The benchmark-only provider `groups-pre8a0dcf0` (benchmarks/probes/gn_groups_pre8a0dcf0.py: the group kernels
 before that commit) against the float64 reference under the Triton interpreter: every output and
 gradient, both layouts, whole and split groups, modulation on and off. Tiny shapes."""
 import sys
@@ -12,7 +12,7 @@ from hybengine.kernels import bodies
 from hybengine.kernels.launch import split_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from gn_groups_pre8a0dcf0 import group_norm_silu_pre8a0dcf0  # noqa: E402
+from probes.gn_groups_pre8a0dcf0 import group_norm_silu_pre8a0dcf0  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),

@@ -1,7 +1,11 @@
-"""The real GroupNorm-SiLU call list (hybengine/call_list.py), recorded from the model by hooks."""
+"""The real GroupNorm-SiLU call list (benchmarks/call_list.py), recorded from the model by hooks."""
+import sys
+from pathlib import Path
+
 import torch
 
-from hybengine.call_list import real_calls, summary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from call_list import real_calls, summary  # noqa: E402
 
 
 def test_tiny_preset_calls_and_layouts():

@@ -3,9 +3,13 @@
     groups  groups.py: one program (or a split of S programs) per (sample, group); both layouts,
             timed on H100/H200, the default
     rows    rows.py: channels-last only (NCHW inputs fall back to groups), programs own whole pixel
-            rows; not yet timed on a GPU
+            rows; EXPERIMENTAL
     slab    slab.py: both layouts, one persistent launch per pass, each input read once from DRAM
-            by the counted traffic; not yet timed on a GPU
+            by the counted traffic; EXPERIMENTAL
+
+EXPERIMENTAL lists the designs not yet timed on a GPU (benchmarks/gpu_run.sh, call 1, times them
+over the real call list): they pass the same correctness tests, and a config or benchmark may ask
+for them by name, but "auto" never picks them until a GPU timing says they pay.
 
 The request comes from the caller as an argument (the op registry, hybengine.ops, passes the run's
 config key kernels.group_norm_silu_channels_last; benchmarks name a design), never through a module
@@ -18,7 +22,8 @@ from . import groups as groups_design
 from . import rows, slab
 
 DESIGNS = ("groups", "rows", "slab")
-DEFAULT_DESIGN = "groups"  # the design timed on H100/H200; rows and slab wait for their GPU timings
+EXPERIMENTAL = ("rows", "slab")  # not yet timed on a GPU: never the default
+DEFAULT_DESIGN = "groups"  # the design timed on H100/H200
 
 
 def choose_design(x: torch.Tensor, requested: str = "auto", hw_per_split: int | None = None) -> str:

@@ -16,9 +16,9 @@ import torch
 from ..bodies import tl, triton
 from ..launch import forced_plan, split_plan
 from ..layout import as_n_c_p, write_back
-from .param_grads import launch_param_grads
-from .prologue import channel_affine, modulation
+from .param_grads import grad_outputs, launch_param_grads
 from .registers import maxnreg
+from .tiles import channel_affine, dh_tile, dx_tile, modulation, silu
 
 
 def _tile_elems(args) -> int:
@@ -38,22 +38,22 @@ def _block_hw(args) -> int:
     return min(triton.next_power_of_2(args["HW_PER_SPLIT"]), max(1, _tile_elems(args) // args["BLOCK_C"]))
 
 
-_HEURISTICS = {
+HEURISTICS = {
     "BLOCK_C": _block_c,
     "BLOCK_HW": _block_hw,
     "num_warps": lambda args: 8 if args["BLOCK_C"] * args["BLOCK_HW"] >= 2048 else 4,
 }
 
 
-def _heuristics(kernel: str) -> dict:
-    """_HEURISTICS plus the kernel's register budget on a GPU (registers.py; None: ptxas chooses)."""
+def heuristics(kernel: str) -> dict:
+    """HEURISTICS plus the kernel's register budget on a GPU (registers.py; None: ptxas chooses)."""
 
     def budget(args) -> int | None:
         if args["X"].device.type != "cuda":
             return None
         return maxnreg(kernel, args["stride_xc"] == 1, args["BLOCK_C"], args["BLOCK_HW"], args["num_warps"])
 
-    return {**_HEURISTICS, "maxnreg": budget}
+    return {**HEURISTICS, "maxnreg": budget}
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -102,7 +102,7 @@ def _chunk_stats(
 
 
 @triton.jit
-def _group_stats_from_partials(
+def group_stats_from_partials(
     PART,  # pointer to partial (count, mean, m2), shape (3, N*G, S) fp32
     pid_ng,
     NG,  # N*G
@@ -124,30 +124,71 @@ def _group_stats_from_partials(
     return count, mean, m2
 
 
-@triton.heuristics(_heuristics("_gns_stats_kernel"))
+@triton.jit
+def _program_chunk(G, HW, HW_PER_SPLIT):
+    """This program's group and pixels: (pid_ng, pid_s, n, g, hw_lo, hw_hi). Grid (N*G, S)."""
+    pid_ng = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    hw_lo = pid_s * HW_PER_SPLIT
+    return pid_ng, pid_s, pid_ng // G, pid_ng % G, hw_lo, tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+
+
+@triton.jit
+def _group_base(n, g, CG, stride_n, stride_c):
+    """Offset of element [n, g*CG, 0] of a (N, C, HW) tensor (int64: big tensors)."""
+    return n.to(tl.int64) * stride_n + (g * CG).to(tl.int64) * stride_c
+
+
+@triton.jit
+def _channel_block(cb, n, g, CG, W, B, SCALE, SHIFT, stride_sn, stride_tn, HAS_SCALE: tl.constexpr,
+                   HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channels cb .. cb+BLOCK_C-1 of group (n, g): (c, cmask, a, bb), c counted within the group."""
+    c = cb + tl.arange(0, BLOCK_C)
+    cmask = c < CG
+    a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+    return c, cmask, a, bb
+
+
+@triton.jit
+def _pixel_tile_dh(X, DY, x_base, dy_base, c, cmask, hb, hw_hi, mean, rstd, a, bb, stride_xc, stride_xp, stride_dc,
+                   stride_dp, BLOCK_HW: tl.constexpr):
+    """The tile of channel block c and pixels hb .. hb+BLOCK_HW-1 (< hw_hi): (hw, mask, xhat, dh)."""
+    hw = hb + tl.arange(0, BLOCK_HW)
+    mask = cmask[:, None] & (hw < hw_hi)[None, :]
+    x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
+    dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
+    xhat, dh = dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a[:, None], bb[:, None])
+    return hw, mask, xhat, dh
+
+
+@triton.jit
+def _channel_sums(X, DY, x_base, dy_base, c, cmask, hw_lo, hw_hi, mean, rstd, a, bb, stride_xc, stride_xp,
+                  stride_dc, stride_dp, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """s1 = sum dh, s2 = sum dh*xhat per channel of block c over pixels hw_lo:hw_hi; lane sums in the
+    loop, one reduction after it."""
+    acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    for hb in range(hw_lo, hw_hi, BLOCK_HW):
+        _, _, xhat, dh = _pixel_tile_dh(X, DY, x_base, dy_base, c, cmask, hb, hw_hi, mean, rstd, a, bb, stride_xc,
+                                        stride_xp, stride_dc, stride_dp, BLOCK_HW)
+        acc1 += dh
+        acc2 += dh * xhat
+    return tl.sum(acc1, axis=1), tl.sum(acc2, axis=1)
+
+
+@triton.heuristics(heuristics("_gns_stats_kernel"))
 @triton.jit
 def _gns_stats_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
     PART,  # out: partial (count, mean, m2), shape (3, N*G, S) fp32
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    HW_PER_SPLIT,  # pixels per split program
-    S,  # splits per group
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    G, CG, HW,  # groups, channels per group, pixels per channel
+    HW_PER_SPLIT, S,  # pixels per split program, splits per group
+    stride_xn, stride_xc, stride_xp,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """Split reduction, step 1: statistics of chunk (n, g, s). Grid (N*G, S)."""
-    pid_ng = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n = pid_ng // G
-    g = pid_ng % G
-    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
-    hw_lo = pid_s * HW_PER_SPLIT
-    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    pid_ng, pid_s, n, g, hw_lo, hw_hi = _program_chunk(G, HW, HW_PER_SPLIT)
+    x_base = _group_base(n, g, CG, stride_xn, stride_xc)
     count, mean, m2 = _chunk_stats(X, x_base, CG, hw_lo, hw_hi, stride_xc, stride_xp, BLOCK_C, BLOCK_HW)
     NG = tl.num_programs(0)
     tl.store(PART + pid_ng * S + pid_s, count)
@@ -155,51 +196,28 @@ def _gns_stats_kernel(
     tl.store(PART + (2 * NG + pid_ng) * S + pid_s, m2)
 
 
-@triton.heuristics(_heuristics("_gns_fwd_kernel"))
+@triton.heuristics(heuristics("_gns_fwd_kernel"))
 @triton.jit
 def _gns_fwd_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    Y,  # out: pointer to y, shape (N, C, HW), strides (stride_yn, stride_yc, stride_yp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # out: mean, shape (N*G,) fp32
-    RSTD,  # out: rstd, shape (N*G,) fp32
+    X, Y,  # pointers to x and out: y, shape (N, C, HW), strides (stride_xn, ...), (stride_yn, ...)
+    W, B,  # pointers to weight and bias, shape (C,)
+    SCALE, SHIFT,  # (N, C), strides (stride_sn, 1), (stride_tn, 1); read only if HAS_SCALE / HAS_SHIFT
+    MEAN, RSTD,  # out: mean and rstd, shape (N*G,) fp32
     PART,  # partial statistics, shape (3, N*G, S) fp32; read only if SPLIT
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    HW_PER_SPLIT,  # pixels per split program (HW when S == 1)
-    S,  # splits per group
+    C, G, CG, HW,  # channels, groups, channels per group, pixels per channel
+    HW_PER_SPLIT, S,  # pixels per split program (HW when S == 1), splits per group
     eps,  # float, pinned to fp32 below
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_yn,
-    stride_yc,
-    stride_yp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_yn, stride_yc, stride_yp,
     SPLIT: tl.constexpr,  # statistics from _gns_stats_kernel's partials instead of this program
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """y for chunk (n, g, s). Grid (N*G, S)."""
-    pid_ng = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n = pid_ng // G
-    g = pid_ng % G
+    pid_ng, pid_s, n, g, hw_lo, hw_hi = _program_chunk(G, HW, HW_PER_SPLIT)
     eps = tl.cast(eps, tl.float32)
-    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
-    y_base = n.to(tl.int64) * stride_yn + (g * CG).to(tl.int64) * stride_yc
-    hw_lo = pid_s * HW_PER_SPLIT
-    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    x_base = _group_base(n, g, CG, stride_xn, stride_xc)
+    y_base = _group_base(n, g, CG, stride_yn, stride_yc)
     if SPLIT:
-        count, mean, m2 = _group_stats_from_partials(PART, pid_ng, tl.num_programs(0), S)
+        count, mean, m2 = group_stats_from_partials(PART, pid_ng, tl.num_programs(0), S)
     else:
         count, mean, m2 = _chunk_stats(X, x_base, CG, 0, HW, stride_xc, stride_xp, BLOCK_C, BLOCK_HW)
     rstd = tl.rsqrt(m2 / count + eps)
@@ -208,152 +226,64 @@ def _gns_fwd_kernel(
         tl.store(RSTD + pid_ng, rstd)
 
     for cb in range(0, CG, BLOCK_C):
-        c = cb + tl.arange(0, BLOCK_C)
-        cmask = c < CG
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        c, cmask, a, bb = _channel_block(cb, n, g, CG, W, B, SCALE, SHIFT, stride_sn, stride_tn, HAS_SCALE,
+                                         HAS_SHIFT, BLOCK_C)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x = tl.load(X + x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp, mask=mask, other=0.0)
             xhat = (x.to(tl.float32) - mean) * rstd
-            h = xhat * a[:, None] + bb[:, None]
-            y = h * tl.sigmoid(h)
+            y = silu(xhat * a[:, None] + bb[:, None])
             y_offs = y_base + c[:, None] * stride_yc + hw[None, :] * stride_yp
             tl.store(Y + y_offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _dh_tile(
-    X,  # pointer to x, shape (N, C, HW)
-    DY,  # pointer to dy, shape (N, C, HW)
-    x_offs,  # tile offsets into x, shape (BLOCK_C, BLOCK_HW)
-    dy_offs,  # tile offsets into dy, shape (BLOCK_C, BLOCK_HW)
-    mask,  # shape (BLOCK_C, BLOCK_HW)
-    mean,
-    rstd,
-    a,  # shape (BLOCK_C,)
-    bb,  # shape (BLOCK_C,)
-):
-    """Recompute xhat and h for a tile, return (xhat, dh), both 0 outside the mask."""
-    x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
-    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-    h = xhat * a[:, None] + bb[:, None]
-    sig = tl.sigmoid(h)
-    dh = dy * sig * (1.0 + h * (1.0 - sig))
-    return xhat, dh
-
-
-@triton.heuristics(_heuristics("_gns_bwd_reduce_kernel"))
+@triton.heuristics(heuristics("_gns_bwd_reduce_kernel"))
 @triton.jit
 def _gns_bwd_reduce_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # pointer to mean, shape (N*G,) fp32
-    RSTD,  # pointer to rstd, shape (N*G,) fp32
+    X, DY, W, B, SCALE, SHIFT, MEAN, RSTD,  # as in _gns_bwd_kernel
     PART,  # out: per-split channel sums (s1, s2), shape (2, S, N, C) fp32
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    HW_PER_SPLIT,  # pixels per split program
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_dn,
-    stride_dc,
-    stride_dp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    N, C, G, CG, HW, HW_PER_SPLIT,  # as in _gns_bwd_kernel
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_dn, stride_dc, stride_dp,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """Split reduction of the backward: s1, s2 over chunk (n, g, s). Grid (N*G, S)."""
-    pid_ng = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n = pid_ng // G
-    g = pid_ng % G
-    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
-    dy_base = n.to(tl.int64) * stride_dn + (g * CG).to(tl.int64) * stride_dc
-    hw_lo = pid_s * HW_PER_SPLIT
-    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    pid_ng, pid_s, n, g, hw_lo, hw_hi = _program_chunk(G, HW, HW_PER_SPLIT)
+    x_base = _group_base(n, g, CG, stride_xn, stride_xc)
+    dy_base = _group_base(n, g, CG, stride_dn, stride_dc)
     mean = tl.load(MEAN + pid_ng)
     rstd = tl.load(RSTD + pid_ng)
     NC = N * C
     for cb in range(0, CG, BLOCK_C):
-        c = cb + tl.arange(0, BLOCK_C)
-        cmask = c < CG
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-        acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)  # lane sums: one reduction after the loop
-        acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
-        for hb in range(hw_lo, hw_hi, BLOCK_HW):
-            hw = hb + tl.arange(0, BLOCK_HW)
-            mask = cmask[:, None] & (hw < hw_hi)[None, :]
-            x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
-            dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-            acc1 += dh
-            acc2 += dh * xhat
-        s1 = tl.sum(acc1, axis=1)
-        s2 = tl.sum(acc2, axis=1)
+        c, cmask, a, bb = _channel_block(cb, n, g, CG, W, B, SCALE, SHIFT, stride_sn, stride_tn, HAS_SCALE,
+                                         HAS_SHIFT, BLOCK_C)
+        s1, s2 = _channel_sums(X, DY, x_base, dy_base, c, cmask, hw_lo, hw_hi, mean, rstd, a, bb, stride_xc,
+                               stride_xp, stride_dc, stride_dp, BLOCK_C, BLOCK_HW)
         nc = n * C + g * CG + c
         tl.store(PART + pid_s * NC + nc, s1, mask=cmask)
         tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, s2, mask=cmask)
 
 
-@triton.heuristics(_heuristics("_gns_bwd_kernel"))
+@triton.heuristics(heuristics("_gns_bwd_kernel"))
 @triton.jit
 def _gns_bwd_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
-    DX,  # out: pointer to dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # pointer to mean, shape (N*G,) fp32
-    RSTD,  # pointer to rstd, shape (N*G,) fp32
+    X, DY,  # pointers to x and dy, shape (N, C, HW), strides (stride_xn, ...), (stride_dn, ...)
+    DX,  # out: dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
+    W, B, SCALE, SHIFT,  # as in _gns_fwd_kernel
+    MEAN, RSTD,  # mean and rstd, shape (N*G,) fp32
     SUMS,  # channel sums (s1, s2), shape (2, N, C) fp32: written here unless SPLIT, else read
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
+    N, C, G, CG, HW,  # samples, channels, groups, channels per group, pixels per channel
     HW_PER_SPLIT,  # pixels per split program (HW when not SPLIT)
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_dn,
-    stride_dc,
-    stride_dp,
-    stride_gn,
-    stride_gc,
-    stride_gp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_dn, stride_dc, stride_dp,
+    stride_gn, stride_gc, stride_gp,
     SPLIT: tl.constexpr,  # s1, s2 already reduced by _gns_bwd_reduce_kernel + a fixed-order sum
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """dx for chunk (n, g, s), and s1, s2 when one program owns the group. Grid (N*G, S)."""
-    pid_ng = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    n = pid_ng // G
-    g = pid_ng % G
-    x_base = n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
-    dy_base = n.to(tl.int64) * stride_dn + (g * CG).to(tl.int64) * stride_dc
-    dx_base = n.to(tl.int64) * stride_gn + (g * CG).to(tl.int64) * stride_gc
-    hw_lo = pid_s * HW_PER_SPLIT
-    hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
+    pid_ng, pid_s, n, g, hw_lo, hw_hi = _program_chunk(G, HW, HW_PER_SPLIT)
+    x_base = _group_base(n, g, CG, stride_xn, stride_xc)
+    dy_base = _group_base(n, g, CG, stride_dn, stride_dc)
+    dx_base = _group_base(n, g, CG, stride_gn, stride_gc)
     mean = tl.load(MEAN + pid_ng)
     rstd = tl.load(RSTD + pid_ng)
     NC = N * C
@@ -362,26 +292,15 @@ def _gns_bwd_kernel(
     c1 = 0.0
     c2 = 0.0
     for cb in range(0, CG, BLOCK_C):
-        c = cb + tl.arange(0, BLOCK_C)
-        cmask = c < CG
+        c, cmask, a, bb = _channel_block(cb, n, g, CG, W, B, SCALE, SHIFT, stride_sn, stride_tn, HAS_SCALE,
+                                         HAS_SHIFT, BLOCK_C)
         nc = n * C + g * CG + c
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         if SPLIT:
             s1 = tl.load(SUMS + nc, mask=cmask, other=0.0)
             s2 = tl.load(SUMS + NC + nc, mask=cmask, other=0.0)
         else:
-            acc1 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
-            acc2 = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
-            for hb in range(0, HW, BLOCK_HW):
-                hw = hb + tl.arange(0, BLOCK_HW)
-                mask = cmask[:, None] & (hw < HW)[None, :]
-                x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
-                dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-                xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-                acc1 += dh
-                acc2 += dh * xhat
-            s1 = tl.sum(acc1, axis=1)
-            s2 = tl.sum(acc2, axis=1)
+            s1, s2 = _channel_sums(X, DY, x_base, dy_base, c, cmask, 0, HW, mean, rstd, a, bb, stride_xc, stride_xp,
+                                   stride_dc, stride_dp, BLOCK_C, BLOCK_HW)
             tl.store(SUMS + nc, s1, mask=cmask)
             tl.store(SUMS + NC + nc, s2, mask=cmask)
         c1 += tl.sum(a * s1)
@@ -392,16 +311,12 @@ def _gns_bwd_kernel(
 
     # dx = rstd * (dh*a - c1 - xhat*c2)
     for cb in range(0, CG, BLOCK_C):
-        c = cb + tl.arange(0, BLOCK_C)
-        cmask = c < CG
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        c, cmask, a, bb = _channel_block(cb, n, g, CG, W, B, SCALE, SHIFT, stride_sn, stride_tn, HAS_SCALE,
+                                         HAS_SHIFT, BLOCK_C)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
-            hw = hb + tl.arange(0, BLOCK_HW)
-            mask = cmask[:, None] & (hw < hw_hi)[None, :]
-            x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
-            dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-            dx = rstd * (dh * a[:, None] - c1 - xhat * c2)
+            hw, mask, xhat, dh = _pixel_tile_dh(X, DY, x_base, dy_base, c, cmask, hb, hw_hi, mean, rstd, a, bb,
+                                                stride_xc, stride_xp, stride_dc, stride_dp, BLOCK_HW)
+            dx = dx_tile(dh, xhat, a[:, None], rstd, c1, c2)
             dx_offs = dx_base + c[:, None] * stride_gc + hw[None, :] * stride_gp
             tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
 
@@ -411,7 +326,7 @@ def _gns_bwd_kernel(
 
 class GroupKernels(NamedTuple):
     """The four per-(sample, group) kernels a launcher runs; a benchmark may pass an older set with the
-    same arguments (benchmarks/gn_groups_pre8a0dcf0.py)."""
+    same arguments (benchmarks/probes/gn_groups_pre8a0dcf0.py)."""
 
     stats: Callable
     fwd: Callable
@@ -429,18 +344,10 @@ def _plan(x3: torch.Tensor, groups: int, hw_per_split: int | None) -> tuple[int,
     return split_plan(n * groups, hw, c // groups, x3.device)
 
 
-def group_norm_silu_fwd_groups(
-    x: torch.Tensor,  # (N, C, *spatial), NCHW or channels-last
-    weight: torch.Tensor,  # (C,)
-    bias: torch.Tensor,  # (C,)
-    scale: torch.Tensor | None,  # (N, C)
-    shift: torch.Tensor | None,  # (N, C)
-    groups: int,
-    eps: float,
-    hw_per_split: int | None = None,  # force the split size (tests); None: `launch.split_plan`
-    kernels: GroupKernels = KERNELS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns y (x's dtype and layout), mean and rstd ((N, G) fp32)."""
+def group_norm_silu_fwd_groups(x, weight, bias, scale, shift, groups: int, eps: float, hw_per_split: int | None = None,
+                               kernels: GroupKernels = KERNELS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As `design.group_norm_silu_fwd_triton`: (y, mean, rstd); `hw_per_split` forces the split size
+    (tests; None: `launch.split_plan`), `kernels` another set of kernels with these arguments."""
     weight, bias = weight.contiguous(), bias.contiguous()  # no-ops for parameters
     y = torch.empty_like(x)
     x3, y3 = as_n_c_p(x), as_n_c_p(y)
@@ -461,27 +368,16 @@ def group_norm_silu_fwd_groups(
     return write_back(y, y3), mean, rstd
 
 
-def group_norm_silu_bwd_groups(
-    dy: torch.Tensor,  # (N, C, *spatial), any layout
-    x: torch.Tensor,  # (N, C, *spatial)
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    mean: torch.Tensor,  # (N, G) fp32
-    rstd: torch.Tensor,  # (N, G) fp32
-    groups: int,
-    eps: float,
-    hw_per_split: int | None = None,
-    kernels: GroupKernels = KERNELS,
-) -> tuple[torch.Tensor, ...]:
-    """Returns dx (x's dtype and layout), dweight, dbias, dscale, dshift (see `math_path._param_grads`).
+def group_norm_silu_bwd_groups(dy, x, weight, bias, scale, shift, mean, rstd, groups: int, eps: float,
+                               hw_per_split: int | None = None,
+                               kernels: GroupKernels = KERNELS) -> tuple[torch.Tensor, ...]:
+    """As `design.group_norm_silu_bwd_triton`: (dx, dweight, dbias, dscale, dshift).
 
     Whole groups: dx kernel (writes s1, s2) -> parameter kernel. Split groups: s1/s2 partials ->
     parameter kernel (also sums the partials) -> dx kernel.
     """
     weight, bias = weight.contiguous(), bias.contiguous()
-    dx = torch.empty_like(x)
+    dx, dweight, dbias, dscale, dshift = grad_outputs(x, weight, bias, scale, shift)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
     cg = c // groups
@@ -491,10 +387,6 @@ def group_norm_silu_bwd_groups(
     mean, rstd = mean.contiguous(), rstd.contiguous()
     sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
     part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32) if s > 1 else sums
-    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
-    dscale = torch.empty((n, c), device=x.device, dtype=mod_dtype(scale))
-    dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
 
     def param_grads():
         launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, scale is not None, dweight, dbias, dscale,

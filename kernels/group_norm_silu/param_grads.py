@@ -17,6 +17,8 @@ its samples by a reduction tree, so a program makes cdiv(N, BLOCK_N) * S depende
 N * S. The tiles, the split order and the tree are fixed, so the result is bitwise reproducible; no
 atomics.
 """
+import torch
+
 from ..bodies import tl, triton
 
 BLOCK_C = 32  # channels per program: C / 32 programs
@@ -80,6 +82,17 @@ def _param_grads_kernel(
 
 def block_n(n: int) -> int:
     return min(MAX_BLOCK_N, triton.next_power_of_2(n))
+
+
+def grad_outputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
+                 shift: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Empty dx, dweight, dbias, dscale, dshift for a backward (dscale, dshift (N, C) in the modulation's
+    dtype, the weight's when there is none)."""
+    n, c = x.shape[:2]
+    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
+    return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias),
+            torch.empty((n, c), device=x.device, dtype=mod_dtype(scale)),
+            torch.empty((n, c), device=x.device, dtype=mod_dtype(shift)))
 
 
 def launch_param_grads(part, sums, weight, bias, scale_t, stride_sn, has_scale: bool, dweight, dbias,

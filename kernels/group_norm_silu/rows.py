@@ -33,8 +33,8 @@ import torch
 from ..bodies import tl, triton
 from ..launch import forced_plan, split_plan
 from ..layout import as_n_c_p, write_back
-from .param_grads import launch_param_grads
-from .prologue import channel_affine, modulation
+from .param_grads import grad_outputs, launch_param_grads
+from .tiles import channel_affine, dh_tile, dx_tile, modulation, silu
 
 MAX_ROWS_CHANNELS = 2048  # one tile row holds all channels of a pixel
 
@@ -69,28 +69,50 @@ def _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, 
     return a, bb, _group_gather(MEAN, n, c, cmask, G, CG), _group_gather(RSTD, n, c, cmask, G, CG)
 
 
+@triton.jit
+def _rows_chunk(C, HW, P_SPLIT, BLOCK_C: tl.constexpr):
+    """This program's sample and pixels, all channels: (n, s, p_lo, p_hi, c, cmask). Grid (N, S)."""
+    n = tl.program_id(0)
+    s = tl.program_id(1)
+    p_lo = s * P_SPLIT
+    c = tl.arange(0, BLOCK_C)
+    return n, s, p_lo, tl.minimum(p_lo + P_SPLIT, HW), c, c < C
+
+
+@triton.jit
+def _rows_tile_dh(X, DY, x_base, dy_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc, stride_xp, stride_dc,
+                  stride_dp, BLOCK_P: tl.constexpr):
+    """Pixel rows pb .. pb+BLOCK_P-1 (< p_hi) of the channels c: (p, mask, xhat, dh)."""
+    p = pb + tl.arange(0, BLOCK_P)
+    mask = (p < p_hi)[:, None] & cmask[None, :]
+    x_offs = x_base + p[:, None] * stride_xp + c[None, :] * stride_xc
+    dy_offs = dy_base + p[:, None] * stride_dp + c[None, :] * stride_dc
+    xhat, dh = dh_tile(X, DY, x_offs, dy_offs, mask, mean[None, :], rstd[None, :], a[None, :], bb[None, :])
+    return p, mask, xhat, dh
+
+
+@triton.jit
+def _partials_tile(sb, cb, n, g, C, CG, HW, P_SPLIT, S, BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """Chunks sb .. sb+BLOCK_S-1 x the group's channels cb .. cb+BLOCK_CG-1 of a (N, S, C) partial:
+    (offsets, mask, pixels per chunk)."""
+    s = sb + tl.arange(0, BLOCK_S)
+    c = cb + tl.arange(0, BLOCK_CG)
+    mask = (s < S)[:, None] & (c < CG)[None, :]
+    cnt = tl.minimum(P_SPLIT, HW - s * P_SPLIT).to(tl.float32)
+    return (n * S + s[:, None]) * C + g * CG + c[None, :], mask, cnt[:, None]
+
+
 @triton.heuristics(_ROWS_HEURISTICS)
 @triton.jit
 def _rows_stats_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
     PART,  # out: per-chunk channel (mean, m2), shape (2, N, S, C) fp32
-    C,  # channels
-    HW,  # pixels per channel
-    P_SPLIT,  # pixels per chunk
-    S,  # chunks per sample
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    C, HW, P_SPLIT, S,  # channels, pixels per channel, pixels per chunk, chunks per sample
+    stride_xn, stride_xc, stride_xp,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """A: per-channel statistics of pixel chunk (n, s). Grid (N, S)."""
-    n = tl.program_id(0)
-    s = tl.program_id(1)
-    p_lo = s * P_SPLIT
-    p_hi = tl.minimum(p_lo + P_SPLIT, HW)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, s, p_lo, p_hi, c, cmask = _rows_chunk(C, HW, P_SPLIT, BLOCK_C)
     x_base = n.to(tl.int64) * stride_xn
     mean_v = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     m2_v = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
@@ -118,18 +140,11 @@ def _rows_stats_kernel(
 @triton.jit
 def _rows_group_stats_kernel(
     PART,  # per-chunk channel (mean, m2), shape (2, N, S, C) fp32
-    MEAN,  # out: mean, shape (N*G,) fp32
-    RSTD,  # out: rstd, shape (N*G,) fp32
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    P_SPLIT,  # pixels per chunk
-    S,  # chunks per sample
+    MEAN, RSTD,  # out: mean and rstd, shape (N*G,) fp32
+    N, C, G, CG, HW,  # samples, channels, groups, channels per group, pixels per channel
+    P_SPLIT, S,  # pixels per chunk, chunks per sample
     eps,  # float, pinned to fp32 below
-    BLOCK_S: tl.constexpr,
-    BLOCK_CG: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr,
 ):
     """B: group statistics from the (S, CG) partials of group (n, g), two passes over them. Grid (N*G,)."""
     pid = tl.program_id(0)
@@ -139,25 +154,17 @@ def _rows_group_stats_kernel(
     NSC = N * S * C
     inv_m = 1.0 / (CG * HW * 1.0)  # a float even when CG = HW = 1 (constexprs)
     acc = tl.zeros([BLOCK_S, BLOCK_CG], dtype=tl.float32)
-    for sb in range(0, S, BLOCK_S):
-        s = sb + tl.arange(0, BLOCK_S)
-        cnt = tl.minimum(P_SPLIT, HW - s * P_SPLIT).to(tl.float32)
+    for sb in range(0, S, BLOCK_S):  # mean = sum cnt * mean_sc / M
         for cb in range(0, CG, BLOCK_CG):
-            c = cb + tl.arange(0, BLOCK_CG)
-            mask = (s < S)[:, None] & (c < CG)[None, :]
-            off = (n * S + s[:, None]) * C + g * CG + c[None, :]
-            acc += tl.where(mask, cnt[:, None] * tl.load(PART + off, mask=mask, other=0.0), 0.0)
+            off, mask, cnt = _partials_tile(sb, cb, n, g, C, CG, HW, P_SPLIT, S, BLOCK_S, BLOCK_CG)
+            acc += tl.where(mask, cnt * tl.load(PART + off, mask=mask, other=0.0), 0.0)
     mean = tl.sum(acc) * inv_m
     acc = tl.zeros([BLOCK_S, BLOCK_CG], dtype=tl.float32)
-    for sb in range(0, S, BLOCK_S):
-        s = sb + tl.arange(0, BLOCK_S)
-        cnt = tl.minimum(P_SPLIT, HW - s * P_SPLIT).to(tl.float32)
+    for sb in range(0, S, BLOCK_S):  # m2 = sum m2_sc + cnt * (mean_sc - mean)^2
         for cb in range(0, CG, BLOCK_CG):
-            c = cb + tl.arange(0, BLOCK_CG)
-            mask = (s < S)[:, None] & (c < CG)[None, :]
-            off = (n * S + s[:, None]) * C + g * CG + c[None, :]
+            off, mask, cnt = _partials_tile(sb, cb, n, g, C, CG, HW, P_SPLIT, S, BLOCK_S, BLOCK_CG)
             d = tl.load(PART + off, mask=mask, other=0.0) - mean
-            acc += tl.where(mask, tl.load(PART + NSC + off, mask=mask, other=0.0) + cnt[:, None] * d * d, 0.0)
+            acc += tl.where(mask, tl.load(PART + NSC + off, mask=mask, other=0.0) + cnt * d * d, 0.0)
     m2 = tl.sum(acc)
     tl.store(MEAN + pid, mean)
     tl.store(RSTD + pid, tl.rsqrt(m2 * inv_m + eps))
@@ -166,39 +173,14 @@ def _rows_group_stats_kernel(
 @triton.heuristics(_ROWS_HEURISTICS)
 @triton.jit
 def _rows_fwd_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    Y,  # out: pointer to y, shape (N, C, HW), strides (stride_yn, stride_yc, stride_yp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # mean, shape (N*G,) fp32
-    RSTD,  # rstd, shape (N*G,) fp32
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    P_SPLIT,  # pixels per chunk
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_yn,
-    stride_yc,
-    stride_yp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    X, Y, W, B, SCALE, SHIFT,  # as in groups._gns_fwd_kernel
+    MEAN, RSTD,  # mean and rstd, shape (N*G,) fp32
+    C, G, CG, HW, P_SPLIT,  # channels, groups, channels per group, pixels per channel, pixels per chunk
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_yn, stride_yc, stride_yp,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """C: y for pixel chunk (n, s), all channels. Grid (N, S)."""
-    n = tl.program_id(0)
-    s = tl.program_id(1)
-    p_lo = s * P_SPLIT
-    p_hi = tl.minimum(p_lo + P_SPLIT, HW)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, s, p_lo, p_hi, c, cmask = _rows_chunk(C, HW, P_SPLIT, BLOCK_C)
     a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
                                                 stride_tn, HAS_SCALE, HAS_SHIFT)
     A = rstd * a  # h = (x - mean) * A + bb
@@ -208,72 +190,31 @@ def _rows_fwd_kernel(
         p = pb + tl.arange(0, BLOCK_P)
         mask = (p < p_hi)[:, None] & cmask[None, :]
         x = tl.load(X + x_base + p[:, None] * stride_xp + c[None, :] * stride_xc, mask=mask, other=0.0)
-        h = (x.to(tl.float32) - mean[None, :]) * A[None, :] + bb[None, :]
-        y = h * tl.sigmoid(h)
+        y = silu((x.to(tl.float32) - mean[None, :]) * A[None, :] + bb[None, :])
         tl.store(Y + y_base + p[:, None] * stride_yp + c[None, :] * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rows_dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb):
-    """xhat and dh for a [BLOCK_P, BLOCK_C] tile (per-channel mean, rstd, a, bb), 0 outside the mask."""
-    x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
-    xhat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
-    h = xhat * a[None, :] + bb[None, :]
-    sig = tl.sigmoid(h)
-    return xhat, dy * sig * (1.0 + h * (1.0 - sig))
 
 
 @triton.heuristics(_ROWS_HEURISTICS)
 @triton.jit
 def _rows_bwd_reduce_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # mean, shape (N*G,) fp32
-    RSTD,  # rstd, shape (N*G,) fp32
+    X, DY,  # pointers to x and dy, shape (N, C, HW), strides (stride_xn, ...), (stride_dn, ...)
+    W, B, SCALE, SHIFT, MEAN, RSTD,  # as in _rows_fwd_kernel
     PART,  # out: per-chunk channel sums (s1, s2), shape (2, S, N, C) fp32
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    P_SPLIT,  # pixels per chunk
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_dn,
-    stride_dc,
-    stride_dp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    N, C, G, CG, HW, P_SPLIT,  # samples, channels, groups, channels per group, pixels per channel, per chunk
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_dn, stride_dc, stride_dp,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """D: s1 = sum dh, s2 = sum dh*xhat per channel over pixel chunk (n, s). Grid (N, S)."""
-    n = tl.program_id(0)
-    s = tl.program_id(1)
-    p_lo = s * P_SPLIT
-    p_hi = tl.minimum(p_lo + P_SPLIT, HW)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, s, p_lo, p_hi, c, cmask = _rows_chunk(C, HW, P_SPLIT, BLOCK_C)
     a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
                                                 stride_tn, HAS_SCALE, HAS_SHIFT)
     x_base = n.to(tl.int64) * stride_xn
     dy_base = n.to(tl.int64) * stride_dn
     acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)  # lane sums: one reduction after the loop
-    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros_like(acc1)
     for pb in range(p_lo, p_hi, BLOCK_P):
-        p = pb + tl.arange(0, BLOCK_P)
-        mask = (p < p_hi)[:, None] & cmask[None, :]
-        x_offs = x_base + p[:, None] * stride_xp + c[None, :] * stride_xc
-        dy_offs = dy_base + p[:, None] * stride_dp + c[None, :] * stride_dc
-        xhat, dh = _rows_dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+        _, _, xhat, dh = _rows_tile_dh(X, DY, x_base, dy_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc,
+                                       stride_xp, stride_dc, stride_dp, BLOCK_P)
         acc1 += dh
         acc2 += dh * xhat
     NC = N * C
@@ -284,21 +225,10 @@ def _rows_bwd_reduce_kernel(
 @triton.jit
 def _rows_coef_kernel(
     SUMS,  # channel sums (s1, s2), shape (2, N, C) fp32
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C); read only if HAS_SHIFT
+    W, B, SCALE, SHIFT,  # as in _rows_fwd_kernel
     COEF,  # out: (c1, c2), shape (2, N*G) fp32
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    stride_sn,
-    stride_tn,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_CG: tl.constexpr,
+    N, C, G, CG, HW,  # samples, channels, groups, channels per group, pixels per channel
+    stride_sn, stride_tn, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_CG: tl.constexpr,
 ):
     """E: c1 = sum_{c in g} a*s1 / M, c2 = sum_{c in g} a*s2 / M for group (n, g). Grid (N*G,)."""
     pid = tl.program_id(0)
@@ -320,45 +250,17 @@ def _rows_coef_kernel(
 @triton.heuristics(_ROWS_HEURISTICS)
 @triton.jit
 def _rows_dx_kernel(
-    X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
-    DY,  # pointer to dy, shape (N, C, HW), strides (stride_dn, stride_dc, stride_dp)
-    DX,  # out: pointer to dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
-    W,  # pointer to weight, shape (C,)
-    B,  # pointer to bias, shape (C,)
-    SCALE,  # pointer to scale, shape (N, C), strides (stride_sn, 1); read only if HAS_SCALE
-    SHIFT,  # pointer to shift, shape (N, C), strides (stride_tn, 1); read only if HAS_SHIFT
-    MEAN,  # mean, shape (N*G,) fp32
-    RSTD,  # rstd, shape (N*G,) fp32
+    X, DY,  # as in _rows_bwd_reduce_kernel
+    DX,  # out: dx, shape (N, C, HW), strides (stride_gn, stride_gc, stride_gp)
+    W, B, SCALE, SHIFT, MEAN, RSTD,  # as in _rows_bwd_reduce_kernel
     COEF,  # (c1, c2), shape (2, N*G) fp32
-    N,  # samples
-    C,  # channels
-    G,  # groups
-    CG,  # channels per group
-    HW,  # pixels per channel
-    P_SPLIT,  # pixels per chunk
-    stride_sn,
-    stride_tn,
-    stride_xn,
-    stride_xc,
-    stride_xp,
-    stride_dn,
-    stride_dc,
-    stride_dp,
-    stride_gn,
-    stride_gc,
-    stride_gp,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    N, C, G, CG, HW, P_SPLIT,  # as in _rows_bwd_reduce_kernel
+    stride_sn, stride_tn, stride_xn, stride_xc, stride_xp, stride_dn, stride_dc, stride_dp,
+    stride_gn, stride_gc, stride_gp,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """F: dx = rstd * (dh*a - c1 - xhat*c2) for pixel chunk (n, s), all channels. Grid (N, S)."""
-    n = tl.program_id(0)
-    s = tl.program_id(1)
-    p_lo = s * P_SPLIT
-    p_hi = tl.minimum(p_lo + P_SPLIT, HW)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, s, p_lo, p_hi, c, cmask = _rows_chunk(C, HW, P_SPLIT, BLOCK_C)
     a, bb, mean, rstd = _rows_channel_constants(W, B, SCALE, SHIFT, MEAN, RSTD, n, c, cmask, G, CG, stride_sn,
                                                 stride_tn, HAS_SCALE, HAS_SHIFT)
     c1 = _group_gather(COEF, n, c, cmask, G, CG)
@@ -367,12 +269,9 @@ def _rows_dx_kernel(
     dy_base = n.to(tl.int64) * stride_dn
     dx_base = n.to(tl.int64) * stride_gn
     for pb in range(p_lo, p_hi, BLOCK_P):
-        p = pb + tl.arange(0, BLOCK_P)
-        mask = (p < p_hi)[:, None] & cmask[None, :]
-        x_offs = x_base + p[:, None] * stride_xp + c[None, :] * stride_xc
-        dy_offs = dy_base + p[:, None] * stride_dp + c[None, :] * stride_dc
-        xhat, dh = _rows_dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-        dx = rstd[None, :] * (dh * a[None, :] - c1[None, :] - xhat * c2[None, :])
+        p, mask, xhat, dh = _rows_tile_dh(X, DY, x_base, dy_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc,
+                                          stride_xp, stride_dc, stride_dp, BLOCK_P)
+        dx = dx_tile(dh, xhat, a[None, :], rstd[None, :], c1[None, :], c2[None, :])
         dx_offs = dx_base + p[:, None] * stride_gp + c[None, :] * stride_gc
         tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
 
@@ -423,7 +322,7 @@ def group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, grou
                              p_split: int | None = None):
     """As `group_norm_silu_bwd_triton`, for channels-last x (`rows_supported`)."""
     weight, bias = weight.contiguous(), bias.contiguous()
-    dx = torch.empty_like(x)
+    dx, dweight, dbias, dscale, dshift = grad_outputs(x, weight, bias, scale, shift)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
     cg = c // groups
@@ -433,10 +332,6 @@ def group_norm_silu_bwd_rows(dy, x, weight, bias, scale, shift, mean, rstd, grou
     mean, rstd = mean.contiguous(), rstd.contiguous()
     sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
     part = torch.empty((2, s, n, c), device=x.device, dtype=torch.float32) if s > 1 else sums
-    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
-    dscale = torch.empty((n, c), device=x.device, dtype=mod_dtype(scale))
-    dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
     coef = torch.empty((2, n * groups), device=x.device, dtype=torch.float32)
     _rows_bwd_reduce_kernel[(n, s)](
         x3, dy3, weight, bias, scale_t, shift_t, mean, rstd, part, n, c, groups, cg, hw, chunk,

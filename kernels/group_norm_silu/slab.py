@@ -42,9 +42,9 @@ import torch
 
 from ..bodies import tl, triton
 from ..layout import as_n_c_p, write_back
-from .param_grads import launch_param_grads
-from .prologue import channel_affine, modulation
+from .param_grads import grad_outputs, launch_param_grads
 from .registers import budget, programs_per_sm
+from .tiles import channel_affine, dh_tile, dx_tile, modulation, silu
 
 UNIT_ELEMS = 1 << 20  # elements per unit at most (unless one group is larger): ~2 units live in L2
 ITEM_ELEMS = 1 << 14  # elements per work item (chunk), about
@@ -113,6 +113,16 @@ def _decode(t, K, NU):
 
 
 @triton.jit
+def _item(t, K, NU, U, CB, stride_xn):
+    """Ticket t -> (kind, unit, chunk k, sample n, unit j of the sample, its first channel c0, x's offset
+    of sample n)."""
+    kind, unit, k = _decode(t, K, NU)
+    n = unit // U
+    j = unit % U
+    return kind, unit, k, n, j, j * CB, n.to(tl.int64) * stride_xn
+
+
+@triton.jit
 def _wait(FLAG, target):
     """Spin until FLAG >= target (acquire), then make it visible to the whole CTA."""
     seen = tl.atomic_add(FLAG, 0, sem="acquire")
@@ -140,8 +150,7 @@ def _gather_group(T, n, c_abs, cmask, G, CG):
 @triton.jit
 def _fwd_p1(X, PART, n, c0, k, N, C, HW, K, x_base, stride_xc, stride_xp, CB, P_CHUNK,
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr):
-    p_lo = k * P_CHUNK
-    p_hi = tl.minimum(p_lo + P_CHUNK, HW)
+    p_lo, p_hi = _chunk_pixels(k, P_CHUNK, HW)
     for cb in range(0, CB, BLOCK_C):
         c = c0 + cb + tl.arange(0, BLOCK_C)
         cmask = c < c0 + CB
@@ -167,12 +176,24 @@ def _fwd_p1(X, PART, n, c0, k, N, C, HW, K, x_base, stride_xc, stride_xp, CB, P_
 
 
 @triton.jit
-def _fwd_finish(PART, MEAN, RSTD, n, c0, j, N, C, G, CG, HW, K, GB, P_CHUNK, eps,
-                BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+def _chunk_pixels(k, P_CHUNK, HW):
+    """Chunk k's pixels: (first, one past the last)."""
+    p_lo = k * P_CHUNK
+    return p_lo, tl.minimum(p_lo + P_CHUNK, HW)
+
+
+@triton.jit
+def _unit_channels(c0, GB, CG, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """A unit's channels as a [BLOCK_G, BLOCK_CG] tile, one group a row: (group index gi, mask, channel)."""
     gi = tl.arange(0, BLOCK_G)
     ci = tl.arange(0, BLOCK_CG)
-    cmask = (gi < GB)[:, None] & (ci < CG)[None, :]
-    c = c0 + gi[:, None] * CG + ci[None, :]
+    return gi, (gi < GB)[:, None] & (ci < CG)[None, :], c0 + gi[:, None] * CG + ci[None, :]
+
+
+@triton.jit
+def _fwd_finish(PART, MEAN, RSTD, n, c0, j, N, C, G, CG, HW, K, GB, P_CHUNK, eps,
+                BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
+    gi, cmask, c = _unit_channels(c0, GB, CG, BLOCK_G, BLOCK_CG)
     mean = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
     cnt = 0.0
@@ -199,8 +220,7 @@ def _fwd_p2(X, Y, W, B, SCALE, SHIFT, MEAN, RSTD, n, c0, k, G, CG, HW, x_base, y
             stride_xc, stride_xp, stride_yc, stride_yp, stride_sn, stride_tn, CB, P_CHUNK,
             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr):
-    p_lo = k * P_CHUNK
-    p_hi = tl.minimum(p_lo + P_CHUNK, HW)
+    p_lo, p_hi = _chunk_pixels(k, P_CHUNK, HW)
     for cb in range(0, CB, BLOCK_C):
         c = c0 + cb + tl.arange(0, BLOCK_C)
         cmask = c < c0 + CB
@@ -214,7 +234,7 @@ def _fwd_p2(X, Y, W, B, SCALE, SHIFT, MEAN, RSTD, n, c0, k, G, CG, HW, x_base, y
             mask = (p < p_hi)[:, None] & cmask[None, :]
             x = tl.load(X + x_base + p[:, None] * stride_xp + c[None, :] * stride_xc, mask=mask, other=0.0)
             h = x.to(tl.float32) * a2[None, :] + b2[None, :]
-            y = h * tl.sigmoid(h)
+            y = silu(h)
             tl.store(Y + y_base + p[:, None] * stride_yp + c[None, :] * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -243,11 +263,7 @@ def _slab_fwd_kernel(
     total = NU * (2 * K + 1)
     t = tl.atomic_add(SYNC, 1)
     while t < total:
-        kind, unit, k = _decode(t, K, NU)
-        n = unit // U
-        j = unit % U
-        c0 = j * CB
-        x_base = n.to(tl.int64) * stride_xn
+        kind, unit, k, n, j, c0, x_base = _item(t, K, NU, U, CB, stride_xn)
         if kind == 0:
             _fwd_p1(X, PART, n, c0, k, N, C, HW, K, x_base, stride_xc, stride_xp, CB, P_CHUNK,
                     BLOCK_C, BLOCK_P, NUM_STAGES)
@@ -269,15 +285,27 @@ def _slab_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb):
-    """xhat, dh of a [BLOCK_P, BLOCK_C] tile (0 outside the mask); per-channel vectors along axis 1."""
-    x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
-    xhat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
-    h = xhat * a[None, :] + bb[None, :]
-    sig = tl.sigmoid(h)
-    dh = dy * sig * (1.0 + h * (1.0 - sig))
-    return xhat, dh
+def _bwd_channels(W, B, SCALE, SHIFT, MEAN, RSTD, n, c_lo, c_hi, G, CG, stride_sn, stride_tn,
+                  HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channels c_lo .. c_lo+BLOCK_C-1 (< c_hi) of sample n: (c, cmask, a, bb, mean, rstd), per channel."""
+    c = c_lo + tl.arange(0, BLOCK_C)
+    cmask = c < c_hi
+    a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+    mean = tl.load(MEAN + n * G + c // CG, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + n * G + c // CG, mask=cmask, other=0.0)
+    return c, cmask, a, bb, mean, rstd
+
+
+@triton.jit
+def _bwd_tile(X, DY, x_base, d_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc, stride_xp, stride_dc,
+              stride_dp, BLOCK_P: tl.constexpr):
+    """Pixel rows pb .. pb+BLOCK_P-1 (< p_hi) of the channels c: (p, mask, xhat, dh)."""
+    p = pb + tl.arange(0, BLOCK_P)
+    mask = (p < p_hi)[:, None] & cmask[None, :]
+    xhat, dh = dh_tile(X, DY, x_base + p[:, None] * stride_xp + c[None, :] * stride_xc,
+                       d_base + p[:, None] * stride_dp + c[None, :] * stride_dc, mask,
+                       mean[None, :], rstd[None, :], a[None, :], bb[None, :])
+    return p, mask, xhat, dh
 
 
 @triton.jit
@@ -285,21 +313,15 @@ def _bwd_p1(X, DY, W, B, SCALE, SHIFT, MEAN, RSTD, PART, n, c0, k, N, C, G, CG, 
             stride_xc, stride_xp, stride_dc, stride_dp, stride_sn, stride_tn, CB, P_CHUNK,
             HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr):
-    p_lo = k * P_CHUNK
-    p_hi = tl.minimum(p_lo + P_CHUNK, HW)
+    p_lo, p_hi = _chunk_pixels(k, P_CHUNK, HW)
     for cb in range(0, CB, BLOCK_C):
-        c = c0 + cb + tl.arange(0, BLOCK_C)
-        cmask = c < c0 + CB
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-        mean = tl.load(MEAN + n * G + c // CG, mask=cmask, other=0.0)
-        rstd = tl.load(RSTD + n * G + c // CG, mask=cmask, other=0.0)
+        c, cmask, a, bb, mean, rstd = _bwd_channels(W, B, SCALE, SHIFT, MEAN, RSTD, n, c0 + cb, c0 + CB, G, CG,
+                                                    stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         acc1 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         for pb in tl.range(p_lo, p_hi, BLOCK_P, num_stages=NUM_STAGES):
-            p = pb + tl.arange(0, BLOCK_P)
-            mask = (p < p_hi)[:, None] & cmask[None, :]
-            xhat, dh = _bwd_tile(X, DY, x_base + p[:, None] * stride_xp + c[None, :] * stride_xc,
-                                 d_base + p[:, None] * stride_dp + c[None, :] * stride_dc, mask, mean, rstd, a, bb)
+            _, _, xhat, dh = _bwd_tile(X, DY, x_base, d_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc,
+                                       stride_xp, stride_dc, stride_dp, BLOCK_P)
             acc1 += dh
             acc2 += dh * xhat
         tl.store(PART + (n * K + k) * C + c, tl.sum(acc1, axis=0), mask=cmask)
@@ -310,10 +332,7 @@ def _bwd_p1(X, DY, W, B, SCALE, SHIFT, MEAN, RSTD, PART, n, c0, k, N, C, G, CG, 
 def _bwd_finish(PART, W, B, SCALE, SHIFT, SUMS, COEF, DSCALE, DSHIFT, n, c0, j, N, C, G, CG, HW, K, GB,
                 stride_sn, stride_tn, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
                 BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr):
-    gi = tl.arange(0, BLOCK_G)
-    ci = tl.arange(0, BLOCK_CG)
-    cmask = (gi < GB)[:, None] & (ci < CG)[None, :]
-    c = c0 + gi[:, None] * CG + ci[None, :]
+    gi, cmask, c = _unit_channels(c0, GB, CG, BLOCK_G, BLOCK_CG)
     s1 = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
     for s in range(0, K):  # chunk order: deterministic
@@ -336,24 +355,18 @@ def _bwd_finish(PART, W, B, SCALE, SHIFT, SUMS, COEF, DSCALE, DSHIFT, n, c0, j, 
 @triton.jit
 def _bwd_p2(X, DY, DX, W, B, SCALE, SHIFT, MEAN, RSTD, COEF, n, c0, k, N, G, CG, HW, x_base, d_base, g_base,
             stride_xc, stride_xp, stride_dc, stride_dp, stride_gc, stride_gp, stride_sn, stride_tn, CB, P_CHUNK,
-            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr):
-    p_lo = k * P_CHUNK
-    p_hi = tl.minimum(p_lo + P_CHUNK, HW)
+            HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+            NUM_STAGES: tl.constexpr):
+    p_lo, p_hi = _chunk_pixels(k, P_CHUNK, HW)
     for cb in range(0, CB, BLOCK_C):
-        c = c0 + cb + tl.arange(0, BLOCK_C)
-        cmask = c < c0 + CB
-        a, bb = channel_affine(W, B, SCALE, SHIFT, n, c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
-        mean = tl.load(MEAN + n * G + c // CG, mask=cmask, other=0.0)
-        rstd = tl.load(RSTD + n * G + c // CG, mask=cmask, other=0.0)
+        c, cmask, a, bb, mean, rstd = _bwd_channels(W, B, SCALE, SHIFT, MEAN, RSTD, n, c0 + cb, c0 + CB, G, CG,
+                                                    stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         c1 = _gather_group(COEF, n, c, cmask, G, CG)
         c2 = _gather_group(COEF + N * G, n, c, cmask, G, CG)
         for pb in tl.range(p_lo, p_hi, BLOCK_P, num_stages=NUM_STAGES):
-            p = pb + tl.arange(0, BLOCK_P)
-            mask = (p < p_hi)[:, None] & cmask[None, :]
-            xhat, dh = _bwd_tile(X, DY, x_base + p[:, None] * stride_xp + c[None, :] * stride_xc,
-                                 d_base + p[:, None] * stride_dp + c[None, :] * stride_dc, mask, mean, rstd, a, bb)
-            dx = rstd[None, :] * (dh * a[None, :] - c1[None, :] - xhat * c2[None, :])
+            p, mask, xhat, dh = _bwd_tile(X, DY, x_base, d_base, pb, p_hi, c, cmask, mean, rstd, a, bb, stride_xc,
+                                          stride_xp, stride_dc, stride_dp, BLOCK_P)
+            dx = dx_tile(dh, xhat, a[None, :], rstd[None, :], c1[None, :], c2[None, :])
             tl.store(DX + g_base + p[:, None] * stride_gp + c[None, :] * stride_gc, dx.to(DX.dtype.element_ty),
                      mask=mask)
 
@@ -383,11 +396,7 @@ def _slab_bwd_kernel(
     total = NU * (2 * K + 1)
     t = tl.atomic_add(SYNC, 1)
     while t < total:
-        kind, unit, k = _decode(t, K, NU)
-        n = unit // U
-        j = unit % U
-        c0 = j * CB
-        x_base = n.to(tl.int64) * stride_xn
+        kind, unit, k, n, j, c0, x_base = _item(t, K, NU, U, CB, stride_xn)
         d_base = n.to(tl.int64) * stride_dn
         if kind == 0:
             _bwd_p1(X, DY, W, B, SCALE, SHIFT, MEAN, RSTD, PART, n, c0, k, N, C, G, CG, HW, K, x_base, d_base,
@@ -458,7 +467,7 @@ def group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, grou
                              sms: int | None = None, config: dict | None = None):
     """As `group_norm_silu_bwd_triton`: (dx, dweight, dbias, dscale, dshift)."""
     weight, bias = weight.contiguous(), bias.contiguous()
-    dx = torch.empty_like(x)
+    dx, dweight, dbias, dscale, dshift = grad_outputs(x, weight, bias, scale, shift)
     x3, dy3, dx3 = as_n_c_p(x), as_n_c_p(dy), as_n_c_p(dx)
     n, c, hw = x3.shape
     cfg = _config(x3, groups, config)
@@ -467,10 +476,6 @@ def group_norm_silu_bwd_slab(dy, x, weight, bias, scale, shift, mean, rstd, grou
     part = torch.empty((2, n, cfg["K"], c), device=x.device, dtype=torch.float32)
     sums = torch.empty((2, n, c), device=x.device, dtype=torch.float32)
     coef = torch.empty((2, n * groups), device=x.device, dtype=torch.float32)
-    mod_dtype = lambda t: weight.dtype if t is None else t.dtype
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
-    dscale = torch.empty((n, c), device=x.device, dtype=mod_dtype(scale))
-    dshift = torch.empty((n, c), device=x.device, dtype=mod_dtype(shift))
     nu = n * cfg["U"]
     sync = torch.zeros(1 + 2 * nu, device=x.device, dtype=torch.int32)
     grid = (_programs(nu * (2 * cfg["K"] + 1), x.device, sms, cfg["PROGRAMS_BWD"]),)

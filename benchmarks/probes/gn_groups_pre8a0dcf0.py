@@ -6,24 +6,29 @@ element, lanes combined at the end) instead of a two-pass (mean, m2) per tile Ch
 tiles, and the backward's s1, s2 became per-lane sums reduced once after the loop instead of a
 reduction per tile. Between the H100 engine rows at 362.7 and 278.7 img/s it is the one kernel
 change, so issue 16 asks for both kernels timed side by side. This file recreates the kernels
-before it from git history (`git show 8a0dcf0^:kernels/group_norm_silu.py`), with today's imports
-and the `inv_m` constexpr fix; everything the commit did not touch (heuristics, launch plan,
-affine prologue, partial combination, parameter-gradient kernel, launchers) comes from the package,
-so the pair differs by exactly that commit's kernel change. Not part of the package.
+before it from git history (`git show 8a0dcf0^:kernels/group_norm_silu.py`), with the `inv_m`
+constexpr fix. Everything the commit did not touch comes from the package's public names: the
+heuristics and register budgets of the group kernels (`groups.heuristics`: the same `maxnreg` per
+kernel and tiling, so the A/B measures the commit's kernel change alone), the tile math
+(`tiles`), the combination of split partials, the launch plan, the parameter-gradient kernel and
+the launchers (`GroupKernels`). Not part of the package (benchmarks/probes/).
 """
-import repo_imports  # noqa: F401  (before hybengine: works without an install)
-import torch
+import sys
+from pathlib import Path
 
-from hybengine.kernels.bodies import tl, triton
-from hybengine.kernels.group_norm_silu.groups import (
-    _HEURISTICS,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: repo_imports
+import repo_imports  # noqa: E402, F401  (before hybengine: works without an install)
+import torch  # noqa: E402
+
+from hybengine.kernels.bodies import tl, triton  # noqa: E402
+from hybengine.kernels.group_norm_silu.groups import (  # noqa: E402
     GroupKernels,
-    _dh_tile,
-    _group_stats_from_partials,
     group_norm_silu_bwd_groups,
     group_norm_silu_fwd_groups,
+    group_stats_from_partials,
+    heuristics,
 )
-from hybengine.kernels.group_norm_silu.prologue import channel_affine as _channel_affine
+from hybengine.kernels.group_norm_silu.tiles import channel_affine, dh_tile, dx_tile, silu  # noqa: E402
 
 
 @triton.jit
@@ -62,9 +67,7 @@ def _chunk_stats(
     return count, mean, m2
 
 
-
-
-@triton.heuristics(_HEURISTICS)
+@triton.heuristics(heuristics("_gns_stats_kernel"))
 @triton.jit
 def _gns_stats_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
@@ -95,7 +98,7 @@ def _gns_stats_kernel(
     tl.store(PART + (2 * NG + pid_ng) * S + pid_s, m2)
 
 
-@triton.heuristics(_HEURISTICS)
+@triton.heuristics(heuristics("_gns_fwd_kernel"))
 @triton.jit
 def _gns_fwd_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
@@ -139,7 +142,7 @@ def _gns_fwd_kernel(
     hw_lo = pid_s * HW_PER_SPLIT
     hw_hi = tl.minimum(hw_lo + HW_PER_SPLIT, HW)
     if SPLIT:
-        count, mean, m2 = _group_stats_from_partials(PART, pid_ng, tl.num_programs(0), S)
+        count, mean, m2 = group_stats_from_partials(PART, pid_ng, tl.num_programs(0), S)
     else:
         count, mean, m2 = _chunk_stats(X, x_base, CG, 0, HW, stride_xc, stride_xp, BLOCK_C, BLOCK_HW)
     rstd = tl.rsqrt(m2 / count + eps)
@@ -150,19 +153,19 @@ def _gns_fwd_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x = tl.load(X + x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp, mask=mask, other=0.0)
             xhat = (x.to(tl.float32) - mean) * rstd
             h = xhat * a[:, None] + bb[:, None]
-            y = h * tl.sigmoid(h)
+            y = silu(h)
             y_offs = y_base + c[:, None] * stride_yc + hw[None, :] * stride_yp
             tl.store(Y + y_offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.heuristics(_HEURISTICS)
+@triton.heuristics(heuristics("_gns_bwd_reduce_kernel"))
 @triton.jit
 def _gns_bwd_reduce_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
@@ -208,7 +211,7 @@ def _gns_bwd_reduce_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
         s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
@@ -216,7 +219,7 @@ def _gns_bwd_reduce_kernel(
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
             dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+            xhat, dh = dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a[:, None], bb[:, None])
             s1 += tl.sum(dh, axis=1)
             s2 += tl.sum(dh * xhat, axis=1)
         nc = n * C + g * CG + c
@@ -224,7 +227,7 @@ def _gns_bwd_reduce_kernel(
         tl.store(PART + (tl.num_programs(1) + pid_s) * NC + nc, s2, mask=cmask)
 
 
-@triton.heuristics(_HEURISTICS)
+@triton.heuristics(heuristics("_gns_bwd_kernel"))
 @triton.jit
 def _gns_bwd_kernel(
     X,  # pointer to x, shape (N, C, HW), strides (stride_xn, stride_xc, stride_xp)
@@ -281,7 +284,7 @@ def _gns_bwd_kernel(
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
         nc = n * C + g * CG + c
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         if SPLIT:
             s1 = tl.load(SUMS + nc, mask=cmask, other=0.0)
             s2 = tl.load(SUMS + NC + nc, mask=cmask, other=0.0)
@@ -293,7 +296,7 @@ def _gns_bwd_kernel(
                 mask = cmask[:, None] & (hw < HW)[None, :]
                 x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
                 dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-                xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
+                xhat, dh = dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a[:, None], bb[:, None])
                 s1 += tl.sum(dh, axis=1)
                 s2 += tl.sum(dh * xhat, axis=1)
             tl.store(SUMS + nc, s1, mask=cmask)
@@ -308,17 +311,16 @@ def _gns_bwd_kernel(
     for cb in range(0, CG, BLOCK_C):
         c = cb + tl.arange(0, BLOCK_C)
         cmask = c < CG
-        a, bb = _channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
+        a, bb = channel_affine(W, B, SCALE, SHIFT, n, g * CG + c, cmask, stride_sn, stride_tn, HAS_SCALE, HAS_SHIFT)
         for hb in range(hw_lo, hw_hi, BLOCK_HW):
             hw = hb + tl.arange(0, BLOCK_HW)
             mask = cmask[:, None] & (hw < hw_hi)[None, :]
             x_offs = x_base + c[:, None] * stride_xc + hw[None, :] * stride_xp
             dy_offs = dy_base + c[:, None] * stride_dc + hw[None, :] * stride_dp
-            xhat, dh = _dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a, bb)
-            dx = rstd * (dh * a[:, None] - c1 - xhat * c2)
+            xhat, dh = dh_tile(X, DY, x_offs, dy_offs, mask, mean, rstd, a[:, None], bb[:, None])
+            dx = dx_tile(dh, xhat, a[:, None], rstd, c1, c2)
             dx_offs = dx_base + c[:, None] * stride_gc + hw[None, :] * stride_gp
             tl.store(DX + dx_offs, dx.to(DX.dtype.element_ty), mask=mask)
-
 
 
 # ----------------------------------------------------------------------------- launchers

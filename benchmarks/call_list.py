@@ -4,6 +4,10 @@
 runs one forward at a batch and crop with a forward hook on every `unet.GroupNormSiLU`, and returns
 one `GNCall` per call, in call order. Defaults are the training set-up of configs/engine/cuda.yaml:
 base preset, batch 32, 128x128, bf16, channels-last, `model.groups` as configured (8 by default).
+A benchmark helper (the kernel benches, checks, traffic counts and AOT compiles import it), not part
+of the package.
+
+    python benchmarks/call_list.py [--preset base --batch 32 --crop 128]   # one line per distinct call
 """
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ import argparse
 import dataclasses
 from collections import Counter
 
+import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 
-from .config import Config, ModelConfig, load_config
+from hybengine import unet
+from hybengine.config import Config, ModelConfig, apply_model_preset, load_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,22 +62,19 @@ def real_calls(
     model_cfg = dataclasses.replace(cfg.model, preset=preset) if cfg.model.preset != preset else cfg.model
     shapes = _hooked_forward(model_cfg, cfg, batch, crop, dtype, channels_last, "meta")
     # meta convolutions drop channels-last, so each call's layout comes from a real CPU forward of the
-    # same net at batch 1 and the smallest crop (a layout does not depend on batch or crop)
-    small = _hooked_forward(model_cfg, cfg, 1, 2 * _downsample(model_cfg), torch.float32, channels_last, "cpu")
+    # same net at batch 1 and the smallest crop (a layout does not depend on batch or crop), in float64,
+    # which the fused ops always run on their math path (fast also where Triton runs in the interpreter)
+    small = _hooked_forward(model_cfg, cfg, 1, 2 * _downsample(model_cfg), torch.float64, channels_last, "cpu")
     if [(c.c, c.groups, c.modulated) for c in shapes] != [(c.c, c.groups, c.modulated) for c in small]:
         raise RuntimeError("call_list: the meta and CPU forwards made different GroupNorm-SiLU calls")
     return [dataclasses.replace(c, channels_last=s.channels_last) for c, s in zip(shapes, small, strict=True)]
 
 
 def _downsample(model_cfg: ModelConfig) -> int:
-    from .config import apply_model_preset
-
     return 2 ** (len(apply_model_preset(model_cfg).channel_mult) - 1)
 
 
 def _hooked_forward(model_cfg, cfg, batch, crop, dtype, channels_last, device) -> list[GNCall]:
-    from . import unet
-
     torch.manual_seed(0)
     with torch.device(device):
         net = unet.build_unet(model_cfg, cfg.data.image_channels, cfg.data.num_classes).to(dtype)
