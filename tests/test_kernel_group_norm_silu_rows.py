@@ -49,12 +49,16 @@ def rows_selected(monkeypatch):
     yield calls
 
 
+def rows_op():
+    """The GroupNorm-SiLU a run configured with the rows design resolves to for CUDA."""
+    return ops.resolve_ops(KernelConfig(group_norm_silu_channels_last="rows"), "cuda").group_norm_silu
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_matches_reference(rows_selected, shape, dtype):
     n, c, h, w, g = SHAPES[shape]
-    rows_ops = ops.resolve_ops(KernelConfig(group_norm_silu_channels_last="rows"), "cuda")
-    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype, rows_ops.group_norm_silu)
+    check_group_norm_silu(gn_inputs(n, c, h, w, channels_last=True), g, dtype, rows_op())
     assert rows_selected == {"fwd": 1, "bwd": 1}, "the channels-last op took the rows kernels"
 
 
@@ -65,14 +69,14 @@ def test_split_shape_is_split():
 
 
 def test_nchw_keeps_the_group_kernels(rows_selected):
-    check_group_norm_silu(gn_inputs(2, 6, 7, 9), 3, torch.float32, ops.group_norm_silu)
+    check_group_norm_silu(gn_inputs(2, 6, 7, 9), 3, torch.float32, rows_op())
     assert rows_selected == {"fwd": 0, "bwd": 0}
 
 
 def test_modulation_variants(rows_selected):
     for scale, shift in [(False, False), (True, False), (False, True)]:
         check_group_norm_silu(gn_inputs(2, 6, 7, 9, scale=scale, shift=shift, channels_last=True), 3, torch.float32,
-                              ops.group_norm_silu)
+                              rows_op())
 
 
 def run_rows(inputs, groups, p_split):
