@@ -180,7 +180,7 @@ def test_warps_keep_image_and_mask_aligned():
         rng = sample_rng(7, 0, i)
         out, m = augment_pair(image, mask, rng, 24, True, 0.0, 255, WARPS)
         assert set(np.unique(m)) <= {0, 1, 2, 255}  # nearest: no class is invented
-        whole = (np.abs(out[0] - np.round(out[0])) < 1e-4) & (m != 255)  # 255: outside the file (image mirrored)
+        whole = (np.abs(out[0] - np.round(out[0])) < 1e-4) & (m != 255)  # 255: outside the file (image edge-repeated)
         assert whole.mean() > 0.6
         np.testing.assert_array_equal(np.round(out[0])[whole], m[whole])
         plain = augment_pair(image, mask, sample_rng(7, 0, i), 24, True, 0.0, 255)[1]

@@ -9,7 +9,7 @@ brightness in [-j, j] (the normalised image spans about [-1, 1]; j = `intensity_
 Few-label augmentation (nnU-Net's spatial and intensity set; `FewLabelAug`, the `data.aug_*` fields,
 all off by default so that earlier runs reproduce): zoom and a small rotation about the crop's centre
 and an elastic deformation (a smooth random displacement field: a coarse grid of normal draws,
-upsampled bicubically), applied as ONE sampling grid to image (bilinear, mirrored outside the file) and
+upsampled bicubically), applied as ONE sampling grid to image (bilinear, edge pixels repeated outside the file) and
 mask (nearest, `ignore_index` outside the file); then, image only, gamma on the image's own range,
 Gaussian blur and Gaussian noise. Their parameters are drawn after the ones above and only for the
 options that are on, so a run with them off draws exactly what it drew before.
@@ -162,7 +162,8 @@ def warp_crop(image: np.ndarray, mask: np.ndarray, p: AugParams, w: WarpParams, 
               ) -> tuple[np.ndarray, np.ndarray]:
     """The crop window at (p.top, p.left) of a padded pair, zoomed by w.zoom, turned by w.angle about the
     window's centre and displaced by w.field, as one sampling grid for both: image (C, crop, crop)
-    bilinear, mirrored outside the file; mask (crop, crop) nearest, ignore_index outside the file."""
+    bilinear, edge pixels repeated outside the file (as DALI's warp_affine clamps); mask (crop, crop)
+    nearest, ignore_index outside the file."""
     H, W = mask.shape
     c = (crop - 1) / 2
     yy, xx = torch.meshgrid(torch.arange(crop, dtype=torch.float64) - c, torch.arange(crop, dtype=torch.float64) - c,
@@ -176,7 +177,7 @@ def warp_crop(image: np.ndarray, mask: np.ndarray, p: AugParams, w: WarpParams, 
         sy, sx = sy + d[0], sx + d[1]
     grid = rearrange([sx / (W - 1) * 2 - 1, sy / (H - 1) * 2 - 1], "xy h w -> 1 h w xy").float()
     out = F.grid_sample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, mode="bilinear",
-                        padding_mode="reflection", align_corners=True)[0]
+                        padding_mode="border", align_corners=True)[0]
     shifted = torch.from_numpy(mask.astype(np.float32) + 1)[None, None]  # 0 marks "outside the file"
     m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
     m = torch.where(m == 0, float(ignore_index + 1), m) - 1

@@ -17,6 +17,12 @@ Bits: images are decoded as uint16 when any image is 16-bit (DALI keeps all 16 b
 files are scaled by 257 and their normalisation by 1/257), else as uint8. Masks must be plain
 8-bit grayscale PNG (DALI would turn palette indices into colours and scale 16-bit labels).
 DALI has no reflect padding: files smaller than the crop stay on the torch path.
+
+Few-label augmentation (data.aug_*; hybengine/data/augment.py), with the torch path's parameters fed
+per sample: zoom and rotation as one `fn.warp_affine` for image (linear) and mask (nearest, filled
+with ignore_index), gamma by `math.pow` on the sample's own range, `fn.gaussian_blur`, and the torch
+path's own noise added; same masks and images to float rounding (tests/test_data_dali.py). DALI has
+no elastic deformation on the CPU: data.aug_elastic > 0 stays on the torch path.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 from hybengine.config import DataConfig
-from hybengine.data.augment import as_transpose_flips, sample_params, sample_rng
+from hybengine.data.augment import FewLabelAug, WarpParams, as_transpose_flips, sample_params, sample_rng, sample_warp
 from hybengine.data.epoch_stream import BatchCounter, ShardedEpochStream
 from hybengine.data.errors import DatasetError
 from hybengine.data.folder_dataset import FolderScan
@@ -36,7 +42,6 @@ from hybengine.data.image_io import LUMA, FileProblem, read_mask, read_raw
 
 log = logging.getLogger("hybengine.data")
 _OUTPUTS = ("image", "mask")
-FEW_LABEL_KEYS = ("scale", "rotate", "elastic", "gamma", "noise", "blur")  # data.aug_*
 
 
 def dali_installed() -> bool:
@@ -57,11 +62,9 @@ def plan_problems(scan: FolderScan, cfg: DataConfig) -> list[str]:
     if masks:
         problems.append(f"{len(masks)} mask(s) are not plain 8-bit grayscale PNG (palette, 1- or 16-bit "
                         f"or colour), which DALI would not decode as class indices: {some(masks)}")
-    few = [f"data.aug_{k}={getattr(cfg, 'aug_' + k)}" for k in FEW_LABEL_KEYS if getattr(cfg, "aug_" + k)]
-    if few and cfg.augment:
-        problems.append(f"the few-label augmentations ({', '.join(few)}) run on the torch path only: DALI has "
-                        "warp_affine, gaussian_blur, noise and pow for zoom, rotation, blur, noise and gamma "
-                        "but no elastic deformation on the CPU, and its draws would not be the torch path's")
+    if cfg.augment and cfg.aug_elastic:
+        problems.append(f"data.aug_elastic={cfg.aug_elastic}: DALI has no elastic deformation on the CPU (its "
+                        "zoom, rotation, gamma, blur and noise are supported)")
     alpha = [s for s, i in scan.info.items() if i.file_channels in (2, 4)]
     if alpha:
         problems.append(f"{len(alpha)} image(s) have an alpha channel: {some(alpha)}")
@@ -79,10 +82,12 @@ class _BatchPlan:
         self.items = iter(ShardedEpochStream(len(scan.stems), batch_size, seed, rank, world_size, start_batch))
         self.next_batch = start_batch
         self.recent: OrderedDict[int, list[str]] = OrderedDict()  # batch -> stems, for error messages
+        few = FewLabelAug.from_config(cfg)
+        self.few = few if cfg.augment and few != FewLabelAug() else None  # extra columns only when on
 
     def __call__(self):
         cols: dict[str, list[np.ndarray]] = {k: [] for k in
-                                             ("img", "msk", "anchor", "t", "h", "v", "norm", "jit")}
+                                             ("img", "msk", "anchor", "t", "h", "v", "norm", "jit", *FEW_COLUMNS)}
         stems = []
         c = self.cfg
         for _ in range(self.batch_size):
@@ -90,8 +95,10 @@ class _BatchPlan:
             stem = self.scan.stems[i]
             info = self.scan.info[stem]
             stems.append(stem)
-            p = sample_params(sample_rng(self.seed, epoch, i), info.height, info.width, c.crop, c.augment,
-                              c.intensity_jitter)
+            rng = sample_rng(self.seed, epoch, i)
+            p = sample_params(rng, info.height, info.width, c.crop, c.augment, c.intensity_jitter)
+            if self.few is not None:  # drawn after p from the same stream, as the torch path draws them
+                self._few_columns(cols, p, sample_warp(rng, self.few))
             t, h, v = as_transpose_flips(p)
             n = info.norm
             if self.decode_bits == 16 and info.bits == 8:  # decoded as x * 257
@@ -105,10 +112,30 @@ class _BatchPlan:
             cols["norm"].append(np.array([n.offset, n.scale, n.shift], np.float32))
             cols["jit"].append(np.array([p.contrast, p.brightness], np.float32))
         self.recent[self.next_batch] = stems
+        if self.few is None:
+            cols = {k: v for k, v in cols.items() if k not in FEW_COLUMNS}
         while len(self.recent) > 8:
             self.recent.popitem(last=False)
         self.next_batch += 1
         return tuple(cols.values())
+
+
+    def _few_columns(self, cols: dict, p, w: WarpParams) -> None:
+        """The few-label parameters of one sample as DALI inputs: warp_affine's matrix, gamma, blur, noise."""
+        crop = self.cfg.crop
+        h = crop / 2  # DALI samples at pixel centres (i + 0.5); the torch path's grid centre is (crop - 1) / 2
+        cos, sin = np.cos(w.angle) / w.zoom, np.sin(w.angle) / w.zoom
+        cols["warp"].append(np.array([[cos, sin, p.left + h - (cos + sin) * h],  # destination -> source, (x, y)
+                                      [-sin, cos, p.top + h - (cos - sin) * h]], np.float32))
+        cols["gamma"].append(np.array(w.gamma, np.float32))
+        cols["blur"].append(np.array(max(w.blur, 1e-3), np.float32))
+        cols["do_blur"].append(np.array(w.blur > 0, np.bool_))
+        noise = np.random.default_rng(w.noise_seed).standard_normal((self.cfg.image_channels, crop, crop),
+                                                                    dtype=np.float32) * np.float32(w.noise)
+        cols["noise"].append(np.ascontiguousarray(noise.transpose(1, 2, 0)))  # HWC, the pipeline's layout
+
+
+FEW_COLUMNS = ("warp", "gamma", "blur", "do_blur", "noise")  # external-source columns of the few-label ops
 
 
 def build_pipeline(plan: _BatchPlan, cfg: DataConfig, file_channels: set[int], device: str,
@@ -121,31 +148,50 @@ def build_pipeline(plan: _BatchPlan, cfg: DataConfig, file_channels: set[int], d
     out_type = types.GRAY if cfg.image_channels == 1 and not luma else types.RGB
     img_dtype = types.UINT16 if plan.decode_bits == 16 else types.UINT8
     crop = np.array([cfg.crop, cfg.crop], np.int32)
+    few = plan.few
+    warps = few is not None and few.warps
 
     @pipeline_def(batch_size=plan.batch_size, num_threads=num_threads, device_id=device_id,
                   enable_conditionals=True, prefetch_queue_depth=2, seed=plan.seed % 2**31)
     def pipeline():
-        img, msk, anchor, t, h, v, norm, jit = fn.external_source(source=plan, num_outputs=8, batch=True)
+        cols = fn.external_source(source=plan, num_outputs=8 + (len(FEW_COLUMNS) if few else 0), batch=True)
+        img, msk, anchor, t, h, v, norm, jit = cols[:8]
         x = fn.decoders.image(img, device=device, output_type=out_type, dtype=img_dtype)
         m = fn.decoders.image(msk, device=device, output_type=types.GRAY, dtype=types.UINT8)
         if device == "mixed":  # arithmetic operands on the GPU with the data
             norm, jit = norm.gpu(), jit.gpu()
-        x = fn.slice(x, start=anchor, shape=crop, axes=[0, 1])  # absolute window: exact, as numpy slicing
-        m = fn.slice(m, start=anchor, shape=crop, axes=[0, 1])
+        if cfg.mask_format == "binary255":  # 0/255 -> 0/1 before a warp fills ignore_index
+            m = m // 255
+        if not warps:
+            x = fn.slice(x, start=anchor, shape=crop, axes=[0, 1])  # absolute window: exact, as numpy slicing
+            m = fn.slice(m, start=anchor, shape=crop, axes=[0, 1])
         if luma:  # RGB -> luma with the torch path's weights, before normalisation
             x = x[:, :, 0:1] * float(LUMA[0]) + x[:, :, 1:2] * float(LUMA[1]) + x[:, :, 2:3] * float(LUMA[2])
         x = (x - norm[0]) * norm[1] + norm[2]
         if cfg.normalize == "percentile":
             x = dmath.clamp(x, -1.5, 1.5)
+        if warps:  # zoom + rotation: one affine map for both, after normalisation as on the torch path
+            warp = cols[8]
+            x = fn.warp_affine(x, matrix=warp, size=[cfg.crop, cfg.crop], interp_type=types.INTERP_LINEAR)
+            m = fn.warp_affine(m, matrix=warp, size=[cfg.crop, cfg.crop], interp_type=types.INTERP_NN,
+                               fill_value=float(cfg.ignore_index))
         if t:
             x = fn.transpose(x, perm=[1, 0, 2], transpose_layout=False)
             m = fn.transpose(m, perm=[1, 0, 2], transpose_layout=False)
         x = fn.flip(x, horizontal=h, vertical=v)
         m = fn.flip(m, horizontal=h, vertical=v)
         x = x * jit[0] + jit[1]  # intensity jitter: image only
+        if few:  # image only, in the torch path's order: gamma on the sample's own range, blur, noise
+            gamma, blur, do_blur, noise = cols[9:]
+            if few.gamma:
+                lo, hi = fn.reductions.min(x), fn.reductions.max(x)
+                x = dmath.pow((x - lo) / dmath.max(hi - lo, 1e-30), gamma) * (hi - lo) + lo
+            if few.blur:
+                if do_blur:
+                    x = fn.gaussian_blur(x, sigma=blur)
+            if few.noise:
+                x = x + noise
         x = fn.transpose(x, perm=[2, 0, 1])
-        if cfg.mask_format == "binary255":
-            m = m // 255
         m = fn.cast(m[:, :, 0], dtype=types.INT64)
         return fn.cast(x, dtype=types.FLOAT), m
 
