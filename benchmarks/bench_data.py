@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 
 from hybengine.config import DataConfig

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import repo_imports  # noqa: F401  (before hybengine: works without an install)
 import torch
 
 from hybengine.runtime.distributed import device_name

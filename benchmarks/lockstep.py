@@ -31,6 +31,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import repo_imports  # noqa: E402, F401  (before hybengine, imported in functions: works without an install)
+
 GO, DONE = "HYBENGINE_BENCH_GO", "HYBENGINE_BENCH_DONE"
 
 
@@ -195,9 +198,6 @@ def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--"]:
         args = args[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import repo_imports  # noqa: F401  (before hybengine: works without an install)
-
     from hybengine.cli import parse_args, resolve
     from hybengine.training_loop import run_training
 
