@@ -32,14 +32,13 @@ import torch
 
 from . import ops
 from .cli import add_debug, guarded
-from .config import Config, KernelConfig, config_from_dict, to_dict
+from .config import Config, config_from_dict, to_dict
 from .inference import Prediction, batch_probs, load_model
 from .objective import predict_logits
 from .runtime.atomic import atomic_write_text
 from .unet import UNet, build_unet
 
 TOLERANCE = 1e-4  # max |p_export - p_engine| over the probabilities: float32 graphs of the same math
-REFERENCE_OPS = KernelConfig(group_norm_silu="reference", hybrid_loss="reference", upsample_conv="reference")
 ONNX_OPSET = 18
 
 
@@ -115,8 +114,11 @@ def export_run(run: str, out: str | Path | None = None, weights: str = "ema", ti
         record["files"]["model.safetensors"] = {"max_abs_diff": _max_diff(
             Segmenter(reloaded, o.sigma_clean, o.sigma_data)(x), expected, "model.safetensors")}
 
-    segmenter = Segmenter(net, o.sigma_clean, o.sigma_data).eval()
-    with ops.using(REFERENCE_OPS, "cpu"), torch.no_grad():  # plain ATen ops: the program runs without hybengine
+    # The programs trace the reference ops (plain ATen): they run without hybengine's custom ops.
+    plain = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, ops.REFERENCE)
+    plain.load_state_dict(net.state_dict())
+    segmenter = Segmenter(plain.eval(), o.sigma_clean, o.sigma_data).eval()
+    with torch.no_grad():
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(segmenter, (x,), dynamic_shapes={"x": {0: batch}})
     torch.export.save(program, out / "segment.pt2")
