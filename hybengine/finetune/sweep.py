@@ -27,12 +27,19 @@ at once (hybengine/finetune/batched.py); `auto` times one training step of R run
 device, with the sweep's model, batch and crop, and picks the faster (batched only if it saves at least
 `AUTO_MARGIN`), logging both times; the measurement is kept in runner.json and reused when the device
 and the step shape are unchanged.
+
+Several devices: started by the DeepSpeed launcher or torchrun (`torchrun --nproc_per_node N -m
+hybengine.finetune ...`, `deepspeed --num_gpus N --module hybengine.finetune ...`), rank r runs every
+N-th fine-tune still to do from r on, each as a single process on its own device (LOCAL_RANK), with
+the runner `sweep.runner` picks; rank 0 waits for every result.json and writes the reports. Each run is
+seeded by its own config, so the results equal a one-process sweep's (tests/test_sweep_ranks.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -51,7 +58,7 @@ from ..runtime.distributed import device_name, pick_device
 from ..runtime.run_folder import check_folder_path, clear_run_files
 from ..runtime.run_log import setup_logging
 from .batched import NonFiniteMembersError, check_batchable, group_key, run_batched, time_steps
-from .reports import write_reports
+from .reports import aggregate, write_reports
 from .runner import evaluate, prepare_finetune, pretrained_init, run_finetune, write_result
 
 log = logging.getLogger("hybengine.finetune.sweep")
@@ -252,13 +259,49 @@ def _run_batched(cfg: Config, runs: list[PlannedRun], todo: list[PlannedRun], po
         log.info("[%d/%d] batched group of %d done in %.1f s", done, len(runs), len(chunk), time.perf_counter() - t0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Several devices: under the DeepSpeed launcher or torchrun each rank runs its share
+
+
+POLL_S = 2.0  # how often the reporting rank looks for the other ranks' result.json files
+
+
+def launcher_rank() -> tuple[int, int]:
+    """(rank, world size) of a sweep started by the DeepSpeed launcher or torchrun (both export RANK and
+    WORLD_SIZE), (0, 1) otherwise. Each rank's fine-tunes then run as single processes on its device
+    (LOCAL_RANK picks the GPU): WORLD_SIZE is set to 1 in this process, so that no fine-tune joins a group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        os.environ["WORLD_SIZE"], os.environ["RANK"] = "1", "0"  # the fine-tunes: one process each
+    return rank, world
+
+
+def rank_share(runs: list[PlannedRun], rank: int, world: int) -> list[PlannedRun]:
+    """Every world-th run from `rank` on: a deterministic split that needs no communication."""
+    return runs[rank::world]
+
+
+def wait_for_results(runs: list[PlannedRun]) -> None:
+    """The reporting rank waits until every run's result.json exists (the other ranks' shares); the
+    launchers stop all ranks when one fails, so a missing result means one still running."""
+    t0 = time.perf_counter()
+    while missing := [r for r in runs if not (r.out_dir / "result.json").is_file()]:
+        if time.perf_counter() - t0 > 60:
+            log.info("waiting for %d run(s) of the other ranks: %s", len(missing),
+                     ", ".join(r.name for r in missing[:4]))
+            t0 = time.perf_counter()
+        time.sleep(POLL_S)
+
+
 def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
     """Runs every planned fine-tune not yet done, then writes the reports; returns the aggregate rows."""
     s = cfg.sweep
     out = Path(s.out_dir)
     check_folder_path("sweep.out_dir", s.out_dir)
+    rank, world = launcher_rank()
     if console_logging:
-        setup_logging(out, 0)
+        setup_logging(out, rank)
     runs, pool = plan_sweep(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "sweep.yaml").is_file():  # a rerun or --resume: say what changed since the last start
@@ -267,31 +310,39 @@ def run_sweep(cfg: Config, console_logging: bool = True) -> list[dict]:
         if changed:
             log.info("sweep resumed with changed settings: %s (finished runs whose own config differs are refused)",
                      ", ".join(changed))
-    atomic_write_text(out / "sweep.yaml", dumps(cfg))
-    todo = [r for r in runs if not is_done(cfg, r, pool)]
-    for run in runs:
+    if rank == 0:
+        atomic_write_text(out / "sweep.yaml", dumps(cfg))
+    mine = rank_share(runs, rank, world)  # this rank's share of the plan (one process: all of it)
+    todo = [r for r in mine if not is_done(cfg, r, pool)]
+    for run in mine:
         if run not in todo:  # killed after its result, before its snapshots were removed
             _finish(cfg, run)
-    log.info("sweep: %d inits x %d budgets x %d seeds = %d runs; %d done already, %d to run",
-             len(s.inits), len(s.budgets), len(s.seeds), len(runs), len(runs) - len(todo), len(todo))
+    log.info("sweep: %d inits x %d budgets x %d seeds = %d runs; this rank %d of them, %d done already, %d to run",
+             len(s.inits), len(s.budgets), len(s.seeds), len(runs), len(mine), len(mine) - len(todo), len(todo))
     test_set = FolderDataset(dataclasses.replace(cfg.data, labeled_subset=[]), cfg.data.test_split, train=False)
     t0 = time.perf_counter()
     _run_sequential(cfg, [r for r in todo if r.budget == 0], pool, test_set)  # zero-shot: evaluation only
     todo = [r for r in todo if r.budget]
     if todo:
-        device = pick_device(0)
-        # chosen for the whole plan, not for what is left: a rerun after a kill chooses as the first start
-        first_cfg, _ = prepare_finetune(run_config(cfg, runs[0]), pool)  # the architecture actually trained
-        runner, reason = choose_runner(s.runner, first_cfg, min(len(runs), s.batch_runs), device,
+        device = pick_device(int(os.environ.get("LOCAL_RANK", "0")))
+        trained = [r for r in mine if r.budget]  # what the runner and the batched groups are cut from
+        # chosen for this rank's whole share, not for what is left: a rerun after a kill chooses the same
+        first_cfg, _ = prepare_finetune(run_config(cfg, trained[0]), pool)  # the architecture actually trained
+        runner, reason = choose_runner(s.runner, first_cfg, min(len(trained), s.batch_runs), device,
                                        out / "runner.json")
         log.info("sweep runner: %s (%s)", runner, reason)
         if runner == "batched":
-            _run_batched(cfg, runs, todo, pool, test_set)
+            _run_batched(cfg, trained, todo, pool, test_set)
         else:
             _run_sequential(cfg, todo, pool, test_set)
+    if world > 1:
+        log.info("rank %d of %d: its %d run(s) done", rank, world, len(todo))
+        wait_for_results(runs)
     records = [json.loads((r.out_dir / "result.json").read_text()) for r in runs]
     log.info("sweep: %d runs trained in %.1f s", len(todo), time.perf_counter() - t0)
     names = [n for n, _ in parse_inits(s.inits)]
+    if rank != 0:  # one rank writes the reports; every rank returns the same rows
+        return aggregate(records, names)
     title = (f"{cfg.data.root}, {cfg.data.test_split} split: mean foreground Dice after fine-tuning "
              f"({cfg.train.steps} steps), mean ± std over {len(s.seeds)} seeds")
     return write_reports(records, out, title=title, class_names=s.class_names, inits=names)
