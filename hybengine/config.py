@@ -69,11 +69,10 @@ class DataConfig:
     num_workers: int = marked(0, **BOOKKEEPING)  # torch DataLoader worker processes
     labeled_subset: list[str] = marked(factory=list, **PER_MEMBER)  # only these file stems (label budgets)
     # Unlabeled images (hybengine/data/unlabeled.py): folders whose images/ are used without their masks
-    # (e.g. the target's train split), besides <root>/unlabeled/images when it exists; they fill the last
-    # round(unlabeled_share * batch) samples of each training batch (0: none used). They carry an
+    # (e.g. the target's train split), besides <root>/unlabeled/images when it exists. They carry an
     # all-ignore mask, so they train the denoising term only.
     unlabeled: list[str] = field(default_factory=list)
-    unlabeled_share: float = 0.0
+    unlabeled_share: float = 0.0  # the last round(share * batch) samples of each batch are unlabeled; 0: none
 
 
 @dataclass
@@ -114,6 +113,9 @@ class ObjectiveConfig:
     # keep the denoising term on samples drawn at sigma_clean; there lambda * c_out^2 = 1 and its target is
     # essentially the added noise itself, a loss of about 1 that nothing can learn (false: term dropped)
     denoise_at_clean: bool = False
+    # add sigma_clean * n to samples at sigma_clean (false: the images carry that noise themselves, as
+    # when finetune.sigma=estimate sets sigma_clean to the target images' measured noise level)
+    clean_input_noise: bool = True
 
 
 @dataclass
@@ -199,12 +201,16 @@ class FinetuneConfig:
     unlabeled_share: float = 0.0
     # the seeds' 1-label subsets are distinct images while seeds < pool size (label_budget.py); still nested
     distinct_subsets: bool = False
+    # the sigma the fine-tune trains and predicts at: "clean" = objective.sigma_clean; "estimate" = the noise
+    # level of the target's train IMAGES (hybengine/data/noise.py: Immerkaer's estimator after normalisation,
+    # median over images), measured before any label is read, fed without extra noise; the same for every start
+    sigma: str = choice("clean", "estimate")
 
 
 @dataclass
 class SweepConfig:
     """A label-budget sweep (hybengine/finetune/sweep.py): every init x budget x seed is one fine-tune."""
-    budgets: list[int] = field(default_factory=list)  # labeled target images per run; empty = one fine-tune
+    budgets: list[int] = field(default_factory=list)  # labeled images per run (0: zero-shot); empty = one fine-tune
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # label subsets and fine-tune randomness
     inits: list[str] = field(default_factory=list)  # "name=checkpoint folder"; "scratch" (or "name=") = none
     runner: str = choice("auto", "sequential", "batched")  # auto: measured per device (hybengine/finetune/sweep.py)

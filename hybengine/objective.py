@@ -81,7 +81,8 @@ class HybridObjective:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-sample (denoise, mask) terms at given noise levels sigma (B,) and noise n (like x)."""
         cfg = self.cfg
-        x_n = x + per_sample(sigma, x) * n
+        added = sigma if cfg.clean_input_noise else torch.where(sigma <= cfg.sigma_clean, 0 * sigma, sigma)
+        x_n = x + per_sample(added, x) * n
         out, c_skip, c_out, lam = precond_forward(net, x_n, sigma, cfg.sigma_data)
         lam = lam if cfg.mode in ("hybrid", "denoise") else torch.zeros_like(lam)
         if not cfg.denoise_at_clean:

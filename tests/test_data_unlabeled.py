@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hybengine.config import load_config
 from hybengine.console import validate_main
 from hybengine.data import DatasetError, build_train_loader, labeled_subset
+from hybengine.data.noise import folder_sigma
 from hybengine.data.simulated import PairSpec, SceneParams, write_pair
 from hybengine.data.unlabeled import scan_unlabeled
 from hybengine.finetune.runner import evaluate, pretrained_init, run_finetune
@@ -114,6 +116,15 @@ def test_budget_zero_is_a_plain_prediction_with_the_start(pair, pretrained, tmp_
     plain = evaluate(net, run_cfg, "test")
     assert rec["dice"] == plain["dice"] and rec["per_image"] == plain["per_image"]
     assert np.isfinite(rec["mean_fg_dice"])
+    # finetune.sigma=estimate: the prediction sigma is the target train images' measured noise level
+    est = load_config(None, _over(tmp_path / "e", pair / "target", **{
+        "finetune.checkpoint": str(pretrained), "finetune.budget": 0, "finetune.sigma": "estimate"}))
+    rec_e = run_finetune(est, console_logging=False, pool=[])
+    saved = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())["objective"]
+    assert saved["sigma_clean"] == pytest.approx(folder_sigma(pair / "target", "train", run_cfg.data))
+    assert saved["sigma_clean"] > 0.02 and saved["clean_input_noise"] is False
+    assert rec_e["dice"] == evaluate(net, load_config(None, [f"objective.sigma_clean={saved['sigma_clean']}",
+                                                             f"data.root={pair / 'target'}"]), "test")["dice"]
     with pytest.raises(ValueError, match="budget=0 needs finetune.checkpoint"):
         run_finetune(load_config(None, _over(tmp_path / "s", pair / "target", **{"finetune.budget": 0})),
                      console_logging=False, pool=[])

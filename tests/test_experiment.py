@@ -10,6 +10,8 @@ from hybengine.config import ConfigError
 from hybengine.finetune import experiment, selection
 from hybengine.runtime.checkpoint import load_weights
 
+REPO = Path(__file__).resolve().parents[1]
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.batch_size=2", "train.log_every=1", "optim.warmup_steps=1", "model.channels=8", "train.threads=1"]
 
@@ -106,3 +108,20 @@ def test_experiment_killed_in_pretraining_and_in_the_sweep_reruns_to_the_same_re
     assert not (tmp_path / "results" / "table.md").exists()
     assert experiment.main(["--resume", str(tmp_path / "out")]) == 0
     assert {n: (tmp_path / "results" / n).read_text() for n in names} == straight
+
+
+def test_variants_name_their_pretrainings_and_fine_tunes():
+    """pretrain.variants add pretrainings of a mode with overrides of their own; finetune.variants fine-tune a
+    start's checkpoints again under their own overrides; both get <name>_p<seed> names (issue 27)."""
+    spec = experiment.load_experiment(REPO / "configs/experiments/simulated_shortcut.yaml")
+    plan = experiment.pretrain_plan(spec)
+    assert [name for name, _, _ in plan[:4]] == ["hybrid_p0", "supervised_p0", "hybrid-tgt_p0", "denoise-tgt_p0"]
+    over = experiment.kind_overrides(spec, "hybrid-tgt")
+    assert over[0] == "objective.mode=hybrid" and "data.unlabeled_share=0.25" in over
+    assert experiment.kind_overrides(spec, "supervised") == ["objective.mode=supervised"]
+    folders = {name: Path(f"runs/x/pretrain_{name}") for name, _, _ in plan}
+    (inits, extra), = experiment.finetune_variants(spec, folders)
+    assert inits == [f"hybrid-tgt-keep_p{p}=runs/x/pretrain_hybrid-tgt_p{p}" for p in range(3)]
+    assert extra == ["finetune.unlabeled_share=0.5"]
+    names = experiment.start_names(spec)
+    assert names[-4:] == ["hybrid-tgt-keep_p0", "hybrid-tgt-keep_p1", "hybrid-tgt-keep_p2", "scratch"]

@@ -16,6 +16,7 @@ from hybengine.finetune.stats import (
     score_of,
     sign_per_pretraining_seed,
     split_init,
+    versus_zero_shot,
     wilcoxon_signed_rank,
 )
 
@@ -151,3 +152,15 @@ def test_hierarchical_interval_and_pretraining_seed_sign_on_known_cases():
     # in a contrast row, beside the label-seed test
     r = paired_contrast(_records(0.05), "hybrid", "supervised")
     assert r["seeds_up"] == 2 and r["seeds_nonzero"] == 2 and r["hier_low"] > 0.03 and r["label_high"] < 0.07
+
+
+def test_fine_tune_against_its_own_zero_shot():
+    """hybrid_p{0,1} start at 0.6 / 0.4 (budget 0) and fine-tune to 0.5 for every label seed: p0 falls by
+    0.1, p1 gains 0.1; the mean is 0 and one of two pretraining seeds is up."""
+    recs = [{"init": f"hybrid_p{p}", "budget": 0, "seed": s, "mean_fg_dice": z}
+            for p, z in ((0, 0.6), (1, 0.4)) for s in range(4)]
+    recs += [{"init": f"hybrid_p{p}", "budget": 2, "seed": s, "mean_fg_dice": 0.5} for p in (0, 1) for s in range(4)]
+    r = versus_zero_shot(recs, "hybrid", 2, score_of("dice"), n_boot=2000)
+    assert r["zero_shot"] == pytest.approx(0.5) and r["mean"] == pytest.approx(0.0)
+    assert r["hier_low"] == pytest.approx(-0.1) and r["hier_high"] == pytest.approx(0.1)
+    assert (r["seeds_up"], r["seeds_nonzero"], r["pretrain_seeds"], r["label_seeds"]) == (1, 2, 2, 4)

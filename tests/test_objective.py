@@ -152,3 +152,19 @@ def test_unlabeled_samples_train_the_denoising_term_only(mode):
     (den[2:].sum() + mask[2:].sum()).backward()
     assert net.weight.grad[1:].abs().sum() == 0  # no mask-channel gradient from unlabeled samples
     assert (net.weight.grad[0].abs().sum() > 0) == (mode != "supervised")
+
+
+def test_samples_at_sigma_clean_can_be_fed_as_they_are():
+    """objective.clean_input_noise=false (finetune.sigma=estimate): the image already carries noise of that
+    level, so nothing is added at sigma_clean; above it the noise is added as always."""
+    x = torch.rand(4, 1, 8, 8)
+    sigma = torch.tensor([0.1, 0.1, 0.5, 0.5])
+    n = torch.randn_like(x)
+    for noise, expect_clean in ((True, False), (False, True)):
+        net = _Probe()
+        HybridObjective(ObjectiveConfig(sigma_clean=0.1, clean_input_noise=noise), 255).terms(
+            net, x, torch.zeros(4, 8, 8, dtype=torch.long), sigma, n)
+        _, _, c_in, _, _ = edm_precond(sigma, 0.5)
+        fed = net.inp / c_in.view(-1, 1, 1, 1)
+        assert torch.allclose(fed[:2], x[:2], atol=1e-6) == expect_clean
+        assert torch.allclose(fed[2:], x[2:] + 0.5 * n[2:], atol=1e-5)

@@ -239,7 +239,12 @@ def draw(spec: PairSpec, domain: str, split: str, index: int) -> tuple[np.ndarra
 def write_pair(spec: PairSpec) -> Path:
     """Writes (or reuses, when its pair.json matches) the whole pair under spec.root; returns the root."""
     root = Path(spec.root)
-    info = {"spec": json.loads(json.dumps(asdict(spec))), "classes": ["background", "cell body", "nucleus"],
+    described = asdict(spec)
+    for micro in ("source", "target"):  # nucleus marks off: described as before they existed (older folders match)
+        for key in ("nucleus_ring", "nucleus_texture"):
+            if not described[micro][key]:
+                del described[micro][key]
+    info = {"spec": json.loads(json.dumps(described)), "classes": ["background", "cell body", "nucleus"],
             "data": {"num_classes": 3, "image_channels": 1, "mask_format": "index"}}
     marker = root / "pair.json"
     if marker.is_file():

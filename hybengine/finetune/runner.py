@@ -18,6 +18,7 @@ import torch
 from ..config import Config, ModelConfig, apply_model_preset, config_from_dict, dumps
 from ..data import FolderDataset, labeled_subset, validate_folder
 from ..data.label_budget import coverage_warning, mask_classes
+from ..data.noise import folder_sigma
 from ..inference import predict_probs, resolve_prediction
 from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
@@ -120,7 +121,19 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
         train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain",
                                   steps=cfg.train.steps + ft.steps_per_label * ft.budget),
     )
-    return keep_denoising(run_cfg), init
+    return keep_denoising(at_target_sigma(run_cfg)), init
+
+
+def at_target_sigma(run_cfg: Config) -> Config:
+    """finetune.sigma=estimate: sigma_clean (fine-tune and prediction) := the noise level measured on the
+    target train split's images (hybengine/data/noise.py; no mask read), inputs fed as they are."""
+    if run_cfg.finetune.sigma != "estimate":
+        return run_cfg
+    d = run_cfg.data
+    sigma = folder_sigma(d.root, d.train_split, d)
+    log.info("finetune.sigma=estimate: %.4f measured on the images of %s", sigma, Path(d.root) / d.train_split)
+    return dataclasses.replace(run_cfg, objective=dataclasses.replace(
+        run_cfg.objective, sigma_clean=max(sigma, 1e-4), clean_input_noise=False))
 
 
 def draw_subset(cfg: Config, pool: list[str]) -> list[str]:

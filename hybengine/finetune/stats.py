@@ -196,6 +196,27 @@ def contrast(records: list[dict], a: str, b: str, budget: int, score: Callable[[
             "seeds_up": up, "seeds_nonzero": nonzero, "sign_p": sign_p}
 
 
+def versus_zero_shot(records: list[dict], start: str, budget: int, score: Callable[[dict], float],
+                     n_boot: int = 10000, seed: int = 0) -> dict:
+    """A start's fine-tune at `budget` minus its own zero-shot score (budget 0, same pretraining seed):
+    d[p, s] = score(start_p, budget, s) - score(start_p, 0); mean, hierarchical interval, seeds > 0."""
+    zero = {split_init(r["init"])[1]: score(r) for r in records
+            if split_init(r["init"])[0] == start and r["budget"] == 0}
+    cells: dict = {}
+    for r in records:
+        name, p = split_init(r["init"])
+        if name == start and r["budget"] == budget and p in zero:
+            cells.setdefault(p, {})[r["seed"]] = score(r) - zero[p]
+    ps = sorted(cells)
+    seeds = sorted(set.intersection(*(set(c) for c in cells.values()))) if cells else []
+    d = np.array([[cells[p][s] for s in seeds] for p in ps], dtype=np.float64).reshape(len(ps), len(seeds))
+    lo, hi = hierarchical_ci(d, n_boot=n_boot, seed=seed) if d.size else (math.nan, math.nan)
+    up, nonzero, _ = sign_per_pretraining_seed(d) if d.size else (0, 0, math.nan)
+    return {"start": start, "budget": budget, "zero_shot": float(np.mean(list(zero.values()))) if zero else math.nan,
+            "mean": float(d.mean()) if d.size else math.nan, "hier_low": lo, "hier_high": hi,
+            "seeds_up": up, "seeds_nonzero": nonzero, "pretrain_seeds": len(ps), "label_seeds": len(seeds)}
+
+
 def paired_contrast(rows: list[dict], a: str, b: str, budget: int | None = None, metric: str = "dice",
                     class_index: int | None = None, n_boot: int = 10000) -> dict:
     """A - B over fine-tune result records (`init`, `budget`, `seed`, `mean_fg_dice`, `dice`, ...):
