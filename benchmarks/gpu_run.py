@@ -289,7 +289,7 @@ def call_2(call: Call) -> None:
     call.run(Stage("hybrid_loss", 60,
                    lambda left: py("bench_hybrid_loss.py", "--device", device,
                                    *(["--shapes", "2,3,2,16,16", "--rep", "1", "--warmup", "0", "--fp32-baseline",
-                                      "0", "--providers", "fused", "reference", "eager"] if dry else
+                                      "0", "--providers", "fused", "reference"] if dry else
                                      ["--budget-s", f"{max(10.0, left - 25):.0f}"]),
                                    "--csv", str(call.out / "hybrid_loss.csv")),
                    summary=r"^\(|fused", min_s=15, triton=True))

@@ -124,8 +124,8 @@ def test_call_3_dry_run_runs_an_experiment_in_shards_then_analyses(tmp_path, bar
     from test_experiment import tiny_spec
 
     config = tmp_path / "experiment.yaml"
-    config.write_text(yaml.safe_dump(tiny_spec(tmp_path)))
-    out = tmp_path / "out"
+    config.write_text(yaml.safe_dump(tiny_spec(tmp_path)))  # its runs in tmp_path/out
+    out = tmp_path / "gpu_out"
     r = dry_run(bare_python, "3", out, "--science-config", str(config), "--shards", "2")
     assert r.returncode == 0, r.stdout[-4000:]
     assert "hybrid" in (out / "contrasts.md").read_text()

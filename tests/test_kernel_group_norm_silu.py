@@ -2,7 +2,8 @@
 
 Runs the Triton kernels through the interpreter on CPU (conftest sets TRITON_INTERPRET=1), so
 tensors stay at hundreds to thousands of elements. bf16 is wrong under the interpreter; the GPU
-check (benchmarks/check_kernels.py, run by benchmarks/gpu_suite.sh) covers it with these helpers.
+check (benchmarks/check_kernels.py: its preflight in gpu_run.sh call 1, the whole in gpu_suite.sh)
+covers it with these helpers.
 """
 import random
 

@@ -113,16 +113,6 @@ def _decode(t, K, NU):
 
 
 @triton.jit
-def _item(t, K, NU, U, CB, stride_xn):
-    """Ticket t -> (kind, unit, chunk k, sample n, unit j of the sample, its first channel c0, x's offset
-    of sample n)."""
-    kind, unit, k = _decode(t, K, NU)
-    n = unit // U
-    j = unit % U
-    return kind, unit, k, n, j, j * CB, n.to(tl.int64) * stride_xn
-
-
-@triton.jit
 def _wait(FLAG, target):
     """Spin until FLAG >= target (acquire), then make it visible to the whole CTA."""
     seen = tl.atomic_add(FLAG, 0, sem="acquire")
@@ -263,7 +253,10 @@ def _slab_fwd_kernel(
     total = NU * (2 * K + 1)
     t = tl.atomic_add(SYNC, 1)
     while t < total:
-        kind, unit, k, n, j, c0, x_base = _item(t, K, NU, U, CB, stride_xn)
+        kind, unit, k = _decode(t, K, NU)
+        n, j = unit // U, unit % U  # sample, unit of the sample
+        c0 = j * CB
+        x_base = n.to(tl.int64) * stride_xn
         if kind == 0:
             _fwd_p1(X, PART, n, c0, k, N, C, HW, K, x_base, stride_xc, stride_xp, CB, P_CHUNK,
                     BLOCK_C, BLOCK_P, NUM_STAGES)
@@ -396,7 +389,11 @@ def _slab_bwd_kernel(
     total = NU * (2 * K + 1)
     t = tl.atomic_add(SYNC, 1)
     while t < total:
-        kind, unit, k, n, j, c0, x_base = _item(t, K, NU, U, CB, stride_xn)
+        kind, unit, k = _decode(t, K, NU)
+        n = unit // U
+        j = unit % U
+        c0 = j * CB
+        x_base = n.to(tl.int64) * stride_xn
         d_base = n.to(tl.int64) * stride_dn
         if kind == 0:
             _bwd_p1(X, DY, W, B, SCALE, SHIFT, MEAN, RSTD, PART, n, c0, k, N, C, G, CG, HW, K, x_base, d_base,
