@@ -2,7 +2,7 @@
 
     hybengine predict --checkpoint runs/scratch_assay/pretrain_hybrid \
         --images demo_data/scratch-assay/oblique/test/images --out runs/predict \
-        [--weights ema|raw] [--whole | --tile 64 --overlap 0.5] [--batch-tiles 16] [--tta] \
+        [--weights ema|raw] [--whole | --tile 64 --overlap 0.25] [--batch-tiles 16] [--tta] \
         [--save-probs npy|tiff|both] [--device cpu|cuda|cuda:1] [--precision auto|fp32|bf16]
 
 For every image `<stem>.<ext>` of the folder: `<out>/<stem>_mask.png` (8-bit class-index PNG, the format
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.add_argument("--whole", action="store_true", help="one forward pass per image instead of tiles")
     p.add_argument("--tile", type=int, help="tile side in pixels (default: the checkpoint's training crop)")
-    p.add_argument("--overlap", type=float, help="share of a tile its neighbour also covers (default 0.5)")
+    p.add_argument("--overlap", type=float, help="share of a tile its neighbour also covers (default 0.25)")
     p.add_argument("--batch-tiles", type=int, help="tiles per forward pass (default 16)")
     p.add_argument("--tta", action="store_true", help="average the probabilities of the image and its 3 mirrorings")
     p.add_argument("--save-probs", choices=("npy", "tiff", "both"), help="also write float32 class probabilities")

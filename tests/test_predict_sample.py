@@ -148,7 +148,7 @@ def test_evaluate_names_its_prediction_path(hybrid_ckpt):
     net, cfg = load_model(str(hybrid_ckpt))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(DEMO_TARGET)))
     tiled = evaluate(net, cfg, "test")
-    assert tiled["prediction"] == {"mode": "tiled", "tile": 32, "overlap": 0.5, "batch_tiles": 16, "tta": False,
+    assert tiled["prediction"] == {"mode": "tiled", "tile": 32, "overlap": 0.25, "batch_tiles": 16, "tta": False,
                                    "precision": "fp32", "blend_sigma": "tile/8"}
     whole = evaluate(net, dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, mode="whole")), "test")
     assert whole["prediction"]["mode"] == "whole" and len(whole["per_image"]) == len(tiled["per_image"]) == 24

@@ -5,6 +5,7 @@ Two networks: a tiny U-Net with random weights (context matters: tiles differ fr
 the whole image does, so tiled == whole at every size proves each tile is cut, placed and weighed right.
 """
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from hybengine.inference import (
 )
 from hybengine.objective import predict_logits
 from hybengine.unet import build_unet
+
+from tiny_run import REPO
 
 K = 3
 
@@ -180,3 +183,10 @@ def test_a_4096_image_predicts_in_bounded_memory():
     assert peak_mib < buffers_mib + 64, f"peak {peak_mib:.0f} MiB over {buffers_mib:.0f} MiB of buffers"
     for sl in (np.s_[:, :300, :300], np.s_[:, -260:, 1000:1300]):  # spot checks against the per-pixel truth
         torch.testing.assert_close(probs[sl], predict_probs(net, x[sl], cfg, WHOLE), atol=1e-5, rtol=1e-5)
+
+
+def test_committed_prediction_page_regenerates_from_its_csv():
+    spec = importlib.util.spec_from_file_location("measure_prediction", REPO / "scripts/measure_prediction.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.PAGE.read_text() == module.render(), "run python scripts/measure_prediction.py --render"
