@@ -128,3 +128,22 @@ def test_budget_zero_is_a_plain_prediction_with_the_start(pair, pretrained, tmp_
     with pytest.raises(ValueError, match="budget=0 needs finetune.checkpoint"):
         run_finetune(load_config(None, _over(tmp_path / "s", pair / "target", **{"finetune.budget": 0})),
                      console_logging=False, pool=[])
+
+
+def test_sweep_runs_budget_zero_for_pretrained_starts_only(pair, pretrained, tmp_path):
+    """sweep.budgets with 0: each pretrained start is scored as it is (no step), scratch is not; a rerun
+    finds every run done."""
+    from hybengine.finetune.sweep import run_sweep
+
+    cfg = load_config(None, _over(tmp_path / "unused", pair / "target", **{
+        "sweep.budgets": "[0,1]", "sweep.seeds": "[0]", "sweep.inits": f"[pre={pretrained},scratch]",
+        "sweep.out_dir": str(tmp_path / "sweep"), "sweep.runner": "sequential", "train.steps": 2}))
+    run_sweep(cfg, console_logging=False)
+    done = sorted(p.parent.name for p in (tmp_path / "sweep" / "runs").glob("*/result.json"))
+    assert done == ["pre_b0_s0", "pre_b1_s0", "scratch_b1_s0"]
+    zero = json.loads((tmp_path / "sweep" / "runs" / "pre_b0_s0" / "result.json").read_text())
+    assert zero["steps"] == 0 and zero["labeled"] == []
+    assert "| 0 label" in (tmp_path / "sweep" / "table.md").read_text()
+    stamp = (tmp_path / "sweep" / "runs" / "pre_b0_s0" / "result.json").stat().st_mtime_ns
+    run_sweep(cfg, console_logging=False)  # resume: nothing redone
+    assert (tmp_path / "sweep" / "runs" / "pre_b0_s0" / "result.json").stat().st_mtime_ns == stamp
