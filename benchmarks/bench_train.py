@@ -71,7 +71,7 @@ from harness import RESULTS, append_rows, environment  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_OPS = ["kernels.group_norm_silu=reference", "kernels.hybrid_loss=reference",
                  "kernels.upsample_conv=reference"]
-PLAIN_TORCH = ["data.loader=torch", "train.engine=plain"]
+PLAIN_TORCH = ["data.loader=torch", "train.backend=plain"]
 CONFIGS = {
     "plain": ["model.compile=false", "model.channels_last=false", "train.precision=fp32", *REFERENCE_OPS,
               *PLAIN_TORCH],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger("hybengine.config")
 
 
 class ConfigError(ValueError):
@@ -137,7 +140,8 @@ class TrainConfig:
     batch_size: int = 8  # per rank per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     precision: str = choice("fp32", "bf16")  # bf16: autocast (plain) / DeepSpeed bf16 section
-    engine: str = choice("auto", "plain", "deepspeed")  # auto: deepspeed when launched by its launcher
+    # optimizer back-end (hybengine/runtime/backends.py): auto = deepspeed when launched by its launcher
+    backend: str = choice("auto", "plain", "deepspeed")
     deepspeed_config: str = "configs/deepspeed/zero2.json"  # ZeRO stage etc.
     ema_halflife_steps: float = 200.0  # EMA half-life in optimizer steps; 0 disables EMA
     ckpt_every: int = marked(500, **BOOKKEEPING)  # steps between checkpoints; 0: only at the end
@@ -321,10 +325,18 @@ def _number(value: Any) -> int | float | None:
     return None
 
 
+# Keys renamed since runs were saved with them: the old name is still read, with one log line.
+RENAMED = {"train.engine": "train.backend"}
+
+
 def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
     types_ = _field_types(type(obj))
     for key, value in values.items():
         path = f"{prefix}{key}"
+        if path in RENAMED:
+            log.warning("config key %s was renamed %s: read as %s", path, RENAMED[path], RENAMED[path])
+            path = RENAMED[path]
+            key = path.rsplit(".", 1)[-1]
         if key not in types_:
             allowed = ", ".join(sorted(types_))
             raise ConfigError(f"unknown config key {path!r}; allowed keys here: {allowed}")
@@ -430,11 +442,15 @@ def compare_saved(now: Config, saved: dict[str, Any]) -> tuple[list[str], list[s
     return [detail[k] for k in changed if k not in free], [detail[k] for k in changed if k in free]
 
 
+def _current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config with renamed keys (RENAMED) under their current names."""
+    return {RENAMED.get(k, k): v for k, v in flat.items()}
+
+
 def config_diff(now: Config | dict[str, Any], then: Config | dict[str, Any],
                 ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """The sorted "section.key" names whose values differ between two configs, less `ignore`."""
-    a = flatten(now if isinstance(now, dict) else to_dict(now))
-    b = flatten(then if isinstance(then, dict) else to_dict(then))
+    a, b = (_current_names(flatten(c if isinstance(c, dict) else to_dict(c))) for c in (now, then))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in ignore)
 
 
@@ -513,7 +529,7 @@ def validate(cfg: Config) -> None:
     _check(pr.tile >= 0 and pr.batch_tiles >= 1, "predict.tile must be >= 0 and predict.batch_tiles >= 1")
     _check(cfg.finetune.steps_per_label >= 0,
            f"finetune.steps_per_label={cfg.finetune.steps_per_label}: must be >= 0")
-    if t.engine == "deepspeed" or t.engine == "auto":
+    if t.backend in ("deepspeed", "auto"):
         _check(t.deepspeed_config == "" or t.deepspeed_config.endswith(".json"),
                f"train.deepspeed_config={t.deepspeed_config!r}: must name a DeepSpeed .json file")
 

@@ -1,7 +1,7 @@
 """Pretraining entry point.
 
     python hybengine/train.py --config configs/pretrain/scratch_assay_hybrid.yaml [key=value ...]
-    deepspeed --num_gpus 2 hybengine/train.py --config ... train.engine=deepspeed
+    deepspeed --num_gpus 2 hybengine/train.py --config ... train.backend=deepspeed
     python hybengine/train.py --config ... --dry-run          # print the resolved config and stop
     python hybengine/train.py --resume runs/x [train.steps=N] # continue a killed run exactly (saved config)
 Bad config, data, checkpoints or run folders end in one line on stderr and exit code 2 (--debug: traceback).

@@ -123,7 +123,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     t = cfg.train
     hooks = hooks or LoopHooks()
     phase = hooks.phase or (lambda name: nullcontext())
-    dist = setup(t.engine)
+    dist = setup(t.backend)
     out_dir = Path(t.out_dir)
     # Nothing is written or loaded before these checks pass: a refused run leaves the folder as it was
     # (run.log, opened next, records the attempt; config.yaml and checkpoints/ come after the data scan).
@@ -164,7 +164,7 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", dumps(cfg))
     ckpt = CheckpointManager(out_dir / "checkpoints", dist, t.keep_last)
-    log.info("engine %s, %d rank(s) on %s, precision %s, ops %s, malloc %s, %.2f M parameters", backend.name,
+    log.info("backend %s, %d rank(s) on %s, precision %s, ops %s, malloc %s, %.2f M parameters", backend.name,
              dist.world_size, dist.device, t.precision, run_ops.chosen(), malloc_state,
              sum(p.numel() for p in net.parameters()) / 1e6)
 
@@ -302,8 +302,8 @@ def _forward_loss(cfg: Config, objective: HybridObjective, forward_net, backend,
     if not cfg.model.compile_step:
         return forward_loss
     if backend.name != "plain":
-        raise ValueError(f"model.compile_step=true needs the plain engine (this run uses {backend.name}): "
-                         "set model.compile_step=false or train.engine=plain")
+        raise ValueError(f"model.compile_step=true needs the plain backend (this run uses {backend.name}): "
+                         "set model.compile_step=false or train.backend=plain")
     return torch.compile(forward_loss, fullgraph=True, mode=_compile_mode(cfg, device))
 
 

@@ -61,3 +61,19 @@ def test_cli_dry_run_and_error_exit():
     assert ok.returncode == 0 and "steps: 11" in ok.stdout
     bad = run_cli(["hybengine/train.py", "--dry-run", "optim.lrr=1"])
     assert bad.returncode == 2 and "optim.lrr" in bad.stderr
+
+
+def test_the_renamed_backend_key_is_still_read_with_one_line(tmp_path, caplog):
+    """train.engine became train.backend: old YAML files, overrides and saved run configs still load."""
+    from hybengine.config import config_diff, config_from_dict, load_config, to_dict
+
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  engine: plain\n")
+    with caplog.at_level("WARNING", logger="hybengine.config"):
+        assert load_config(old).train.backend == "plain"
+        assert load_config(None, ["train.engine=deepspeed"]).train.backend == "deepspeed"
+    assert caplog.text.count("train.engine was renamed train.backend") == 2
+    saved = to_dict(load_config(None, ["train.backend=plain"]))
+    saved["train"]["engine"] = saved["train"].pop("backend")  # a run saved before the rename
+    assert config_from_dict(saved).train.backend == "plain"
+    assert config_diff(load_config(None, ["train.backend=plain"]), saved) == []

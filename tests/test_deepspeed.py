@@ -33,14 +33,14 @@ def _free_port() -> int:
 
 def test_two_rank_zero2_loss_falls(tmp_path):
     overrides = tiny_overrides(tmp_path, steps=24, **{
-        "train.engine": "deepspeed", "train.deepspeed_config": "configs/deepspeed/zero2.json",
+        "train.backend": "deepspeed", "train.deepspeed_config": "configs/deepspeed/zero2.json",
         "train.log_every": 4, "train.ckpt_every": 12, "optim.lr": 3e-3, "optim.warmup_steps": 1,
         "train.ema_halflife_steps": 4})
     r = run_cli([_launcher(), "--num_gpus", "2", "--master_port", str(_free_port()), "hybengine/train.py",
                  *overrides], timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     log = r.stdout + r.stderr
-    assert "engine deepspeed, 2 rank(s) on cpu" in log
+    assert "backend deepspeed, 2 rank(s) on cpu" in log
     assert "shm_comm" not in log  # the inference-only comm op is not built (distributed._skip_shm_comm_build)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6
@@ -50,7 +50,7 @@ def test_two_rank_zero2_loss_falls(tmp_path):
     assert load_weights(tmp_path)["step"] == 24
 
 
-DS = {"train.engine": "deepspeed", "train.deepspeed_config": "configs/deepspeed/zero2.json"}
+DS = {"train.backend": "deepspeed", "train.deepspeed_config": "configs/deepspeed/zero2.json"}
 
 
 def _launch(out, env=None, resume=None, timeout=600):
@@ -126,7 +126,7 @@ def test_two_node_launch_over_localhost_trains_and_resumes(straight_zero2, tmp_p
         logs = [p.communicate(timeout=600)[0] for p in procs]
         for n, (p, log) in enumerate(zip(procs, logs, strict=True)):
             assert p.returncode == 0, f"node {n}:\n{log[-4000:]}"
-        assert "engine deepspeed, 2 rank(s) on cpu" in logs[0]
+        assert "backend deepspeed, 2 rank(s) on cpu" in logs[0]
 
     launch_nodes(3, resume=False)
     assert find_snapshot(out).name == "step_00000003"

@@ -107,7 +107,7 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
     """(run config, start weights or None) of the fine-tune that cfg.finetune describes: the checkpoint's
     architecture, the seed's nested labeled subset of `pool` (the train split's stems; scanned if None)
     under finetune.subset_policy, supervised mode, train.steps + finetune.steps_per_label * budget steps
-    (the same schedule for every start), the plain engine, train.seed = finetune.seed."""
+    (the same schedule for every start), the plain backend, train.seed = finetune.seed."""
     ft = cfg.finetune
     cfg, init = pretrained_init(cfg)
     d = cfg.data
@@ -118,7 +118,7 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
         cfg,
         data=dataclasses.replace(d, labeled_subset=subset),
         objective=dataclasses.replace(cfg.objective, mode="supervised"),
-        train=dataclasses.replace(cfg.train, seed=ft.seed, engine="plain",
+        train=dataclasses.replace(cfg.train, seed=ft.seed, backend="plain",
                                   steps=cfg.train.steps + ft.steps_per_label * ft.budget),
     )
     return keep_denoising(at_target_sigma(run_cfg)), init

@@ -41,21 +41,21 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(engine: str) -> DistInfo:
-    """engine: auto | plain | deepspeed (auto = deepspeed when started by its launcher)."""
-    use_ds = engine == "deepspeed" or (engine == "auto" and launched_by_deepspeed())
+def setup(backend: str) -> DistInfo:
+    """backend (train.backend): auto | plain | deepspeed (auto = deepspeed when started by its launcher)."""
+    use_ds = backend == "deepspeed" or (backend == "auto" and launched_by_deepspeed())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(local_rank)
     if not use_ds:
         if launched_by_deepspeed() and int(os.environ["WORLD_SIZE"]) > 1:
-            raise RuntimeError("train.engine=plain cannot run several ranks; use train.engine=deepspeed or auto")
+            raise RuntimeError("train.backend=plain cannot run several ranks; use train.backend=deepspeed or auto")
         return DistInfo(0, 1, 0, device, False)
     try:
         import deepspeed
     except ImportError as e:
         raise RuntimeError(
-            "train.engine asks for DeepSpeed but it is not installed: pip install 'hybengine[deepspeed]' "
-            "or set train.engine=plain"
+            "train.backend asks for DeepSpeed but it is not installed: pip install 'hybengine[deepspeed]' "
+            "or set train.backend=plain"
         ) from e
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
