@@ -220,7 +220,11 @@ def predict_folder(checkpoint: str, images: str | Path, out: str | Path, weights
                    progress: bool = True) -> list[str]:
     """Writes a mask and an overlay (and probabilities, if asked) per image; returns the problems
     (file: reason) met on the way. `overrides`: PredictConfig fields over the defaults."""
-    net, cfg = load_model(checkpoint, weights, torch.device(device) if device else None)
+    try:
+        dev = torch.device(device) if device else None
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: {e}; e.g. cpu, cuda, cuda:1") from e
+    net, cfg = load_model(checkpoint, weights, dev)
     cfg = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, **(overrides or {})))
     validate(cfg)
     p = resolve_prediction(cfg, net)

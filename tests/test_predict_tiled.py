@@ -143,6 +143,16 @@ def test_tta_averages_the_four_mirrorings(unet):
     assert (expected - predict_probs(unet, x, cfg, WHOLE)).abs().max() > 1e-3  # mirroring changed something
 
 
+def test_bf16_autocast_keeps_float32_probabilities(unet):
+    """precision=bf16 (auto on CUDA) runs the forward pass under autocast; blending stays float32."""
+    cfg = _cfg()
+    x = torch.randn(1, 40, 50)
+    a = predict_probs(unet, x, cfg, dataclasses.replace(_tiled(32, 0.25), precision="bf16"))
+    b = predict_probs(unet, x, cfg, _tiled(32, 0.25))
+    assert a.dtype == torch.float32 and 0 < (a - b).abs().max() < 0.02  # bf16 has 8 mantissa bits
+    torch.testing.assert_close(a.sum(0), torch.ones(40, 50), atol=1e-5, rtol=0)
+
+
 def test_resolve_prediction_reads_the_training_crop_and_refuses_a_tile_the_unet_cannot_take(unet):
     p = resolve_prediction(_cfg(), unet, torch.device("cpu"))
     assert (p.mode, p.tile, p.precision) == ("tiled", 32, "fp32")
