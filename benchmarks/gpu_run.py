@@ -340,7 +340,7 @@ def science(config: str, shards: int, budget_s: float, work: Path, analyse_s: fl
     import yaml
 
     sys.path.insert(0, str(BENCH))
-    run = [sys.executable, str(BENCH / "repo_imports.py"), "hybengine.finetune.experiment", "--config", config]
+    run = [sys.executable, str(BENCH / "repo_imports.py"), "hybengine.experiment", "--config", config]
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = []

@@ -6,7 +6,7 @@ this puts the repo on sys.path and maps that one name the same way. A no-op when
 Scripts in benchmarks/ import it before anything from hybengine. Run as a script, it runs a module
 of the package the way `python -m` would, on a machine without the install:
 
-    python benchmarks/repo_imports.py hybengine.finetune.experiment --config ...
+    python benchmarks/repo_imports.py hybengine.experiment --config ...
 """
 import importlib.abc
 import importlib.util

@@ -14,8 +14,10 @@ Layout, by floor (nothing imports a floor above its own):
   import no kernel;
 - `training_loop.py` (the one loop, with `LoopHooks` for tools) and `inference.py` (load, predict,
   sample; no training code);
-- `finetune/`: one fine-tune, batched fine-tunes, sweeps, reports, the whole experiment;
-- thin entry points: `train.py`, `finetune/__main__.py`, `predict.py`, `sample.py`, `demo.py`,
+- `finetune/`: one fine-tune, batched fine-tunes, sweeps and their reports;
+- `experiment/`: the claim tested end to end (pretrain each objective, select on source data, sweep,
+  analyse) and its statistics;
+- thin entry points: `train.py`, `finetune/__main__.py`, `experiment/__main__.py`, `predict.py`, `sample.py`, `demo.py`,
   with `cli.py` their shared config front. Benchmarks and tests import library modules, never
   an entry point.
 tests/test_layering.py draws the hybengine -> kernels link from the source and checks it.

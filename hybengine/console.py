@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hybengine.train", "pretrain a model (hybrid, supervised or denoise) on a source folder"),
     "finetune": ("hybengine.finetune.__main__", "fine-tune a checkpoint (or scratch) on a few labeled target images"),
     "sweep": ("hybengine.finetune.sweep", "fine-tunes over label budgets x seeds x initialisations, with a table"),
-    "experiment": ("hybengine.finetune.experiment", "pretrain each objective, then sweep them all (one YAML)"),
+    "experiment": ("hybengine.experiment.pipeline", "pretrain each objective, then sweep them all (one YAML)"),
     "predict": ("hybengine.predict", "masks and overlays for a folder of images"),
     "export": ("hybengine.export", "a run's weights as safetensors, its segmentation as torch.export / ONNX"),
     "sample": ("hybengine.sample", "draw joint (image, mask) samples from a hybrid checkpoint"),

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hybengine.config import load_config
+from hybengine.experiment.stats import paired_contrast
 from hybengine.finetune.runner import run_finetune
-from hybengine.finetune.stats import paired_contrast
 from hybengine.runtime.atomic import atomic_write_text
 from hybengine.runtime.checkpoint import complete_snapshots
 from hybengine.runtime.run_folder import clear_run_files
@@ -66,7 +66,7 @@ class Estimate:
 
 def print_paired(records: list[dict]) -> None:
     """Hybrid minus scratch, paired seed by seed (the same labeled images and fine-tune seed on both
-    sides), with a 95 % bootstrap interval over seeds and the signed-rank p (hybengine/finetune/stats.py)."""
+    sides), with a 95 % bootstrap interval over seeds and the signed-rank p (hybengine/experiment/stats.py)."""
     for budget in sorted({r["budget"] for r in records}):
         c = paired_contrast(records, "hybrid", "scratch", budget)
         if c["label_seeds"]:

@@ -161,7 +161,7 @@ def test_errors_and_split_rules(tmp_path, capsys):
 @pytest.mark.parametrize("pair", ["isic_to_ph2", "jsrt_to_montgomery", "jsrt_to_shenzhen"])
 def test_pair_configs_load(pair):
     from hybengine.config import load_config
-    from hybengine.finetune.experiment import load_experiment
+    from hybengine.experiment.pipeline import load_experiment
 
     root = Path(__file__).resolve().parents[1] / "configs" / "pairs" / pair
     spec = load_experiment(root / "experiment.yaml")

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from hybengine.config import ConfigError
-from hybengine.finetune import experiment, selection
+from hybengine.experiment import pipeline as experiment
+from hybengine.experiment import selection
 from hybengine.runtime.checkpoint import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_experiment_killed_in_pretraining_and_in_the_sweep_reruns_to_the_same_re
     for folder in ("out", "results"):
         shutil.rmtree(tmp_path / folder)
     for env in ({"HYBENGINE_KILL_AT_STEP": "1"}, {"HYBENGINE_KILL_AT_FILE": "result.json:2"}):
-        r = run_cli(["-m", "hybengine.finetune.experiment", "--config", str(path)], env=env)
+        r = run_cli(["-m", "hybengine.experiment", "--config", str(path)], env=env)
         assert r.returncode == -9, (env, r.stderr[-3000:])
     assert not (tmp_path / "results" / "table.md").exists()
     assert experiment.main(["--resume", str(tmp_path / "out")]) == 0

@@ -1,11 +1,11 @@
-"""Paired statistics over seeds (hybengine/finetune/stats.py) on cases with known answers."""
+"""Paired statistics over seeds (hybengine/experiment/stats.py) on cases with known answers."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from hybengine.finetune.stats import (
+from hybengine.experiment.stats import (
     bootstrap_ci,
     contrast_table,
     hierarchical_ci,

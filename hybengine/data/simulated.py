@@ -86,7 +86,7 @@ class PairSpec:
     seed: int = 0  # the pair's seed (scenes and renderings)
     source_train: int = 512  # source images (unlimited: any number can be drawn)
     source_test: int = 32
-    source_val: int = 0  # source validation images (objective settings chosen on them; finetune/selection.py)
+    source_val: int = 0  # source validation images (objective settings chosen on them; experiment/selection.py)
     target_train: int = 24  # the small labeled pool budgets draw from
     target_test: int = 32  # the fixed test set
     scene: SceneParams = field(default_factory=SceneParams)

@@ -174,7 +174,7 @@ def write_reports(records: list[dict], out_dir: Path, title: str, class_names: l
 
 
 # ---------------------------------------------------------------------------------------------
-# Paired contrasts (hybengine/finetune/stats.py): A - B per score and budget, 95 % interval, p-values
+# Paired contrasts (hybengine/experiment/stats.py): A - B per score and budget, 95 % interval, p-values
 
 CONTRAST_FIELDS = ("score", "a", "b", "budget", "pretrain_seeds", "label_seeds", "mean", "ci_low", "ci_high",
                    "w_plus", "p", "p_holm", "hier_low", "hier_high", "label_low", "label_high", "seeds_up",

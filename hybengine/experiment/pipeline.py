@@ -1,19 +1,19 @@
 """An experiment: pretrain one model per objective mode on the source domain, then sweep fine-tunes of
 each (and scratch) on the target domain, then copy the small result files to a results folder.
 
-    python -m hybengine.finetune.experiment --config configs/experiments/scratch_assay.yaml
+    python -m hybengine.experiment --config configs/experiments/scratch_assay.yaml
 
 The experiment YAML names the pretraining config, its modes, seeds and overrides, the sweep config and
 its overrides, `out_dir` (pretrain_<mode>[_p<seed>]/ and sweep/ go there) and `results_dir`. Optional:
 `simulate` (a simulated domain pair written first, hybengine/data/simulated.py) and `analysis` (the
 endpoint, the contrasts and the family of tests Holm-corrected, fixed before the experiment runs;
-hybengine/finetune/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
+hybengine/experiment/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
 pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed).
 `pretrain.variants` ({name: {mode, overrides}}) adds pretrainings of a mode with overrides of their own
 (e.g. the target's images as unlabeled data); `finetune.variants` ({name: {start, overrides}}) fine-tunes
 a start's checkpoints again with overrides of their own (e.g. `finetune.unlabeled_share`). Optional
 `select`: objective settings chosen per mode on source validation data by candidate pretrainings run
-first (hybengine/finetune/selection.py). Both stages resume: a pretraining whose final snapshot exists
+first (hybengine/experiment/selection.py). Both stages resume: a pretraining whose final snapshot exists
 is not redone (a partial one continues from its last snapshot), and the sweep skips finished
 fine-tunes (hybengine/finetune/sweep.py).
 """
@@ -36,14 +36,14 @@ import yaml
 from ..config import ConfigError, load_config
 from ..data import DatasetError, validate_folder
 from ..data.simulated import spec_from_dict, write_pair
+from ..finetune.reports import write_contrasts, write_reports
+from ..finetune.sweep import SweepError, run_sweep
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import find_snapshot, load_weights
 from ..runtime.distributed import device_name, pick_device
 from ..training_loop import run_training
 from . import selection
-from .reports import write_contrasts, write_reports
 from .stats import contrast_table, score_of, split_init, versus_zero_shot
-from .sweep import SweepError, run_sweep
 
 KEYS = {"pretrain": {"config", "modes", "seeds", "overrides", "variants"},
         "finetune": {"config", "overrides", "variants"},
@@ -193,7 +193,7 @@ def analyse(spec: dict, records: list[dict], results: Path, title: str) -> list[
     rows = contrast_table(records, contrasts, budgets, scores, n_boot=int(a.get("n_boot", 10000)),
                           family=lambda r: r["score"] == primary and (r["a"], r["b"]) in fam_pairs
                           and r["budget"] in fam_budgets)
-    note = (f"Paired differences A − B over seeds (hybengine/finetune/stats.py): mean over the (pretraining "
+    note = (f"Paired differences A − B over seeds (hybengine/experiment/stats.py): mean over the (pretraining "
             f"seed, label seed) grid; in brackets the 95 % hierarchical bootstrap interval (pretraining seeds "
             f"drawn with replacement, then label seeds within each: the unit of a claim about a pretraining "
             f"method), and how many pretraining seeds have a mean difference > 0; then the 95 % interval over "
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                       class_names=cfg.sweep.class_names, inits=start_names(spec))
     if "analysis" in spec:
         analyse(spec, records, results, f"{spec['out_dir']}: paired differences in fine-tuned Dice")
-    command = "python -m hybengine.finetune.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m hybengine.experiment " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     atomic_write_text(results / "command.md", (
         f"# How these results were made\n\n```\n{command}\n```\n\n"
         f"- machine: {device_name(pick_device(0))}, {torch.get_num_threads()} torch threads, torch "

@@ -1,5 +1,5 @@
 """Objective settings chosen per pretraining mode on SOURCE validation data, before an experiment's
-pretrainings run: the `select` section of an experiment YAML (hybengine/finetune/experiment.py).
+pretrainings run: the `select` section of an experiment YAML (hybengine/experiment/pipeline.py).
 
     select:
       seed: 100          # pretraining seed of the candidates (keep it out of pretrain.seeds)
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..finetune.runner import evaluate
 from ..inference import load_model
 from ..runtime.atomic import atomic_write_text
-from .runner import evaluate
 
 DEFAULTS = {"seed": 100, "split": "val"}  # the candidates' pretraining seed, the source split scored
 SELECT_KEYS = {*DEFAULTS, "grid"}

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     from pathlib import Path
 
-    from .reports import records_from_csv, write_contrasts
+    from ..finetune.reports import records_from_csv, write_contrasts
 
     p = argparse.ArgumentParser(description="paired contrasts of a sweep's results folder")
     p.add_argument("--results", required=True, help="folder holding runs.csv and per_image.csv")
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     budgets = sorted({r["budget"] for r in records})
     rows = contrast_table(records, pairs, budgets, scores, family=lambda r: r["score"] == "mean foreground dice")
     write_contrasts(rows, Path(args.out or args.results), f"{args.results}: paired differences in fine-tuned Dice",
-                    "Paired differences A − B over seeds (hybengine/finetune/stats.py): mean over the seed grid, 95 % "
-                    "bootstrap interval resampling seeds, exact Wilcoxon signed-rank p over label seeds; Holm over "
-                    "every mean-foreground-Dice row. Bold: interval excludes 0.")
+                    "Paired differences A − B over seeds (hybengine/experiment/stats.py): mean over the seed grid, "
+                    "95 % bootstrap interval resampling seeds, exact Wilcoxon signed-rank p over label seeds; Holm "
+                    "over every mean-foreground-Dice row. Bold: interval excludes 0.")
     return 0
 
 
