@@ -7,6 +7,10 @@
     backend.skips_on_device True when found_inf skips without a host read (the plain back-end with a
                             fused AdamW); DeepSpeed has no such path: the loop reads its flag at once
     backend.save(dir) / backend.load(dir)   model + optimizer state (each rank its own shards)
+    backend.load_universal(dir)   DeepSpeed only: a universal checkpoint, partitioned anew for the ranks
+                            running now (hybengine/runtime/reshard.py)
+    backend.optimizer_summary()   (Adam step, sum of exp_avg**2 over all ranks): what the run log reports
+                            after a resume on another number of ranks
 """
 from __future__ import annotations
 
@@ -100,6 +104,19 @@ class PlainBackend:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
 
+    def optimizer_summary(self) -> tuple[int, float]:
+        return _adam_summary(self.optimizer)
+
+
+def _adam_summary(optimizer) -> tuple[int, float]:
+    """(step count, sum of exp_avg**2) over a torch Adam's state on this rank (0, 0.0 before any step)."""
+    step, total = 0, 0.0
+    for state in optimizer.state.values():
+        if "exp_avg" in state:
+            step = max(step, int(state["step"]))
+            total += float(state["exp_avg"].double().square().sum())
+    return step, total
+
 
 def load_deepspeed_json(path: str, batch_size: int, grad_accum: int, precision: str,
                         grad_clip: float, world_size: int) -> dict:
@@ -174,6 +191,28 @@ class DeepSpeedBackend:
                                                    load_lr_scheduler_states=False)
         if load_path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def load_universal(self, directory: Path) -> None:
+        """A universal checkpoint (reshard.convert_to_universal): fp32 weights, Adam moments and step of
+        each parameter, cut into this run's partitions by DeepSpeed's universal loader."""
+        config = self.engine._config  # the loader's switch; the JSON cannot know at start-up
+        config.load_universal_checkpoint = True
+        try:
+            load_path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                                       load_lr_scheduler_states=False)
+        finally:
+            config.load_universal_checkpoint = False
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no universal checkpoint in {directory}")
+
+    def optimizer_summary(self) -> tuple[int, float]:
+        """Collective: the Adam step and the sum of exp_avg**2 over every rank's partition."""
+        import torch.distributed as tdist
+
+        step, total = _adam_summary(self.engine.optimizer.optimizer)
+        t = torch.tensor([float(step), total], dtype=torch.float64)
+        tdist.all_reduce(t)
+        return int(t[0].item()) // tdist.get_world_size(), float(t[1].item())
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         if self.stage == 3:
