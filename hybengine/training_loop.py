@@ -182,8 +182,9 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         loader.load_state_dict(reshard.fit_loader_state(rank_state, weights["config"]["train"]["batch_size"],
                                                         t.batch_size, dist.world_size))
         if rank_state["saved_world_size"] != dist.world_size:
-            adam_step, moment = backend.optimizer_summary()
-            log.info("optimizer state carried: Adam step %d, sum of exp_avg^2 %.6e", adam_step, moment)
+            adam_step, moment, weight = backend.optimizer_summary()
+            log.info("optimizer state carried: Adam step %d, sum of exp_avg^2 %.6e, of fp32 weights^2 %.6e",
+                     adam_step, moment, weight)
         if ema is not None and weights["ema"] is not None:
             ema.load_state_dict(weights["ema"])
 

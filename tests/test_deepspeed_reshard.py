@@ -48,7 +48,8 @@ def test_zero2_two_ranks_resume_on_one_and_on_four(tmp_path):
     step-K snapshot are resumed on 1 and on 4 ranks to N. What holds:
     - global batch: 2 ranks x 2 images = 1 x 4 = 4 x 1, said in the run log;
     - optimizer state: the resumed ranks' Adam step and sum of exp_avg**2 (all partitions) equal the
-      step-K snapshot's, read from its 2 partition files (fp32, only summation order differs);
+      step-K snapshot's, read from its 2 partition files, and their fp32 weights' sum of squares equals
+      that of the snapshot's full weights (fp32, only summation order differs: rel 1e-5);
     - data position: the resumed run starts at item K*4 of the one global stream and ends at N*4,
       so no item is repeated or skipped (the items and their augmentation are those of the 2-rank run);
     - loss curve: the losses of steps K+1..N are within 25% of the 2-rank run's. Not equal: each rank
@@ -60,6 +61,7 @@ def test_zero2_two_ranks_resume_on_one_and_on_four(tmp_path):
     snap_k = ref / "checkpoints" / f"step_{K:08d}"
     adam_step, moments = _moment_sum(snap_k)
     assert adam_step == K and moments > 0
+    weights_sq = sum(float(v.double().square().sum()) for v in safe_load(snap_k / "weights.pt")["model"].values())
 
     for ranks, batch in ((1, 4), (4, 1)):
         out = tmp_path / f"on{ranks}"
@@ -70,9 +72,11 @@ def test_zero2_two_ranks_resume_on_one_and_on_four(tmp_path):
         flat = " ".join(log.split())  # rich wraps long lines
         assert f"world size 2 -> {ranks}, per-rank batch 2 -> {batch}, accumulation 1 -> 1, global batch 4" in flat
         assert f"data position carried: item {K * 4} of the global stream" in flat
-        m = re.search(r"optimizer state carried: Adam step (\d+), sum of exp_avg\^2 (\S+)", flat)
+        m = re.search(r"optimizer state carried: Adam step (\d+), sum of exp_avg\^2 (\S+), of fp32 weights\^2 (\S+)",
+                      flat)
         assert m, log[-4000:]
         assert int(m[1]) == K and float(m[2]) == pytest.approx(moments, rel=1e-5)
+        assert float(m[3]) == pytest.approx(weights_sq, rel=1e-5)
         assert not list((out / "checkpoints").glob("universal_*")), "the conversion is left behind"
         final = out / "checkpoints" / f"step_{N:08d}"
         assert len(list(final.glob("rank*_state.pt"))) == ranks

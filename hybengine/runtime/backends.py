@@ -9,7 +9,8 @@
     backend.save(dir) / backend.load(dir)   model + optimizer state (each rank its own shards)
     backend.load_universal(dir)   DeepSpeed only: a universal checkpoint, partitioned anew for the ranks
                             running now (hybengine/runtime/reshard.py)
-    backend.optimizer_summary()   (Adam step, sum of exp_avg**2 over all ranks): what the run log reports
+    backend.optimizer_summary()   (Adam step, sum of exp_avg**2, sum of fp32 weights**2, over all ranks): what
+                            the run log reports
                             after a resume on another number of ranks
 """
 from __future__ import annotations
@@ -104,18 +105,22 @@ class PlainBackend:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
 
-    def optimizer_summary(self) -> tuple[int, float]:
+    def optimizer_summary(self) -> tuple[int, float, float]:
         return _adam_summary(self.optimizer)
 
 
-def _adam_summary(optimizer) -> tuple[int, float]:
-    """(step count, sum of exp_avg**2) over a torch Adam's state on this rank (0, 0.0 before any step)."""
-    step, total = 0, 0.0
-    for state in optimizer.state.values():
-        if "exp_avg" in state:
-            step = max(step, int(state["step"]))
-            total += float(state["exp_avg"].double().square().sum())
-    return step, total
+def _adam_summary(optimizer) -> tuple[int, float, float]:
+    """(step count, sum of exp_avg**2, sum of the fp32 weights**2) over a torch Adam's parameters and state
+    on this rank (under ZeRO: this rank's fp32 partition, its padding zeros)."""
+    step, moment, weight = 0, 0.0, 0.0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            weight += float(p.detach().double().square().sum())
+            state = optimizer.state.get(p, {})
+            if "exp_avg" in state:
+                step = max(step, int(state["step"]))
+                moment += float(state["exp_avg"].double().square().sum())
+    return step, moment, weight
 
 
 def load_deepspeed_json(path: str, batch_size: int, grad_accum: int, precision: str,
@@ -205,14 +210,13 @@ class DeepSpeedBackend:
         if load_path is None:
             raise FileNotFoundError(f"DeepSpeed found no universal checkpoint in {directory}")
 
-    def optimizer_summary(self) -> tuple[int, float]:
-        """Collective: the Adam step and the sum of exp_avg**2 over every rank's partition."""
+    def optimizer_summary(self) -> tuple[int, float, float]:
+        """Collective: the Adam step, the sums of exp_avg**2 and of fp32 weights**2 over every rank's partition."""
         import torch.distributed as tdist
 
-        step, total = _adam_summary(self.engine.optimizer.optimizer)
-        t = torch.tensor([float(step), total], dtype=torch.float64)
+        t = torch.tensor(_adam_summary(self.engine.optimizer.optimizer), dtype=torch.float64)
         tdist.all_reduce(t)
-        return int(t[0].item()) // tdist.get_world_size(), float(t[1].item())
+        return int(t[0].item()) // tdist.get_world_size(), float(t[1].item()), float(t[2].item())
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         if self.stage == 3:
