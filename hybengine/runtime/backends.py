@@ -106,20 +106,19 @@ class PlainBackend:
         return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
 
     def optimizer_summary(self) -> tuple[int, float, float]:
-        return _adam_summary(self.optimizer)
+        return _adam_summary([p for g in self.optimizer.param_groups for p in g["params"]], self.optimizer.state)
 
 
-def _adam_summary(optimizer) -> tuple[int, float, float]:
-    """(step count, sum of exp_avg**2, sum of the fp32 weights**2) over a torch Adam's parameters and state
-    on this rank (under ZeRO: this rank's fp32 partition, its padding zeros)."""
+def _adam_summary(params: list[torch.Tensor], states: dict) -> tuple[int, float, float]:
+    """(step count, sum of exp_avg**2, sum of the fp32 weights**2) over fp32 parameters and their Adam state
+    on this rank (under ZeRO: this rank's fp32 partitions, their padding zeros)."""
     step, moment, weight = 0, 0.0, 0.0
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            weight += float(p.detach().double().square().sum())
-            state = optimizer.state.get(p, {})
-            if "exp_avg" in state:
-                step = max(step, int(state["step"]))
-                moment += float(state["exp_avg"].double().square().sum())
+    for p in params:
+        weight += float(p.detach().double().square().sum())
+        state = states.get(p, {})
+        if "exp_avg" in state:
+            step = max(step, int(state["step"]))
+            moment += float(state["exp_avg"].double().square().sum())
     return step, moment, weight
 
 
@@ -214,7 +213,9 @@ class DeepSpeedBackend:
         """Collective: the Adam step, the sums of exp_avg**2 and of fp32 weights**2 over every rank's partition."""
         import torch.distributed as tdist
 
-        t = torch.tensor(_adam_summary(self.engine.optimizer.optimizer), dtype=torch.float64)
+        zero = self.engine.optimizer  # its fp32 partitions: ZeRO-3 empties the base optimizer's groups between steps
+        flat = getattr(zero, "fp32_partitioned_groups_flat", None) or zero.single_partition_of_fp32_groups
+        t = torch.tensor(_adam_summary(list(flat), zero.optimizer.state), dtype=torch.float64)
         tdist.all_reduce(t)
         return int(t[0].item()) // tdist.get_world_size(), float(t[1].item()), float(t[2].item())
 
