@@ -35,7 +35,7 @@ from . import ops
 from .config import Config, compare_saved, dumps, to_dict
 from .data import build_train_loader
 from .objective import HybridObjective
-from .runtime import cpu_malloc, faults
+from .runtime import cpu_malloc, faults, reshard
 from .runtime.atomic import atomic_write_text
 from .runtime.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
 from .runtime.checkpoint import CheckpointManager
@@ -130,6 +130,10 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     snap, notes = check_run_folder(out_dir, resume, lambda saved: compare_saved(cfg, saved))
     if console_logging:
         setup_logging(out_dir, dist.rank)
+    if snap is not None and dist.use_deepspeed:  # a snapshot of another number of ranks: same global batch
+        cfg, resized = reshard.fit_world_size(cfg, snap, dist.world_size)
+        t = cfg.train
+        notes = [*notes, *([resized] if resized else [])]
     for note in notes:
         log.info("%s", note)
     if t.threads:
@@ -173,8 +177,14 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     if snap is not None:
         rank_state, weights = ckpt.load(snap, backend)  # the config was checked before set-up
         step = rank_state["step"]
-        _set_rng_state(rank_state["rng"], gen)
-        loader.load_state_dict(rank_state["loader"])
+        if rank_state["rng"] is not None:  # None: a rank the saved run did not have keeps its seeds
+            _set_rng_state(rank_state["rng"], gen)
+        loader.load_state_dict(reshard.fit_loader_state(rank_state, weights["config"]["train"]["batch_size"],
+                                                        t.batch_size, dist.world_size))
+        if rank_state["saved_world_size"] != dist.world_size:
+            adam_step, moment, weight = backend.optimizer_summary()
+            log.info("optimizer state carried: Adam step %d, sum of exp_avg^2 %.6e, of fp32 weights^2 %.6e",
+                     adam_step, moment, weight)
         if ema is not None and weights["ema"] is not None:
             ema.load_state_dict(weights["ema"])
 

@@ -7,6 +7,11 @@
     backend.skips_on_device True when found_inf skips without a host read (the plain back-end with a
                             fused AdamW); DeepSpeed has no such path: the loop reads its flag at once
     backend.save(dir) / backend.load(dir)   model + optimizer state (each rank its own shards)
+    backend.load_universal(dir)   DeepSpeed only: a universal checkpoint, partitioned anew for the ranks
+                            running now (hybengine/runtime/reshard.py)
+    backend.optimizer_summary()   (Adam step, sum of exp_avg**2, sum of fp32 weights**2, over all ranks): what
+                            the run log reports
+                            after a resume on another number of ranks
 """
 from __future__ import annotations
 
@@ -100,6 +105,22 @@ class PlainBackend:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu() for k, v in self.module.state_dict().items()}
 
+    def optimizer_summary(self) -> tuple[int, float, float]:
+        return _adam_summary([p for g in self.optimizer.param_groups for p in g["params"]], self.optimizer.state)
+
+
+def _adam_summary(params: list[torch.Tensor], states: dict) -> tuple[int, float, float]:
+    """(step count, sum of exp_avg**2, sum of the fp32 weights**2) over fp32 parameters and their Adam state
+    on this rank (under ZeRO: this rank's fp32 partitions, their padding zeros)."""
+    step, moment, weight = 0, 0.0, 0.0
+    for p in params:
+        weight += float(p.detach().double().square().sum())
+        state = states.get(p, {})
+        if "exp_avg" in state:
+            step = max(step, int(state["step"]))
+            moment += float(state["exp_avg"].double().square().sum())
+    return step, moment, weight
+
 
 def load_deepspeed_json(path: str, batch_size: int, grad_accum: int, precision: str,
                         grad_clip: float, world_size: int) -> dict:
@@ -174,6 +195,29 @@ class DeepSpeedBackend:
                                                    load_lr_scheduler_states=False)
         if load_path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def load_universal(self, directory: Path) -> None:
+        """A universal checkpoint (reshard.convert_to_universal): fp32 weights, Adam moments and step of
+        each parameter, cut into this run's partitions by DeepSpeed's universal loader."""
+        config = self.engine._config  # the loader's switch; the JSON cannot know at start-up
+        config.load_universal_checkpoint = True
+        try:
+            load_path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                                       load_lr_scheduler_states=False)
+        finally:
+            config.load_universal_checkpoint = False
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no universal checkpoint in {directory}")
+
+    def optimizer_summary(self) -> tuple[int, float, float]:
+        """Collective: the Adam step, the sums of exp_avg**2 and of fp32 weights**2 over every rank's partition."""
+        import torch.distributed as tdist
+
+        zero = self.engine.optimizer  # its fp32 partitions: ZeRO-3 empties the base optimizer's groups between steps
+        flat = getattr(zero, "fp32_partitioned_groups_flat", None) or zero.single_partition_of_fp32_groups
+        t = torch.tensor(_adam_summary(list(flat), zero.optimizer.state), dtype=torch.float64)
+        tdist.all_reduce(t)
+        return int(t[0].item()) // tdist.get_world_size(), float(t[1].item()), float(t[2].item())
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         if self.stage == 3:

@@ -7,6 +7,8 @@ checkpoints/
     rank<r>_state.pt       each rank: step, RNG states, data position
     plain_state.pt | DeepSpeed files   model + optimizer state
 A `.tmp` folder left by a kill is never read and is removed by the next snapshot.
+A snapshot resumed on another number of ranks (DeepSpeed) is converted into `universal_<tag>/` beside
+it, loaded, and that folder deleted (hybengine/runtime/reshard.py).
 
 Every file is read with `torch.load(weights_only=True)`: tensors and plain types only, so a crafted
 file in a run folder cannot run code. Ranks' RNG and loader states are stored as such (numpy arrays as
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import faults
+from . import faults, reshard
 from .atomic import atomic_rename_dir, atomic_torch_save, atomic_write_text
 from .distributed import DistInfo, barrier
 
@@ -210,24 +212,52 @@ class CheckpointManager:
             atomic_write_text(self.root / "latest", tag + "\n")
             for old in complete_snapshots(self.root)[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-            for stale in self.root.glob("step_*.tmp"):
+            for stale in [*self.root.glob("step_*.tmp"), *self.root.glob("universal_step_*")]:
                 shutil.rmtree(stale, ignore_errors=True)
         barrier(self.dist)
         return final
 
     def load(self, path: str | Path, backend) -> tuple[dict, dict]:
-        """Restores the backend; returns (this rank's state, weights dict)."""
+        """Restores the backend; returns (this rank's state, weights dict). A snapshot of another number
+        of ranks (DeepSpeed only) is converted and partitioned anew (reshard.py); then the state is that
+        of the same rank where it existed, else rank 0's with "rng": None (new ranks keep their seeds),
+        and "saved_world_size" says how many ranks wrote it."""
         snap = find_snapshot(path)
+        saved_world = reshard.saved_world_size(snap)
         rank_file = snap / f"rank{self.dist.rank}_state.pt"
-        if not rank_file.is_file():
-            raise FileNotFoundError(f"{rank_file} is missing: was the run saved with a different number "
-                                    f"of ranks than the {self.dist.world_size} running now?")
         check_snapshot_files(snap)  # before any loader runs, DeepSpeed's included
-        rank_state = _from_plain(safe_load(rank_file))
+        if saved_world == self.dist.world_size:
+            if not rank_file.is_file():
+                raise FileNotFoundError(f"{rank_file} is missing: the snapshot is incomplete; resume from an "
+                                        "earlier one (name its step_* folder)")
+            rank_state = _from_plain(safe_load(rank_file))
+            backend.load(snap)
+        else:
+            if backend.name != "deepspeed" or saved_world == 0:
+                raise FileNotFoundError(f"{snap} was written by {saved_world} rank(s) and {self.dist.world_size} "
+                                        "run now; only train.engine=deepspeed resumes on another number of ranks")
+            own = rank_file.is_file()
+            rank_state = _from_plain(safe_load(rank_file if own else snap / "rank0_state.pt"))
+            if not own:
+                rank_state["rng"] = None
+            self._load_resharded(snap, backend)
+        rank_state["saved_world_size"] = saved_world
         weights = _check_weights(snap / "weights.pt", safe_load(snap / "weights.pt"))
-        backend.load(snap)
         log.info("resumed from %s (step %d)", snap, rank_state["step"])
         return rank_state, weights
+
+    def _load_resharded(self, snap: Path, backend) -> None:
+        """Rank 0 converts the snapshot to a universal checkpoint beside it; every rank loads its new
+        partition from it; rank 0 then deletes it (the snapshot itself is left as it was)."""
+        universal = reshard.universal_folder(snap)
+        if self.dist.is_main:
+            reshard.convert_to_universal(snap)
+            check_snapshot_files(universal)  # DeepSpeed's universal loader unpickles in full
+        barrier(self.dist)
+        backend.load_universal(universal)
+        barrier(self.dist)
+        if self.dist.is_main:
+            shutil.rmtree(universal, ignore_errors=True)
 
 
 def save_final_weights(root: Path, cfg, net, step: int) -> Path:
