@@ -119,10 +119,10 @@ def render() -> tuple[str, str]:
     lines += ["", "## Commands", "", "On the 2-core CPU dev host, one thread per process, the two arms side by "
               "side, one sweep per label seed (so a cut-off run leaves complete seeds):", "", "```",
               "for s in 0 1 2 3 4 5; do",
-              f"  python -m hybengine.finetune.sweep --config {DECLARATION} 'sweep.seeds=[$s]'",
+              f"  python -m hybengine.finetune.sweep --config {DECLARATION} \"sweep.seeds=[$s]\"",
               "done",
               "for s in 0 1 2 3 4 5; do",
-              f"  python -m hybengine.finetune.sweep --config {DECLARATION} 'sweep.seeds=[$s]' \\",
+              f"  python -m hybengine.finetune.sweep --config {DECLARATION} \"sweep.seeds=[$s]\" \\",
               f"    sweep.out_dir=runs/augmentation/augmented {PRESET}",
               "done",
               "python scripts/measure_augmentation.py --collect runs/augmentation", "```", ""]
