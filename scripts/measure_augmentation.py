@@ -8,7 +8,7 @@ The design is declared in configs/finetune/scratch_assay_augmentation_sweep.yaml
 of scratch_assay_oblique_few_labels.yaml), everything else identical. `--collect FOLDER` reads
 FOLDER/<arm>/runs/*/result.json into docs/results/augmentation/augmentation.csv (one row per
 fine-tune); the page docs/results/augmentation/README.md and contrasts.csv are computed from that CSV
-with the engine's paired statistics (hybengine/finetune/stats.py: augmented - plain per budget, paired
+with the engine's paired statistics (hybengine/experiment/stats.py: augmented - plain per budget, paired
 per label seed, 95 % label-seed bootstrap interval, exact signed-rank p, Holm over the budgets).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from hybengine.finetune.stats import contrast_table, score_of
+from hybengine.experiment.stats import contrast_table, score_of
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs/results/augmentation"
@@ -89,7 +89,7 @@ def render() -> tuple[str, str]:
              "so each (budget, label seed) gives one paired difference. Endpoint: mean foreground Dice on the "
              "oblique test split (24 images, the engine's tiled evaluation), as `result.json` reports it.", "",
              "## Augmented - plain, per budget", "",
-             "hybengine/finetune/stats.py: mean paired difference over label seeds, 95 % percentile bootstrap "
+             "hybengine/experiment/stats.py: mean paired difference over label seeds, 95 % percentile bootstrap "
              "interval resampling label seeds (10000 draws, seeded), exact two-sided Wilcoxon signed-rank p over "
              "label seeds, Holm over the budgets. Bold: the interval excludes 0.", "",
              "| budget | label seeds | equal pairs | plain (mean) | augmented (mean) | augmented - plain | "
