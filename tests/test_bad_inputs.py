@@ -265,7 +265,8 @@ def test_finetune_kinds(run_dir, tmp_path, capsys):
     kinds = [({"finetune.checkpoint": str(tmp_path / "nowhere")}, "nowhere"),
              ({"data.num_classes": 4}, "data.num_classes"),
              ({"finetune.budget": 99}, "budget 99"),
-             ({"finetune.budget": 0}, "finetune.budget")]
+             ({"finetune.budget": -1}, "finetune.budget"),
+             ({"finetune.budget": 0, "finetune.checkpoint": ""}, "finetune.checkpoint")]  # zero-shot needs a start
     for i, (extra, culprit) in enumerate(kinds):
         code, err = call(finetune_main.main, tiny(tmp_path / f"ft{i}", **{**base, **extra}), capsys)
         assert code == 2, err[-2000:]

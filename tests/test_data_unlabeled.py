@@ -123,8 +123,9 @@ def test_budget_zero_is_a_plain_prediction_with_the_start(pair, pretrained, tmp_
     saved = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())["objective"]
     assert saved["sigma_clean"] == pytest.approx(folder_sigma(pair / "target", "train", run_cfg.data))
     assert saved["sigma_clean"] > 0.02 and saved["clean_input_noise"] is False
-    assert rec_e["dice"] == evaluate(net, load_config(None, [f"objective.sigma_clean={saved['sigma_clean']}",
-                                                             f"data.root={pair / 'target'}"]), "test")["dice"]
+    at_sigma = dataclasses.replace(run_cfg, objective=dataclasses.replace(
+        run_cfg.objective, sigma_clean=saved["sigma_clean"], clean_input_noise=False))
+    assert rec_e["dice"] == evaluate(net, at_sigma, "test")["dice"]
     with pytest.raises(ValueError, match="budget=0 needs finetune.checkpoint"):
         run_finetune(load_config(None, _over(tmp_path / "s", pair / "target", **{"finetune.budget": 0})),
                      console_logging=False, pool=[])
