@@ -28,7 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 SETTINGS = dict(derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 KEYS = [f"{name}.{f.name}" for name, section in _field_types(Config).items() for f in dataclasses.fields(section)]
-NAMES_A_KEY = re.compile(r"\b(data|model|objective|optim|train|kernels|finetune|sweep)(\.\w+|\b)")
+NAMES_A_KEY = re.compile(rf"\b({'|'.join(_field_types(Config))})(\.\w+|\b)")  # every config section
 
 # values as a user might type them: numbers of every kind, words, paths, lists, YAML oddities
 TRICKY = ["", " ", ".", "./", "/", "..", "~", "nan", "-inf", ".inf", "1e3", "1e-3", "1e400", "-0", "0x10",
