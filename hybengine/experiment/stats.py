@@ -86,10 +86,7 @@ def bootstrap_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: 
     cols = rng.integers(0, S, (n_boot, S))
     # mean of d[rows][:, cols] = mean over rows of (row means of d restricted to the drawn columns)
     col_means = d[:, cols].mean(axis=2).T  # (n_boot, P): each row's mean over its draw's columns
-    means = np.take_along_axis(col_means, rows, axis=1).mean(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(np.take_along_axis(col_means, rows, axis=1).mean(axis=1), level)
 
 
 def hierarchical_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -102,7 +99,11 @@ def hierarchical_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, see
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, P, (n_boot, P))
     cols = rng.integers(0, S, (n_boot, P, S))
-    means = d[rows[:, :, None], cols].mean(axis=(1, 2))
+    return _percentile_interval(d[rows[:, :, None], cols].mean(axis=(1, 2)), level)
+
+
+def _percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` interval of bootstrap means (percentile method)."""
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(lo), float(hi)
