@@ -1,22 +1,12 @@
 """A sweep under torchrun: two CPU ranks share the fine-tunes, rank 0 writes the reports, and every
 result equals the one-process sweep's bit for bit."""
 import json
-import shutil
 import socket
 
 import pytest
+from test_sweep import small_target
 
-from tiny_run import DEMO_TARGET, run_cli, tiny_overrides
-
-
-def _small_target(root):
-    for split, n in (("train", 4), ("test", 3)):
-        for sub in ("images", "masks"):
-            (root / split / sub).mkdir(parents=True, exist_ok=True)
-        for img in sorted((DEMO_TARGET / split / "images").iterdir())[:n]:
-            shutil.copy(img, root / split / "images" / img.name)
-            shutil.copy(DEMO_TARGET / split / "masks" / img.name, root / split / "masks" / img.name)
-    return root
+from tiny_run import run_cli, tiny_overrides
 
 
 def _free_port() -> int:
@@ -27,7 +17,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow  # three processes: one sweep, then two torchrun ranks
 def test_two_rank_sweep_equals_one_process(tmp_path):
-    data = _small_target(tmp_path / "data")
+    data = small_target(tmp_path / "data", n_train=4)
     over = tiny_overrides(tmp_path / "unused", steps=2, **{
         "data.root": str(data), "sweep.budgets": "[1,2]", "sweep.seeds": "[0]", "sweep.inits": "[scratch]",
         "sweep.runner": "sequential", "train.ckpt_every": 0, "train.threads": 1})
