@@ -39,6 +39,7 @@ from .runtime import cpu_malloc, faults, reshard
 from .runtime.atomic import atomic_write_text
 from .runtime.backends import DeepSpeedBackend, PlainBackend, load_deepspeed_json, make_optimizer
 from .runtime.checkpoint import CheckpointManager
+from .runtime.cpu_threads import torch_threads
 from .runtime.distributed import DistInfo, setup
 from .runtime.ema import EMA
 from .runtime.run_folder import RunInterrupted, check_run_folder
@@ -119,6 +120,12 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
     holds a run is refused (RunFolderError); a caller that owns the folder and means to start it over
     calls `clear_run_files` first. `resume`: a run or snapshot folder; a run folder with no complete
     snapshot starts over from step 0."""
+    with torch_threads(cfg.train.threads):  # train.threads for this run only (hybengine/runtime/cpu_threads.py)
+        return _train(cfg, resume, init_weights, console_logging, hooks)
+
+
+def _train(cfg: Config, resume: str | None, init_weights: dict | None, console_logging: bool,
+           hooks: LoopHooks | None) -> TrainResult:
     # ---- set-up -------------------------------------------------------------------------------
     t = cfg.train
     hooks = hooks or LoopHooks()
@@ -136,8 +143,6 @@ def run_training(cfg: Config, *, resume: str | None = None, init_weights: dict |
         notes = [*notes, *([resized] if resized else [])]
     for note in notes:
         log.info("%s", note)
-    if t.threads:
-        torch.set_num_threads(t.threads)
     malloc_state = cpu_malloc.apply(t.cpu_malloc, dist.device.type)
     seed_all(t.seed, dist.rank)
     run_ops = ops.resolve_ops(cfg.kernels, dist.device)

@@ -65,7 +65,9 @@ def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 
             shutil.copy(img, target / split / "images" / img.name)
             shutil.copy(DEMO_TARGET / split / "masks" / img.name, target / split / "masks" / img.name)
     extra = {"data.root": str(target), "finetune.checkpoint": str(pretrained), "finetune.budget": 2,
-             "finetune.steps_per_label": 1}  # train.steps 4 + 1 * 2 = 6: the resume must not grow it again
+             "finetune.steps_per_label": 1,  # train.steps 4 + 1 * 2 = 6: the resume must not grow it again
+             "train.threads": 2}  # the subprocess and this one round alike whatever count this worker has
+    threads_before = torch.get_num_threads()
     straight = run_finetune(load_config(None, tiny_overrides(tmp_path / "straight", steps=4, **extra)),
                             console_logging=False)
     killed = run_cli(["-m", "hybengine.finetune", *tiny_overrides(tmp_path / "ft", steps=4, **extra)],
@@ -80,3 +82,4 @@ def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
     resumed = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert resumed["dice"] == straight["dice"] and resumed["steps"] == 6
+    assert torch.get_num_threads() == threads_before  # train.threads held for each run only

@@ -50,6 +50,7 @@ from ..objective import HybridObjective
 from ..runtime import cpu_malloc
 from ..runtime.atomic import atomic_write_text
 from ..runtime.backends import PlainBackend, make_optimizer
+from ..runtime.cpu_threads import torch_threads
 from ..runtime.distributed import pick_device
 from ..runtime.ema import EMA
 from ..runtime.run_log import MetricsLog
@@ -203,6 +204,11 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     """Trains every (run config, start weights) member at once; returns each member's trained net.
     Writes each member's config.yaml (atomically) and metrics.jsonl (the loop's writer and records, per
     log_every) into its train.out_dir, replacing the metrics of an earlier attempt there."""
+    with torch_threads(members[0][0].train.threads):  # for this call only (hybengine/runtime/cpu_threads.py)
+        return _run(members, device)
+
+
+def _run(members: list[tuple[Config, dict | None]], device: torch.device | None) -> list[MemberResult]:
     # ---- set-up -------------------------------------------------------------------------------
     run_cfgs = [c for c, _ in members]
     check_batchable(run_cfgs)
@@ -210,8 +216,6 @@ def run_batched(members: list[tuple[Config, dict | None]], device: torch.device 
     t = c0.train
     R = len(members)
     device = device or pick_device(0)
-    if t.threads:
-        torch.set_num_threads(t.threads)
     cpu_malloc.apply(t.cpu_malloc, device.type)
     trainer = BatchedTrainer(c0, [_start_weights(c, init, device) for c, init in members], device)
     loaders = [iter(build_train_loader(c.data, t.batch_size, c.train.seed)) for c in run_cfgs]
