@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_helpers import threshold_folder, write_pair
+from test_data_helpers import threshold_folder, write_pair, write_png
 
 pytest.importorskip("nvidia.dali")
 
@@ -156,3 +156,72 @@ def test_few_label_augmentation_close_to_torch(tmp_path):
     assert outside > 0  # the warps zoomed out past the file's edge: they ran
     with pytest.raises(DatasetError, match="aug_elastic"):
         build_train_loader(dataclasses.replace(cfg, loader="dali", aug_elastic=2.0), 2, 0)
+
+
+def unlabeled_folders(root: Path, mask_format: str) -> DataConfig:
+    """A labeled train split (masks computed from the images), `<root>/unlabeled/images` and a second
+    folder named by data.unlabeled whose `masks/` holds files no reader accepts: opening one fails."""
+    rng = np.random.default_rng(4)
+    fg = 255 if mask_format == "binary255" else 1
+    for i in range(5):
+        image = rng.integers(0, 256, (20, 26), dtype=np.uint8)
+        write_pair(root / "data", f"l{i}", image, np.where(image > 127, fg, 0).astype(np.uint8))
+    for i, (h, w) in enumerate([(18, 22), (24, 17), (16, 30)]):
+        write_png(root / "data" / "unlabeled" / "images" / f"u{i}.png", rng.integers(0, 256, (h, w), dtype=np.uint8))
+    for i, (h, w) in enumerate([(21, 19), (17, 25)]):
+        write_png(root / "other" / "images" / f"o{i}.png", rng.integers(0, 256, (h, w), dtype=np.uint8))
+        (root / "other" / "masks").mkdir(parents=True, exist_ok=True)
+        (root / "other" / "masks" / f"o{i}.png").write_bytes(b"not a png: a loader that opens it fails")
+    return DataConfig(root=str(root / "data"), num_classes=2, normalize="dtype", mask_format=mask_format,
+                      crop=16, intensity_jitter=0.2, unlabeled=[str(root / "other")], unlabeled_share=0.5)
+
+
+@pytest.mark.parametrize("few", [False, True])
+def test_unlabeled_mix_identical_to_torch_and_resumes(tmp_path, few):
+    """Batches of 4 with 2 unlabeled samples (5 unlabeled images from two folders, one with unreadable masks
+    beside them): DALI's batches are the torch loader's, straight and resumed in the middle of an epoch, and the
+    unlabeled samples' masks are ignore_index throughout (binary255: the has-mask column comes after // 255).
+    few: with the few-label augmentations on (labeled samples only), labeled samples equal to float rounding,
+    unlabeled ones exactly."""
+    cfg = unlabeled_folders(tmp_path, "binary255" if few else "index")
+    if few:
+        cfg = dataclasses.replace(cfg, aug_scale=0.3, aug_rotate=20, aug_gamma=0.4, aug_blur=1.0, aug_noise=0.05)
+    torch_loader, dali_loader = both(cfg, 4, seed=3)
+    assert isinstance(dali_loader, DaliTrainLoader) and dali_loader.unlabeled_k == 2
+    want = [next(torch_loader) for _ in range(6)]  # 12 labeled items of 5, 12 unlabeled of 5: epochs cross
+    for n, (x, y) in enumerate(want):
+        dx, dy = next(dali_loader)
+        assert (y[2:] == 255).all() and (dy[2:] == 255).all()
+        assert ((y[:2] == 0) | (y[:2] == 1)).float().mean() > 0.5  # labeled: classes, not ignore
+        assert torch.equal(x[2:], dx[2:]), (n, (x[2:] - dx[2:]).abs().max())
+        if few:
+            assert (y == dy).float().mean() > 0.99
+            assert ((x - dx).abs() < 1e-3).float().mean() > 0.99, (x - dx).abs().max()
+        else:
+            assert torch.equal(x, dx) and torch.equal(y, dy), n
+    assert dali_loader.state_dict() == torch_loader.state_dict() == {"epoch": 2, "batch": 6}
+    resumed = build_train_loader(dataclasses.replace(cfg, loader="dali"), 4, seed=3)
+    resumed.load_state_dict({"epoch": 1, "batch": 3})  # labeled item 6 of 10: in the middle of epoch 1
+    for x, y in want[3:]:
+        rx, ry = next(resumed)
+        assert torch.equal(x[2:], rx[2:]) and torch.equal(y[2:], ry[2:])
+        if not few:
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_unlabeled_files_dali_cannot_read_are_named(tmp_path, caplog):
+    """Unlabeled images smaller than the crop or with alpha: data.loader=dali names each and says what to do;
+    data.loader=auto (no GPU here) takes the torch path and mixes them in."""
+    cfg = unlabeled_folders(tmp_path, "index")
+    write_png(tmp_path / "other" / "images" / "tiny.png", np.zeros((12, 40), np.uint8))
+    write_png(tmp_path / "other" / "images" / "rgba.png", np.full((20, 20, 4), 90, np.uint8))
+    with pytest.raises(DatasetError) as err:
+        build_train_loader(dataclasses.replace(cfg, loader="dali"), 4, 0)
+    msg = str(err.value)
+    assert "1 unlabeled image(s) smaller than data.crop=16" in msg and "tiny.png" in msg
+    assert "1 unlabeled image(s) have an alpha channel" in msg and "rgba.png" in msg
+    assert "data.loader=torch" in msg
+    with caplog.at_level(logging.INFO, logger="hybengine.data"):
+        loader = build_train_loader(dataclasses.replace(cfg, loader="auto"), 4, 0)
+    assert isinstance(loader, TrainLoader) and loader.unlabeled_k == 2 and "data.loader=auto" in caplog.text
+    assert (next(loader)[1][2:] == 255).all()

@@ -133,36 +133,35 @@ def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 
     `device`: where the batches go (pinned memory and uint8 masks for CUDA, `wire_format`).
     torch: the DataLoader path. dali: the DALI pipeline, `mixed` (GPU) decode when CUDA is
     available, else `cpu` (slow; for tests). auto: DALI on a GPU when it is installed and can
-    reproduce the torch path on these files, else torch."""
+    reproduce the torch path on these files (the unlabeled images included), else torch. With
+    data.unlabeled_share > 0 both loaders mix in the unlabeled images (hybengine/data/unlabeled.py)."""
     dataset = FolderDataset(cfg, cfg.train_split, train=True, seed=seed)  # validates the folder
     k = unlabeled_per_batch(cfg, batch_size)
-    if k:
-        unlabeled = UnlabeledImages(cfg, seed)
-        if cfg.loader == "dali":
-            raise DatasetError("data.loader=dali with data.unlabeled_share > 0: the DALI pipeline does not mix "
-                               "unlabeled images yet; use data.loader=torch (or auto)")
-        log.info("data loader: torch DataLoader, %d worker(s), %d of %d samples per batch unlabeled (%d images)",
-                 cfg.num_workers, k, batch_size, len(unlabeled))
-        return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers,
-                           **wire_format(cfg, device), unlabeled=unlabeled, unlabeled_k=k)
+    unlabeled = UnlabeledImages(cfg, seed) if k else None  # validates the unlabeled folders
+    mixed = f", {k} of {batch_size} samples per batch unlabeled ({len(unlabeled)} images)" if k else ""
+
+    def torch_loader(why: str) -> TrainLoader:
+        log.info("data loader: torch DataLoader, %d worker(s)%s (%s)", cfg.num_workers, mixed, why)
+        return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers, **wire_format(cfg, device),
+                           unlabeled=unlabeled, unlabeled_k=k)
+
     if cfg.loader == "torch":
-        log.info("data loader: torch DataLoader, %d worker(s) (data.loader=torch)", cfg.num_workers)
-        return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers, **wire_format(cfg, device))
+        return torch_loader("data.loader=torch")
     from hybengine.data import dali_pipeline as dp
 
     gpu = torch.cuda.is_available()
+    unlabeled_scan = unlabeled.scan if unlabeled is not None else None
     if cfg.loader == "auto":
         why_not = ("nvidia.dali is not installed" if not dp.dali_installed() else
                    "no CUDA device (DALI's CPU mode is slower than the DataLoader)" if not gpu else
-                   "; ".join(dp.plan_problems(dataset.scan, cfg)))
+                   "; ".join(dp.plan_problems(dataset.scan, cfg, unlabeled_scan)))
         if why_not:
-            log.info("data loader: torch DataLoader, %d worker(s) (data.loader=auto: %s)", cfg.num_workers, why_not)
-            return TrainLoader(dataset, batch_size, seed, rank, world_size, cfg.num_workers,
-                               **wire_format(cfg, device))
+            return torch_loader(f"data.loader=auto: {why_not}")
     elif not dp.dali_installed():
         raise DatasetError("data.loader=dali but nvidia.dali is not installed: pip install -e '.[dali]' "
                            "(the nvidia-dali-cuda130 wheel), or use data.loader=torch")
     device = "mixed" if gpu else "cpu"
     threads = max(1, cfg.num_workers)
-    log.info("data loader: DALI, %s decode, %d thread(s) (data.loader=%s)", device, threads, cfg.loader)
-    return dp.DaliTrainLoader(dataset.scan, cfg, batch_size, seed, rank, world_size, device, threads)
+    log.info("data loader: DALI, %s decode, %d thread(s)%s (data.loader=%s)", device, threads, mixed, cfg.loader)
+    return dp.DaliTrainLoader(dataset.scan, cfg, batch_size, seed, rank, world_size, device, threads,
+                              unlabeled=unlabeled_scan, unlabeled_k=k)

@@ -8,7 +8,13 @@ the labeled split's, so the objective's `clean_share` head of the batch stays la
 
 The per-sample "has mask" flag travels in the mask itself: an unlabeled sample's mask is ignore_index
 throughout (`objective.has_mask`), so it has no mask term and both loaders keep yielding (image, mask)
-batches. Crops and augmentation are the labeled path's (`augment_pair`), drawn from their own stream.
+batches. Crops, flips, quarter turns and intensity jitter are the labeled path's (`augment_pair`), drawn
+from their own stream (`sample_rng(seed + SEED_OFFSET, epoch, i)`); the few-label augmentations
+(data.aug_*) are for labeled samples only.
+
+Both loaders carry them: the torch DataLoader through `MixedDataset` + `MixedStream`, the DALI pipeline
+(hybengine/data/dali_pipeline.py) from the same `MixedStream` and `UnlabeledScan.info`, with an explicit
+per-sample has-mask column; for the same files and seed they give the same batches.
 """
 from __future__ import annotations
 
@@ -22,10 +28,11 @@ from hybengine.config import DataConfig
 from hybengine.data.augment import augment_pair, sample_rng
 from hybengine.data.epoch_stream import ShardedEpochStream
 from hybengine.data.errors import DatasetError
+from hybengine.data.folder_dataset import FileInfo
 from hybengine.data.image_io import IMAGE_EXTENSIONS, FileProblem, apply_norm, as_channels, norm_params, read_raw
 
 UNLABELED_SPLIT = "unlabeled"  # <root>/unlabeled/images: images only
-_SEED_OFFSET = 7_919  # the unlabeled stream's seed is train.seed + this: apart from the labeled stream's
+SEED_OFFSET = 7_919  # the unlabeled stream's seed is train.seed + this: apart from the labeled stream's
 
 
 def unlabeled_folders(cfg: DataConfig) -> list[Path]:
@@ -47,6 +54,7 @@ def unlabeled_per_batch(cfg: DataConfig, batch_size: int) -> int:
 class UnlabeledScan:
     files: list[Path]
     images: list[np.ndarray]  # normalised (I, H, W) float32, like the labeled path's
+    info: list[FileInfo]  # per file, for the DALI pipeline's plan (no mask: mask_gray8_png is True)
 
 
 def scan_unlabeled(cfg: DataConfig) -> UnlabeledScan:
@@ -66,24 +74,28 @@ def scan_unlabeled(cfg: DataConfig) -> UnlabeledScan:
         if not good:
             problems.append(f"{folder}: no unlabeled images ({' '.join(IMAGE_EXTENSIONS)} files)")
         files += good
-    images = []
+    images, info = [], []
     for path in files:
         try:
-            raw, dtype_max = as_channels(read_raw(path), cfg.image_channels)
-            images.append(apply_norm(raw, norm_params(raw, cfg.normalize, dtype_max)))
+            arr = read_raw(path)
+            raw, dtype_max = as_channels(arr, cfg.image_channels)
+            norm = norm_params(raw, cfg.normalize, dtype_max)
+            images.append(apply_norm(raw, norm))
+            info.append(FileInfo(arr.shape[0], arr.shape[1], 8 * arr.dtype.itemsize,
+                                 1 if arr.ndim == 2 else arr.shape[2], norm, True))
         except FileProblem as e:
             problems.append(f"{path}: {e}")
     if problems:
         raise DatasetError.listing("unlabeled images", problems, "Fix or remove the files listed, or correct "
                                    "data.unlabeled / <root>/unlabeled/images.")
-    return UnlabeledScan(files, images)
+    return UnlabeledScan(files, images, info)
 
 
 class UnlabeledImages(torch.utils.data.Dataset):
     """Training crops of the unlabeled images: (epoch, i) -> (image (I, crop, crop), all-ignore mask)."""
 
     def __init__(self, cfg: DataConfig, seed: int):
-        self.cfg, self.seed = cfg, seed + _SEED_OFFSET
+        self.cfg, self.seed = cfg, seed + SEED_OFFSET
         self.scan = scan_unlabeled(cfg)
 
     def __len__(self) -> int:
@@ -122,7 +134,7 @@ class MixedStream(torch.utils.data.Sampler):
     def __init__(self, n_labeled: int, n_unlabeled: int, batch_size: int, k: int, seed: int, rank: int = 0,
                  world_size: int = 1, start_batch: int = 0):
         self.labeled = ShardedEpochStream(n_labeled, batch_size - k, seed, rank, world_size, start_batch)
-        self.unlabeled = ShardedEpochStream(n_unlabeled, k, seed + _SEED_OFFSET, rank, world_size, start_batch)
+        self.unlabeled = ShardedEpochStream(n_unlabeled, k, seed + SEED_OFFSET, rank, world_size, start_batch)
         self.n_labeled, self.b, self.k = n_labeled, batch_size - k, k
 
     def __iter__(self):
