@@ -8,6 +8,7 @@ runs it on a lent GPU after unpacking the DALI wheel there. What it shows:
   4:4:4 JPEGs (an H200 run saw 0 levels), and the masks (PNG) stay exact. With 4:2:0 chroma and
   sharp colour edges the two decoders' chroma upsampling differed by up to 83 levels there, so
   that case is not compared;
+- unlabeled images mixed into the batches get the torch path's all-ignore masks;
 - the training loader picks DALI `mixed` on a GPU (`data.loader=auto`) and hands over CUDA tensors.
 """
 from __future__ import annotations
@@ -69,6 +70,14 @@ def test_rgb_8bit_png_matches_torch(tmp_path):
     cfg = DataConfig(root=str(tmp_path), image_channels=3, mask_format="binary255", num_classes=2,
                      normalize="dtype", crop=32)
     compare(cfg, 3, n=4, atol=1e-5)
+
+
+def test_unlabeled_mix_matches_torch(tmp_path):
+    """Unlabeled images mixed in (data.unlabeled_share=0.5): their placeholder masks and the has-mask column
+    on the GPU give the torch path's all-ignore masks exactly, images to fp32 rounding."""
+    from test_data_dali import unlabeled_folders
+
+    compare(unlabeled_folders(tmp_path, "binary255"), 4, n=4, atol=1e-5)
 
 
 def test_jpeg_close_to_pillow(tmp_path):

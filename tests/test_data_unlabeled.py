@@ -1,4 +1,4 @@
-"""Unlabeled images end to end (issue 27): validate counts them, the loader mixes them in at a set share
+"""Unlabeled images end to end (issue 27): validate counts them, both loaders mix them in at a set share
 with an all-ignore mask (the has-mask flag), resume restarts the mixed stream, a fine-tune that keeps the
 denoising term on the target's images reads exactly its budget's masks, and budget 0 is a plain prediction."""
 import dataclasses
@@ -61,6 +61,24 @@ def test_loader_mixes_unlabeled_images_at_their_share_and_resumes(pair, tmp_path
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     with pytest.raises(DatasetError, match="unlabeled_share=0.1"):
         build_train_loader(dataclasses.replace(cfg.data, unlabeled_share=0.1), 4, seed=0)
+
+
+def test_dali_loader_mixes_them_as_the_torch_loader(pair, tmp_path):
+    """The same mixed batches from the DALI CPU pipeline as from the torch loader (tests/test_data_dali.py
+    covers the pipeline's cases: resume, few-label augmentation, files it cannot read)."""
+    pytest.importorskip("nvidia.dali")
+    from hybengine.data.dali_pipeline import DaliTrainLoader
+
+    target = pair / "target" / "train"
+    cfg = load_config(None, _over(tmp_path, pair / "source", **{"data.unlabeled": f"[{target}]",
+                                                              "data.unlabeled_share": 0.5})).data
+    torch_loader = build_train_loader(dataclasses.replace(cfg, loader="torch"), 4, seed=2)
+    dali_loader = build_train_loader(dataclasses.replace(cfg, loader="dali"), 4, seed=2)
+    assert isinstance(dali_loader, DaliTrainLoader)
+    for _ in range(4):
+        (x, y), (dx, dy) = next(torch_loader), next(dali_loader)
+        assert has_mask(dy, 255).tolist() == [True, True, False, False]
+        assert torch.equal(x, dx) and torch.equal(y, dy)
 
 
 def test_unlabeled_split_and_bad_folders_are_reported(pair, tmp_path, capsys):
