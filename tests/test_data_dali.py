@@ -207,12 +207,23 @@ def test_unlabeled_mix_identical_to_torch_and_resumes(tmp_path, few):
         assert torch.equal(x[2:], rx[2:]) and torch.equal(y[2:], ry[2:])
         if not few:
             assert torch.equal(x, rx) and torch.equal(y, ry)
+    if not few:  # rank 1 of 2: the torch path's shard of both streams
+        assert_same_batches(*both(cfg, 4, seed=3, rank=1, world_size=2), n=2)
 
 
 def test_unlabeled_files_dali_cannot_read_are_named(tmp_path, caplog):
-    """Unlabeled images smaller than the crop or with alpha: data.loader=dali names each and says what to do;
-    data.loader=auto (no GPU here) takes the torch path and mixes them in."""
+    """An unlabeled image that breaks after the start-up check is named by its path; unlabeled images smaller
+    than the crop or with alpha: data.loader=dali names each and says what to do; data.loader=auto (no GPU
+    here) takes the torch path and mixes them in."""
     cfg = unlabeled_folders(tmp_path, "index")
+    loader = build_train_loader(dataclasses.replace(cfg, loader="dali"), 4, 0)  # passes the start-up check
+    bad = tmp_path / "other" / "images" / "o1.png"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:40])  # then breaks under DALI's feet: 3 batches visit all 5 images
+    with pytest.raises(DatasetError, match=r"other/images/o1\.png"):
+        for _ in range(3):
+            next(loader)
+    bad.write_bytes(good)
     write_png(tmp_path / "other" / "images" / "tiny.png", np.zeros((12, 40), np.uint8))
     write_png(tmp_path / "other" / "images" / "rgba.png", np.full((20, 20, 4), 90, np.uint8))
     with pytest.raises(DatasetError) as err:
