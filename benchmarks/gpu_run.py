@@ -26,11 +26,11 @@ under a size cap. Rows carry the commit given in HYBENGINE_COMMIT (no .git there
     GPU_RUN_DRY=1 bash benchmarks/gpu_run.sh 1          # CPU dry run: tiny sizes, the Triton interpreter
 
 The dry run (--dry-run or GPU_RUN_DRY=1) runs every stage of a call with the same scripts and
-options on the CPU at tiny sizes: the stages that check or time Triton kernels run them under the
-interpreter in fp32 (bf16 is wrong there), the training stages take the CPU's own bodies, and
-configurations that compile are swapped for eager ones (plain for strong: inductor on a shared 2-core
-CPU takes minutes); the call list's stage times its first configuration only. tests/test_gpu_run.py
-runs it for each call.
+options on the CPU at tiny sizes, one thread per process (every value that differs: `DRY` against
+`GPU`, below): the stages that check or time Triton kernels run them under the interpreter in fp32
+(bf16 is wrong there), the training stages take the CPU's own bodies, and configurations that compile
+are swapped for eager ones (plain for strong: inductor on a shared 2-core CPU takes minutes); the call
+list's stage times its first configuration only. tests/test_gpu_run.py runs it for each call.
 """
 from __future__ import annotations
 
@@ -92,6 +92,9 @@ class Call:
         self.stages: list[Stage] = []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYBENGINE_COMMIT": commit()}
         self.env.pop("TRITON_INTERPRET", None)  # real kernels on the GPU; the CPU's own bodies in a dry run
+        self.sizes = DRY if dry else GPU
+        if self.sizes.threads:
+            self.env["OMP_NUM_THREADS"] = str(self.sizes.threads)
 
     def left(self) -> float:
         return self.deadline - time.monotonic() - RESERVE_S
@@ -223,80 +226,112 @@ def check_out(out: Path) -> str:
 # ----------------------------------------------------------------------------- the calls
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """Every size, run length and limit of the calls' stages that differs between a GPU window (GPU) and
+    the CPU dry run (DRY): the dry run runs the same stages with the same scripts, on these values."""
+
+    device: str
+    tiny: tuple[str, ...]  # call 1's preflight steps: model, batch, crop
+    preflight_steps: int  # engine training steps of the preflight
+    step: tuple[str, ...]  # the measured step (call 1's rounds, call 2's profile and host-sync check)
+    configs: tuple[str, ...]  # engine against: strong on a GPU, plain in a dry run (eager: no compile)
+    rounds: tuple[str, ...]  # call 1: steps per run, log interval, rounds
+    gn_share_s: float  # call 1: seconds kept from the rounds for the GroupNorm-SiLU call list
+    gn_real: tuple[str, ...]  # call 1: the call list's sizes and timing
+    gn_compile: bool  # call 1: torch.compile among the call list's providers
+    gn_budget_s: float | None  # call 1: the call list's budget; None: what is left of the call less 60 s
+    profile: tuple[str, ...]  # call 2: warm-up and profiled steps
+    hybrid_loss: tuple[str, ...]  # call 2: the joint-loss bench's sizes; (): its own, within what is left
+    upsample_conv: tuple[str, ...]  # call 2: the upsample-conv bench's sizes
+    limit_s: dict[str, float]  # stage limits that differ (the interpreter is slower than a GPU)
+    threads: int | None  # torch threads of every stage's process (OMP_NUM_THREADS); None: torch's default
+
+
+GPU = Sizes(device="cuda", tiny=("--preset", "tiny", "--batch", "8", "--crop", "64"), preflight_steps=3,
+            step=("--preset", "base", "--batch", "32", "--crop", "128"), configs=("strong", "engine"),
+            rounds=("--steps", "160", "--log-every", "10", "--rounds", "8"), gn_share_s=150,
+            gn_real=("--dtypes", "bf16", "--timing", "graph", "--rep", "20"), gn_compile=True, gn_budget_s=None,
+            profile=("--warmup", "5", "--steps", "5"), hybrid_loss=(), upsample_conv=("--repeats", "5"),
+            limit_s={"preflight_kernels": 60, "train_rounds": 420, "gn_slab_smoke": 60, "gn_real_min": 45},
+            threads=None)
+# The dry run: the smallest sizes each script takes (a crop the tiny U-Net's two levels divide, the fewest
+# steps that leave a timed interval, the call list's first configuration only), and one thread per
+# process: its stages check, they do not time, and on a 2-core host shared with other test workers a
+# second thread per process mostly waits for a core.
+DRY = Sizes(device="cpu", tiny=("--preset", "tiny", "--batch", "2", "--crop", "16"), preflight_steps=2,
+            step=("--preset", "tiny", "--batch", "2", "--crop", "16"), configs=("plain", "engine"),
+            rounds=("--steps", "3", "--log-every", "1", "--rounds", "1"), gn_share_s=0,
+            gn_real=("--batch", "1", "--crop", "16", "--dtypes", "fp32", "--timing", "call", "--rep", "1",
+                     "--warmup", "0"), gn_compile=False, gn_budget_s=1,
+            profile=("--warmup", "1", "--steps", "1"),
+            hybrid_loss=("--shapes", "2,3,2,16,16", "--rep", "1", "--warmup", "0", "--fp32-baseline", "0",
+                         "--providers", "fused", "reference"),
+            upsample_conv=("--shapes", "1,8,8,8", "--repeats", "1", "--rep", "1"),
+            limit_s={"preflight_kernels": 120, "train_rounds": 300, "gn_slab_smoke": 120, "gn_real_min": 10},
+            threads=1)
+
+
 def env_stage() -> Stage:
     return Stage("env", 60, lambda left: py("gpu_run.py", "--env-info"), summary=r"^(gpu|python|cuda|ops|name,|NVIDIA)",
                  min_s=5)
 
 
 def call_1(call: Call) -> None:
-    dry = call.dry
-    device = "cpu" if dry else "cuda"
+    z = call.sizes
     call.run(env_stage())
     # preflight: fails fast (first failing check) and says why; the call goes on, its timings flagged
-    call.run(Stage("preflight_kernels", 60 if not dry else 120,
-                   lambda left: py("check_kernels.py", "--preflight", "--device", device, "--json",
+    call.run(Stage("preflight_kernels", z.limit_s["preflight_kernels"],
+                   lambda left: py("check_kernels.py", "--preflight", "--device", z.device, "--json",
                                    str(call.out / "check.json")), triton=True))
-    tiny = ["--preset", "tiny", "--batch", "2" if dry else "8", "--crop", "32" if dry else "64"]
-    call.run(Stage("preflight_steps", 150, lambda left: py("bench_train.py", "--compiled-steps", "3", *tiny),
+    call.run(Stage("preflight_steps", 150,
+                   lambda left: py("bench_train.py", "--compiled-steps", str(z.preflight_steps), *z.tiny),
                    summary=r"^(steps|FAIL|compiled)"))
     # the base preset's step: strong against engine, alternating rounds, each round's rows at once
-    size = ["--preset", "tiny", "--batch", "2", "--crop", "32"] if dry else ["--preset", "base", "--batch", "32",
-                                                                               "--crop", "128"]
-    length = ["--steps", "4", "--log-every", "2", "--rounds", "1"] if dry else ["--steps", "160", "--log-every",
-                                                                                 "10", "--rounds", "8"]
-    configs = ["plain", "engine"] if dry else ["strong", "engine"]
-    gn_share = 0 if dry else 150  # seconds kept for the GroupNorm-SiLU call list
-    call.run(Stage("train_rounds", 420 if not dry else 300,
-                   lambda left: py("bench_train.py", "--method", "rounds", "--warm-runs", "0", *size, *length,
-                                   "--configs", *configs, "--budget-s", f"{max(30.0, left - gn_share - 30):.0f}",
+    call.run(Stage("train_rounds", z.limit_s["train_rounds"],
+                   lambda left: py("bench_train.py", "--method", "rounds", "--warm-runs", "0", *z.step, *z.rounds,
+                                   "--configs", *z.configs,
+                                   "--budget-s", f"{max(30.0, left - z.gn_share_s - 30):.0f}",
                                    "--csv", str(call.out / "train.csv"), "--rounds-csv",
                                    str(call.out / "train_rounds.csv")),
                    summary=r"^(round \d|budget|\w[\w-]* +[\d.]+ +-?[\d.]+|model FLOPs|every run|warning)"))
     # GroupNorm-SiLU over the real call list, slab only after its smoke check passed in a process of its own
-    smoke = call.run(Stage("gn_slab_smoke", 60 if not dry else 120,
-                           lambda left: py("bench_group_norm_silu.py", "--smoke", "slab", "--device", device),
+    smoke = call.run(Stage("gn_slab_smoke", z.limit_s["gn_slab_smoke"],
+                           lambda left: py("bench_group_norm_silu.py", "--smoke", "slab", "--device", z.device),
                            summary=r"smoke|Error", min_s=10, triton=True))
     providers = ["groups", "groups-pre8a0dcf0", *(["slab"] if smoke.rc == 0 else []), "rows",
-                 *([] if dry else ["compile"]), "eager"]
+                 *(["compile"] if z.gn_compile else []), "eager"]
     if smoke.rc != 0:
         smoke.note += " -> slab left out of the call list"
-    real = (["--batch", "1", "--crop", "16", "--dtypes", "fp32", "--timing", "call", "--rep", "1", "--warmup", "0"]
-            if dry else
-            ["--dtypes", "bf16", "--timing", "graph", "--rep", "20"])
     call.run(Stage("gn_real_call_list", 600,
-                   lambda left: py("bench_group_norm_silu.py", "--real", "--device", device, *real,
+                   lambda left: py("bench_group_norm_silu.py", "--real", "--device", z.device, *z.gn_real,
                                    "--layouts", "nhwc", "nchw", "--modes", "fwd+bwd", "--fp32-baseline", "0",
                                    "--providers", *providers,
-                                   "--budget-s", "1" if dry else f"{max(1.0, left - 60):.0f}",  # dry: one shape
+                                   "--budget-s", f"{z.gn_budget_s or max(1.0, left - 60):.0f}",
                                    "--csv", str(call.out / "group_norm_silu_real.csv")),
-                   summary=r"^(per step|budget|\(\d+|  \S+: FAILED)", min_s=45 if not dry else 10, triton=True))
+                   summary=r"^(per step|budget|\(\d+|  \S+: FAILED)", min_s=z.limit_s["gn_real_min"],
+                   triton=True))
 
 
 def call_2(call: Call) -> None:
-    dry, work = call.dry, call.work
-    device = "cpu" if dry else "cuda"
+    z, work = call.sizes, call.work
     call.run(env_stage())
-    size = ["--preset", "tiny", "--batch", "2", "--crop", "32"] if dry else ["--preset", "base", "--batch", "32",
-                                                                               "--crop", "128"]
-    configs = ["plain", "engine"] if dry else ["strong", "engine"]
     call.run(Stage("profile", 330,
-                   lambda left: py("profile_step.py", "--configs", *configs, *size, "--warmup", "1" if dry else "5",
-                                   "--steps", "2" if dry else "5", "--out", str(work / "profile_step")),
+                   lambda left: py("profile_step.py", "--configs", *z.configs, *z.step, *z.profile,
+                                   "--out", str(work / "profile_step")),
                    summary=r"^(\S.{18}\s+[\d.]+\s+[\d.]+|family|\w+: (FAILED|profiled))",
                    outputs=("profile_step/profile_step.txt", "profile_step/profile_step.json")))
-    call.run(Stage("host_sync", 150, lambda left: py("profile_step.py", "--check-sync", "--configs", "engine", *size),
+    call.run(Stage("host_sync", 150, lambda left: py("profile_step.py", "--check-sync", "--configs", "engine", *z.step),
                    summary=r"^(OK|FAIL)"))
     call.run(Stage("hybrid_loss", 60,
-                   lambda left: py("bench_hybrid_loss.py", "--device", device,
-                                   *(["--shapes", "2,3,2,16,16", "--rep", "1", "--warmup", "0", "--fp32-baseline",
-                                      "0", "--providers", "fused", "reference"] if dry else
-                                     ["--budget-s", f"{max(10.0, left - 25):.0f}"]),
+                   lambda left: py("bench_hybrid_loss.py", "--device", z.device,
+                                   *(z.hybrid_loss or ("--budget-s", f"{max(10.0, left - 25):.0f}")),
                                    "--csv", str(call.out / "hybrid_loss.csv")),
                    summary=r"^\(|fused", min_s=15, triton=True))
     call.run(Stage("upsample_conv", 60,
-                   lambda left: py("bench_upsample_conv.py", "--device", device, "--layouts", "nhwc",
-                                   *(["--shapes", "1,8,8,8", "--repeats", "1", "--rep", "1"] if dry else
-                                     ["--repeats", "5"]), "--csv", str(call.out / "upsample_conv.csv")),
+                   lambda left: py("bench_upsample_conv.py", "--device", z.device, "--layouts", "nhwc",
+                                   *z.upsample_conv,
+                                   "--csv", str(call.out / "upsample_conv.csv")),
                    summary=r"x |subpixel|reference", min_s=15))
 
 

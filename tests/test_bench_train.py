@@ -3,6 +3,7 @@ short real runs of two configurations, one after another and in lockstep (benchm
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_train import paired_ratios  # noqa: E402
 from lockstep import paired  # noqa: E402
+
+# The runs below check what the scripts compute and write, not how fast: the smallest sizes the scripts
+# take (the tiny U-Net's two levels divide a 16-pixel crop) and one thread per process (two processes
+# run at once in lockstep, on a 2-core host shared with another test worker).
+SMALL = ["--batch", "2", "--crop", "16"]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *SMALL], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
 
 
 def test_paired_ratios_take_the_median_of_per_round_ratios():
@@ -46,10 +57,8 @@ def test_committed_csvs_have_the_bench_columns():
 @pytest.mark.slow
 def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
     out_csv = tmp_path / "train.csv"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--configs", "plain", "engine",
-                        "--rounds", "2", "--steps", "4", "--log-every", "2", "--batch", "2", "--crop", "32",
-                        "--method", "rounds", "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+    r = run_bench("bench_train.py", "--configs", "plain", "engine", "--rounds", "2", "--steps", "3", "--log-every", "1",
+                  "--method", "rounds", "--csv", str(out_csv))
     assert r.returncode == 0, r.stderr[-3000:]
     order = [line.split()[2] for line in r.stdout.splitlines() if line.startswith("round ")]
     assert order == ["plain", "engine", "engine", "plain"], r.stdout
@@ -66,15 +75,14 @@ def test_bench_train_runs_two_configurations_in_alternating_rounds(tmp_path):
 def test_bench_train_lockstep_pairs_every_step(tmp_path):
     """The CPU default: both runs at once, one step each in turn; one images/s sample per timed step."""
     out_csv = tmp_path / "train.csv"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--configs", "plain", "engine",
-                        "--rounds", "1", "--steps", "7", "--log-every", "2", "--batch", "2", "--crop", "32",
-                        "--csv", str(out_csv)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = run_bench("bench_train.py", "--configs", "plain", "engine", "--rounds", "1", "--steps", "5", "--log-every", "1",
+                  "--csv", str(out_csv))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["config"]: row for row in csv.DictReader(out_csv.open(newline=""))}
     assert set(rows) == {"plain", "engine"}
     for row in rows.values():
         assert row["method"] == "lockstep"
-        assert int(row["intervals"]) == 7 - 2 - 1  # steps less warm-up less the untimed last step
+        assert int(row["intervals"]) == 5 - 1 - 1  # steps less warm-up less the untimed last step
         assert float(row["images_per_s"]) > 0 and float(row["peak_mem_mb"]) > 0
     assert float(rows["plain"]["paired_vs_plain"]) == 1.0
     lo, hi = (float(v) for v in rows["engine"]["paired_vs_plain_range"].split("-"))
@@ -93,9 +101,8 @@ def test_lockstep_reports_a_run_that_dies_before_its_first_step(tmp_path):
 @pytest.mark.slow
 def test_cpu_step_phases_splits_the_real_loop_and_counts_onednn_time(tmp_path):
     out_csv = tmp_path / "phases.csv"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_step_phases.py"), "--configs", "plain", "engine",
-                        "--rounds", "1", "--steps", "8", "--batch", "2", "--crop", "32", "--csv", str(out_csv)],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = run_bench("cpu_step_phases.py", "--configs", "plain", "engine", "--rounds", "1", "--steps", "8",
+                  "--csv", str(out_csv))  # 8: the script's 6 warm-up steps and 2 timed
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["config"]: row for row in csv.DictReader(out_csv.open(newline=""))}
     assert set(rows) == {"plain", "engine"}
