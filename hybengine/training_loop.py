@@ -205,7 +205,7 @@ def _train(cfg: Config, resume: str | None, init_weights: dict | None, console_l
         log.info("saved %s", path)
 
     metrics = MetricsLog(out_dir / "metrics.jsonl" if dist.is_main else None, t.steps, step,
-                         t.progress and dist.is_main)
+                         t.progress and dist.is_main, plot=t.plot)
     forward_loss = _forward_loss(cfg, objective, forward_net, backend, dist.device)
     finite = _FiniteWatch(t.max_bad_steps, out_dir / "checkpoints") if t.check_finite else None
     sums = torch.zeros(4, device=dist.device)  # (loss, denoise, mask) summed over good micro-batches, their count

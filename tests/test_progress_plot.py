@@ -13,13 +13,15 @@ from tiny_run import tiny_overrides
 
 def test_run_folder_holds_progress_png(tmp_path):
     pytest.importorskip("matplotlib")
-    run_training(load_config(None, tiny_overrides(tmp_path, steps=4, **{"train.tensorboard": "true"})),
-                 console_logging=False)
+    on = {"train.tensorboard": "true", "train.plot": "true"}
+    run_training(load_config(None, tiny_overrides(tmp_path, steps=4, **on)), console_logging=False)
     with Image.open(tmp_path / "progress.png") as im:
         assert im.format == "PNG" and im.size == (1200, 320)  # three panels: loss terms, images/s, lr
     assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [2, 4]
     events = list((tmp_path / "tensorboard").glob("events.*"))
     assert bool(events) == (importlib.util.find_spec("tensorboard") is not None)
+    run_training(load_config(None, tiny_overrides(tmp_path / "off", steps=2)), console_logging=False)
+    assert (tmp_path / "off" / "metrics.jsonl").is_file() and not (tmp_path / "off" / "progress.png").exists()
 
 
 def test_validation_dice_gets_a_panel_and_torn_lines_are_skipped(tmp_path):

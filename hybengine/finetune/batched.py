@@ -226,7 +226,7 @@ def _run(members: list[tuple[Config, dict | None]], device: torch.device | None)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dumps(c))
         (out / "metrics.jsonl").unlink(missing_ok=True)  # this attempt's records only
-        logs.append(MetricsLog(out / "metrics.jsonl", t.steps, 0, show_progress=False))
+        logs.append(MetricsLog(out / "metrics.jsonl", t.steps, 0, show_progress=False, plot=t.plot))
     log.info("batched fine-tune: %d runs on %s, %d steps, %.2f M parameters each", R, device, t.steps,
              sum(p[0].numel() for p in trainer.stack.parameters()) / 1e6)
 

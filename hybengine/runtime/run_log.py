@@ -78,13 +78,14 @@ class MetricsLog:
     A resumed run continues at `start_step`: records of later steps (logged after the snapshot it resumes
     from, then lost with the process) are dropped first, so that no step is recorded twice."""
 
-    def __init__(self, path: Path | None, total_steps: int, start_step: int, show_progress: bool):
+    def __init__(self, path: Path | None, total_steps: int, start_step: int, show_progress: bool,
+                 plot: bool = True):
         self.path = path
         self.records = _records_up_to(path, start_step) if path is not None else []
         self.file = open(path, "a") if path is not None else None  # noqa: SIM115 - closed in close()
         self.tensorboard = _tensorboard_writer(path.parent) if path is not None else None
         self.plot_at = float("-inf")  # perf_counter of the last progress.png
-        self.plotting = path is not None and importlib.util.find_spec("matplotlib") is not None
+        self.plotting = plot and path is not None and importlib.util.find_spec("matplotlib") is not None
         self.progress = None
         if show_progress and sys.stderr.isatty():
             self.progress = Progress(
