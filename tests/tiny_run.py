@@ -18,6 +18,7 @@ def tiny_overrides(out_dir: Path, steps: int = 6, **extra) -> list[str]:
         "train.ckpt_every": 3, "train.out_dir": str(out_dir), "train.progress": "false",
         "train.plot": "false",  # progress.png: about a second of CPU per run (test_progress_plot draws it)
         "train.ema_halflife_steps": 2, "optim.warmup_steps": 2, "train.seed": 3,
+        "train.threads": 1,  # two test workers share two cores: a second thread per run only waits
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

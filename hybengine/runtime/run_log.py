@@ -18,7 +18,7 @@ from .atomic import atomic_write_text
 from .progress_plot import read_records, write_progress_png
 
 log = logging.getLogger("hybengine")
-PLOT_EVERY_S = 2.0  # progress.png is redrawn at a log step at most this often (and always at the end)
+PLOT_EVERY_S = 30.0  # progress.png: redrawn at a log step at most this often, and at the end (~1 s of CPU a draw)
 
 
 def setup_logging(out_dir: Path | None, rank: int, level: int = logging.INFO) -> None:
