@@ -34,11 +34,13 @@ demo: setup-demo
 lint: setup
 	$(BIN)/ruff check .
 
-# Tests in TEST_WORKERS processes, whole files to a worker (their module fixtures train once): on the
-# idle 2-core dev host 480 s instead of 625 s in one process, same tests.
+# Tests in TEST_WORKERS processes, whole files to a worker (their module fixtures train once), each
+# process and its children on one CPU thread (two workers on two cores: a second thread only spin-waits;
+# tests of threaded kernels set their own counts). Idle 2-core dev host: 517 s of pytest, 569 s with
+# torch's default threads.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
