@@ -36,8 +36,7 @@ lint: setup
 
 # Tests in TEST_WORKERS processes, whole files to a worker (their module fixtures train once), each
 # process and its children on one CPU thread (two workers on two cores: a second thread only spin-waits;
-# tests of threaded kernels set their own counts). Idle 2-core dev host: 517 s of pytest, 569 s with
-# torch's default threads.
+# tests of threaded kernels set their own counts).
 TEST_WORKERS ?= 2
 test: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

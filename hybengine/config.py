@@ -158,7 +158,7 @@ class TrainConfig:
     out_dir: str = marked("runs/pretrain", **RESUME_FREE, **PER_MEMBER)
     progress: bool = marked(True, **BOOKKEEPING)  # rich progress bar on rank 0
     # redraw <out_dir>/progress.png from metrics.jsonl (needs matplotlib): at the first log step, then
-    # at most every 30 s, and at the end; about a second of CPU per draw
+    # at most every 30 s, and at the end; each draw costs CPU time a tiny run notices
     plot: bool = marked(True, **BOOKKEEPING)
     threads: int = marked(0, **BOOKKEEPING)  # torch CPU threads; 0 leaves torch's default
     # glibc malloc on CPU runs (hybengine/runtime/cpu_malloc.py): "tuned" keeps freed activation

@@ -16,7 +16,7 @@ def tiny_overrides(out_dir: Path, steps: int = 6, **extra) -> list[str]:
         "data.root": str(DEMO_SOURCE), "data.crop": 32, "model.channels": 8, "model.channel_mult": "[1,2]",
         "model.groups": 4, "train.batch_size": 2, "train.steps": steps, "train.log_every": 2,
         "train.ckpt_every": 3, "train.out_dir": str(out_dir), "train.progress": "false",
-        "train.plot": "false",  # progress.png: about a second of CPU per run (test_progress_plot draws it)
+        "train.plot": "false",  # a matplotlib draw per run is CPU the suite need not pay (test_progress_plot draws it)
         "train.ema_halflife_steps": 2, "optim.warmup_steps": 2, "train.seed": 3,
         "train.threads": 1,  # two test workers share two cores: a second thread per run only waits
     }

@@ -64,14 +64,23 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+def _image_problems(infos: dict[str, FileInfo], what: str, crop: int) -> list[str]:
+    """The image files (name -> info) DALI cannot crop or decode as the torch path does."""
+    problems = []
+    small = [n for n, i in infos.items() if min(i.height, i.width) < crop]
+    if small:
+        problems.append(f"{len(small)} {what} smaller than data.crop={crop} need reflect padding, "
+                        f"which DALI lacks: {_some(small)}")
+    alpha = [n for n, i in infos.items() if i.file_channels in (2, 4)]
+    if alpha:
+        problems.append(f"{len(alpha)} {what} have an alpha channel: {_some(alpha)}")
+    return problems
+
+
 def plan_problems(scan: FolderScan, cfg: DataConfig, unlabeled: UnlabeledScan | None = None) -> list[str]:
     """Why DALI cannot reproduce the torch path on these files (empty list: it can); `unlabeled`: the
     unlabeled images mixed into the batches, judged the same way (they have no mask to judge)."""
-    problems = []
-    small = [s for s, i in scan.info.items() if min(i.height, i.width) < cfg.crop]
-    if small:
-        problems.append(f"{len(small)} image(s) smaller than data.crop={cfg.crop} need reflect padding, "
-                        f"which DALI lacks: {_some(small)}")
+    problems = _image_problems(scan.info, "image(s)", cfg.crop)
     masks = [s for s, i in scan.info.items() if not i.mask_gray8_png]
     if masks:
         problems.append(f"{len(masks)} mask(s) are not plain 8-bit grayscale PNG (palette, 1- or 16-bit "
@@ -79,18 +88,9 @@ def plan_problems(scan: FolderScan, cfg: DataConfig, unlabeled: UnlabeledScan | 
     if cfg.augment and cfg.aug_elastic:
         problems.append(f"data.aug_elastic={cfg.aug_elastic}: DALI has no elastic deformation on the CPU (its "
                         "zoom, rotation, gamma, blur and noise are supported)")
-    alpha = [s for s, i in scan.info.items() if i.file_channels in (2, 4)]
-    if alpha:
-        problems.append(f"{len(alpha)} image(s) have an alpha channel: {_some(alpha)}")
     if unlabeled is not None:
-        files = list(zip(unlabeled.files, unlabeled.info, strict=True))
-        small = [str(f) for f, i in files if min(i.height, i.width) < cfg.crop]
-        if small:
-            problems.append(f"{len(small)} unlabeled image(s) smaller than data.crop={cfg.crop} need reflect "
-                            f"padding, which DALI lacks: {_some(small)}")
-        alpha = [str(f) for f, i in files if i.file_channels in (2, 4)]
-        if alpha:
-            problems.append(f"{len(alpha)} unlabeled image(s) have an alpha channel: {_some(alpha)}")
+        named = {str(f): i for f, i in zip(unlabeled.files, unlabeled.info, strict=True)}
+        problems += _image_problems(named, "unlabeled image(s)", cfg.crop)
     return problems
 
 

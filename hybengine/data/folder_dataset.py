@@ -52,6 +52,12 @@ class FileInfo:
     norm: NormParams  # this image's normalisation
     mask_gray8_png: bool  # the mask is a plain 8-bit grayscale PNG (no palette, no 16 bits)
 
+    @classmethod
+    def of_image(cls, arr: np.ndarray, norm: NormParams, mask_gray8_png: bool) -> FileInfo:
+        """The info of a decoded image file `arr` ((H, W) or (H, W, C), as read_raw gives it)."""
+        return cls(arr.shape[0], arr.shape[1], 8 * arr.dtype.itemsize, 1 if arr.ndim == 2 else arr.shape[2],
+                   norm, mask_gray8_png)
+
 
 @dataclass
 class FolderScan:
@@ -171,9 +177,7 @@ def scan_folder(root: str | Path, split: str, cfg: DataConfig, cache_limit: int 
             problems.append(f"{masks[stem]}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from "
                             f"image {images[stem].name} size {image.shape[2]}x{image.shape[1]}")
         if image is not None and mask is not None:
-            info[stem] = FileInfo(arr.shape[0], arr.shape[1], 8 * arr.dtype.itemsize,
-                                  1 if arr.ndim == 2 else arr.shape[2], norm,
-                                  png_header(masks[stem]) == (8, 0))
+            info[stem] = FileInfo.of_image(arr, norm, png_header(masks[stem]) == (8, 0))
         if cache is not None and image is not None and mask is not None:
             cached_bytes += image.nbytes + mask.nbytes
             if cached_bytes <= cache_limit:

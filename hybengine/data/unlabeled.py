@@ -81,8 +81,7 @@ def scan_unlabeled(cfg: DataConfig) -> UnlabeledScan:
             raw, dtype_max = as_channels(arr, cfg.image_channels)
             norm = norm_params(raw, cfg.normalize, dtype_max)
             images.append(apply_norm(raw, norm))
-            info.append(FileInfo(arr.shape[0], arr.shape[1], 8 * arr.dtype.itemsize,
-                                 1 if arr.ndim == 2 else arr.shape[2], norm, True))
+            info.append(FileInfo.of_image(arr, norm, mask_gray8_png=True))  # no mask to judge
         except FileProblem as e:
             problems.append(f"{path}: {e}")
     if problems:

@@ -78,11 +78,9 @@ def paired_grid(records: list[dict], a: str, b: str, budget: int, score: Callabl
 def bootstrap_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile interval of the grid mean, resampling rows and columns of d (P, S) with replacement."""
     d = np.atleast_2d(np.asarray(d, dtype=np.float64))
-    P, S = d.shape
     if d.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, P, (n_boot, P))
+    (P, S), rng, rows = _row_draws(d, n_boot, seed)
     cols = rng.integers(0, S, (n_boot, S))
     # mean of d[rows][:, cols] = mean over rows of (row means of d restricted to the drawn columns)
     col_means = d[:, cols].mean(axis=2).T  # (n_boot, P): each row's mean over its draw's columns
@@ -93,13 +91,18 @@ def hierarchical_ci(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, see
     """Percentile interval of the grid mean of d (P, S): each draw takes P pretraining seeds (rows) with
     replacement, then for each of them S label seeds (columns) with replacement, its own draw per row."""
     d = np.atleast_2d(np.asarray(d, dtype=np.float64))
-    P, S = d.shape
     if d.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, P, (n_boot, P))
+    (P, S), rng, rows = _row_draws(d, n_boot, seed)
     cols = rng.integers(0, S, (n_boot, P, S))
     return _percentile_interval(d[rows[:, :, None], cols].mean(axis=(1, 2)), level)
+
+
+def _row_draws(d: np.ndarray, n_boot: int, seed: int) -> tuple[tuple[int, int], np.random.Generator, np.ndarray]:
+    """(P, S) of d, the seeded generator, and its first draw: n_boot resamples of the P rows."""
+    P, S = d.shape
+    rng = np.random.default_rng(seed)
+    return (P, S), rng, rng.integers(0, P, (n_boot, P))
 
 
 def _percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from .atomic import atomic_write_text
 from .progress_plot import read_records, write_progress_png
 
 log = logging.getLogger("hybengine")
-PLOT_EVERY_S = 30.0  # progress.png: redrawn at a log step at most this often, and at the end (~1 s of CPU a draw)
+PLOT_EVERY_S = 30.0  # progress.png: redrawn at a log step at most this often, and at the end (drawing is costly)
 
 
 def setup_logging(out_dir: Path | None, rank: int, level: int = logging.INFO) -> None:
