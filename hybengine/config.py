@@ -132,6 +132,9 @@ class OptimConfig:
     decay: str = choice("constant", "cosine")
     min_lr_ratio: float = 0.05  # cosine decay's floor, as a fraction of lr
     grad_clip: float = 1.0  # global-norm clip; 0 disables
+    # lr multiplier for every weight but the output conv (conv_out, the head): < 1 in a fine-tune keeps a
+    # pretrained body near its start (discriminative fine-tuning; 0 freezes it); 1 = one lr for all
+    body_lr_scale: float = 1.0
 
 
 @dataclass
@@ -501,6 +504,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= o.clean_share <= 1, f"objective.clean_share={o.clean_share}: must be in [0, 1]")
     _check(0 <= op.min_lr_ratio <= 1, f"optim.min_lr_ratio={op.min_lr_ratio}: must be in [0, 1]")
     _check(op.lr > 0, f"optim.lr={op.lr}: must be > 0")
+    _check(0 <= op.body_lr_scale <= 1, f"optim.body_lr_scale={op.body_lr_scale}: must be in [0, 1]")
     _check(0 <= op.beta1 < 1 and 0 <= op.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     _check(op.warmup_steps >= 0 and op.grad_clip >= 0 and op.weight_decay >= 0,
            "optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")

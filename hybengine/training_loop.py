@@ -102,7 +102,8 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
 
 def _make_backend(cfg: Config, net: UNet, dist: DistInfo):
     t, o = cfg.train, cfg.optim
-    optimizer = make_optimizer(net, o.lr, (o.beta1, o.beta2), o.weight_decay)
+    optimizer = make_optimizer(list(net.named_parameters()), o.lr, (o.beta1, o.beta2), o.weight_decay,
+                               o.body_lr_scale)
     if not dist.use_deepspeed:
         return PlainBackend(net, optimizer, t.precision, t.grad_accum, o.grad_clip, dist.device)
     ds = load_deepspeed_json(t.deepspeed_config, t.batch_size, t.grad_accum, t.precision, o.grad_clip,

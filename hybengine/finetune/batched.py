@@ -142,7 +142,8 @@ class BatchedTrainer:
         t, o, d = c0.train, c0.optim, c0.data
         self.cfg, self.R, self.device = c0, len(starts), device
         self.stack = StackedParams(starts)
-        optimizer = make_optimizer(self.stack, o.lr, (o.beta1, o.beta2), o.weight_decay)
+        optimizer = make_optimizer(list(zip(self.stack.names, self.stack.parameters(), strict=True)), o.lr,
+                                   (o.beta1, o.beta2), o.weight_decay, o.body_lr_scale)
         # the loop's update, one micro-batch per step; the clip is per member (`_clip_per_member`)
         self.backend = PlainBackend(self.stack, optimizer, "fp32", 1, 0.0, device)
         self.ema = EMA(self.stack, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None

@@ -28,8 +28,27 @@ from .atomic import atomic_torch_save
 log = logging.getLogger("hybengine.runtime")
 
 
-def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
-    """AdamW, torch's fused kernel on every device: its `found_inf` argument skips a step whose loss
+HEAD = ("conv_out.",)  # the U-Net's output conv: the mask (and image) head; every other weight is the body
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], body_lr_scale: float) -> list[dict]:
+    """The optimizer's parameter groups: one, or (body_lr_scale != 1) the head at the scheduled lr and the
+    body at body_lr_scale times it (discriminative fine-tuning: a pretrained body moves slowly, 0 freezes
+    it). Each group carries its `lr_scale`, which `set_lr` multiplies in at every step."""
+    if body_lr_scale == 1:
+        return [{"params": [p for _, p in named], "lr_scale": 1.0}]
+    head = [p for n, p in named if n.startswith(HEAD)]
+    body = [p for n, p in named if not n.startswith(HEAD)]
+    if not head:
+        raise ValueError(f"optim.body_lr_scale={body_lr_scale}: the model has no {HEAD[0]}* weights to train "
+                         "at the full lr")
+    return [{"params": head, "lr_scale": 1.0}, {"params": body, "lr_scale": float(body_lr_scale)}]
+
+
+def make_optimizer(named: list[tuple[str, nn.Parameter]], lr: float, betas: tuple[float, float],
+                   weight_decay: float, body_lr_scale: float = 1.0):
+    """AdamW over `named` ((name, parameter) pairs, grouped by `param_groups`), torch's fused kernel on
+    every device: its `found_inf` argument skips a step whose loss
     was not finite without a host read (CPU and CUDA alike). On CPU the optimizer probe measured it
     well ahead of torch's default (the per-tensor loop) and of foreach (docs/lab/cpu-bound.md,
     "the optimizer question"; benchmarks/results/optimizer.csv). On CUDA the fused kernel
@@ -38,7 +57,14 @@ def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weig
     tests/test_deepspeed.py): the implementation flags travel in the optimizer state, so a
     checkpoint continues with the one it was written with (one written with foreach skips a bad
     step through a host read: `PlainBackend.micro_step`)."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+    return torch.optim.AdamW(param_groups(named, body_lr_scale), lr=lr, betas=betas, weight_decay=weight_decay,
+                             fused=True)
+
+
+def set_group_lr(optimizer, lr: float) -> None:
+    """The scheduled lr into every group, times the group's `lr_scale` (`param_groups`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _fused(optimizer) -> bool:
@@ -89,8 +115,7 @@ class PlainBackend:
         return True
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_group_lr(self.optimizer, lr)
 
     def save(self, directory: Path) -> None:
         atomic_torch_save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -184,8 +209,7 @@ class DeepSpeedBackend:
         return boundary
 
     def set_lr(self, lr: float) -> None:
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
+        set_group_lr(self.engine.optimizer, lr)
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
