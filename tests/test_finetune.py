@@ -83,3 +83,27 @@ def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 
     resumed = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert resumed["dice"] == straight["dice"] and resumed["steps"] == 6
     assert torch.get_num_threads() == threads_before  # train.threads held for each run only
+
+
+def test_evaluation_holds_train_threads(pretrained, tmp_path, monkeypatch):
+    """The test-split prediction runs at train.threads as the training did (two sweep shards on two cores
+    with torch's default count each oversubscribed the host: a zero-shot took 7-50 s instead of 3 s)."""
+    import torch
+
+    from hybengine.finetune import runner
+    seen = []
+    predict = runner.predict_probs
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return predict(*args, **kwargs)
+    monkeypatch.setattr(runner, "predict_probs", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_finetune(_ft_cfg(tmp_path, **{"finetune.checkpoint": str(pretrained), "finetune.budget": 0,
+                                          "train.threads": 1}), console_logging=False)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2  # the caller's count back
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ from ..inference import predict_probs, resolve_prediction
 from ..metrics import image_metrics, summarize
 from ..runtime.atomic import atomic_write_text
 from ..runtime.checkpoint import load_weights
+from ..runtime.cpu_threads import torch_threads
 from ..training_loop import run_training
 from ..unet import UNet, build_unet, check_checkpoint_embedding
 
@@ -95,10 +96,12 @@ def evaluate(net: UNet, cfg: Config, split: str, dataset: FolderDataset | None =
     p = resolve_prediction(cfg, net)
     net.eval()
     per_image = []
-    for i in range(len(dataset)):
-        image, mask, name = dataset[i]
-        pred = predict_probs(net, image, cfg, p).argmax(0).cpu()
-        per_image.append({"name": name, **image_metrics(pred, mask, cfg.data.num_classes, cfg.data.ignore_index)})
+    with torch_threads(cfg.train.threads):  # as the run trained: sweep shards side by side must not oversubscribe
+        for i in range(len(dataset)):
+            image, mask, name = dataset[i]
+            pred = predict_probs(net, image, cfg, p).argmax(0).cpu()
+            per_image.append({"name": name, **image_metrics(pred, mask, cfg.data.num_classes,
+                                                            cfg.data.ignore_index)})
     net.train()
     return {"per_image": per_image, **summarize(per_image, cfg.data.num_classes), "prediction": p.describe()}
 
