@@ -126,3 +126,17 @@ def test_variants_name_their_pretrainings_and_fine_tunes():
     assert extra == ["finetune.unlabeled_share=0.5"]
     names = experiment.start_names(spec)
     assert names[-4:] == ["hybrid-tgt-keep_p0", "hybrid-tgt-keep_p1", "hybrid-tgt-keep_p2", "scratch"]
+
+
+def test_starts_are_scored_on_the_selection_split_else_val_else_test(tmp_path):
+    spec = tiny_spec(tmp_path)
+    source = tmp_path / "data" / "source"
+    spec["pretrain"]["overrides"] = [f"data.root={source}"]
+    assert experiment.source_split(spec) is None  # no split there at all
+    (source / "val").mkdir(parents=True)
+    assert experiment.source_split(spec) == "val"  # the selection's split
+    del spec["select"]
+    (source / "test").mkdir()
+    assert experiment.source_split(spec) == "val"
+    (source / "val").rmdir()
+    assert experiment.source_split(spec) == "test"  # e.g. the scratch assay's fluorescence domain

@@ -133,11 +133,24 @@ def pretrain(spec: dict, out: Path, shard: tuple[int, int] = (0, 1)) -> dict[str
     jobs = [(name, [*chosen.get(kind, []), *([] if seed is None else [f"train.seed={seed}"]),
                     *kind_overrides(spec, kind)]) for name, kind, seed in pretrain_plan(spec)]
     folders = run_all(jobs, spec, out, shard)
-    split = spec.get("select", {}).get("split", "val")
-    source = load_config(spec["pretrain"]["config"], spec["pretrain"].get("overrides", [])).data.root
-    if shard[0] == 0 and (Path(source) / split).is_dir():  # each start's source score, in every report
-        selection.score_starts(folders, split, out)
+    if shard[0] == 0:
+        score_sources(spec, folders, out)
     return folders
+
+
+def source_split(spec: dict) -> str | None:
+    """The source split each start is scored on: the one the selection used, else the source's val split,
+    else its test split (held-out source data the experiment uses nowhere else); None when it has neither."""
+    source = Path(load_config(spec["pretrain"]["config"], spec["pretrain"].get("overrides", [])).data.root)
+    splits = [spec["select"]["split"]] if "select" in spec else ["val", "test"]
+    return next((s for s in splits if (source / s).is_dir()), None)
+
+
+def score_sources(spec: dict, folders: dict[str, Path], out: Path) -> None:
+    """Each start's source score, in every report (selection.score_starts), on `source_split`."""
+    split = source_split(spec)
+    if split is not None:
+        selection.score_starts(folders, split, out)
 
 
 def run_all(jobs: list[tuple[str, list[str]]], spec: dict, out: Path, shard: tuple[int, int]) -> dict[str, Path]:
@@ -246,6 +259,8 @@ def analyse_only(path: str) -> int:
         print(f"experiment error: no finished fine-tune under {out / 'sweep' / 'runs'}", file=sys.stderr)
         return 2
     cfg = load_config(spec["finetune"]["config"], spec["finetune"].get("overrides", []))
+    if not (out / "source_scores.md").is_file():  # an experiment run before sources were scored on test
+        score_sources(spec, {name: out / f"pretrain_{name}" for name, _, _ in pretrain_plan(spec)}, out)
     copy_results(out, results)  # the selection's files (the sweep's reports are rewritten below)
     write_reports(records, results, title=f"{spec['out_dir']} (finished fine-tunes: {len(records)})",
                   class_names=cfg.sweep.class_names, inits=starts)
