@@ -18,7 +18,7 @@ under a size cap. Rows carry the commit given in HYBENGINE_COMMIT (no .git there
                       configuration, with whatever time is left
     call 2  profile   the step by op family, strong and engine (profile_step.py, Chrome traces in
                       the bundle); the host-sync check; the joint loss and upsample-conv benches
-    call 3  science   an experiment at GPU size (default configs/experiments/simulated_pair_gpu.yaml,
+    call 3  science   an experiment at GPU size (default configs/experiments/simulated_shortcut_gpu.yaml,
                       --science-config another): shards sharing the GPU, stopped in time for the
                       paired analysis of every label seed that finished
 
@@ -54,7 +54,7 @@ MAX_FILES = 8  # what a device call brings back from $OUT
 BUNDLE = "bundle.tar.gz"
 BUNDLE_CAP = 12 * 2**20  # bytes; a device call brings back files of at most 16 MiB
 RESERVE_S = 20  # kept at the end of a call for the bundle and the summary
-DEFAULT_SCIENCE = "configs/experiments/simulated_pair_gpu.yaml"
+DEFAULT_SCIENCE = "configs/experiments/simulated_shortcut_gpu.yaml"  # issue 27 (simulated_pair_gpu: issue 15)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 # One call of a GPU window (benchmarks/gpu_run.py says what each answers; benchmarks/README.md the order):
 #   OUT=gpu_out HYBENGINE_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_run.sh 1
 #   bash benchmarks/gpu_run.sh 2
-#   SCIENCE_CONFIG=configs/experiments/simulated_pair_gpu.yaml bash benchmarks/gpu_run.sh 3
+#   SCIENCE_CONFIG=configs/experiments/simulated_shortcut_gpu.yaml bash benchmarks/gpu_run.sh 3
 #   GPU_RUN_DRY=1 bash benchmarks/gpu_run.sh 1        # CPU dry run (tiny sizes, the Triton interpreter)
 # Each call ends by itself within GPU_RUN_BUDGET_S (default 570 s) and leaves at most 8 files in $OUT.
 # Env: OUT (default ./gpu_out), PYTHON (default python3), HYBENGINE_COMMIT (the rows' commit: the

@@ -135,8 +135,12 @@ def test_call_3_dry_run_runs_an_experiment_in_shards_then_analyses(tmp_path, bar
 
 
 def test_the_default_science_config_exists_and_names_its_results():
-    spec = yaml.safe_load((REPO / gpu_run.DEFAULT_SCIENCE).read_text())
+    from hybengine.experiment.pipeline import load_experiment, start_names
+
+    spec = load_experiment(REPO / gpu_run.DEFAULT_SCIENCE)  # unknown keys and bad contrasts are refused here
     assert spec["results_dir"] and spec["pretrain"]["modes"]
+    names = {n.rsplit("_p", 1)[0] for n in start_names(spec)}
+    assert {a for pair in spec["analysis"]["contrasts"] for a in pair} <= names  # every contrast has its starts
 
 
 @pytest.mark.parametrize("argv,says", [(["4"], "invalid choice: '4'"),
