@@ -209,6 +209,11 @@ class FinetuneConfig:
     # masks are never read) with the denoising term at random sigma, keeping what pretraining learnt;
     # 0: the paper's vanilla fine-tune (mask term only)
     unlabeled_share: float = 0.0
+    # > 0 (with unlabeled_share > 0 and a checkpoint): those unlabeled target images keep the START's mask
+    # predictions instead of the denoising term: their mask term is distill * KL(start || model) of the class
+    # probabilities at sigma_clean (Learning without Forgetting, Li & Hoiem 2016; the start is a frozen copy
+    # of the checkpoint); a run from scratch has no start and trains without it; 0: off
+    distill: float = 0.0
     # the seeds' 1-label subsets are distinct images while seeds < pool size (label_budget.py); still nested
     distinct_subsets: bool = False
     # the sigma the fine-tune trains and predicts at: "clean" = objective.sigma_clean; "estimate" = the noise
@@ -522,6 +527,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= d.unlabeled_share < 1, f"data.unlabeled_share={d.unlabeled_share}: must be in [0, 1)")
     _check(0 <= cfg.finetune.unlabeled_share < 1,
            f"finetune.unlabeled_share={cfg.finetune.unlabeled_share}: must be in [0, 1)")
+    _check(cfg.finetune.distill >= 0, f"finetune.distill={cfg.finetune.distill}: must be >= 0")
+    _check(cfg.finetune.distill == 0 or cfg.finetune.unlabeled_share > 0,
+           f"finetune.distill={cfg.finetune.distill} acts on the unlabeled target images of each batch: set "
+           "finetune.unlabeled_share > 0 too (e.g. 0.5)")
     for key, seed in (("train.seed", t.seed), ("finetune.seed", cfg.finetune.seed),
                       *((f"sweep.seeds[{i}]", s) for i, s in enumerate(cfg.sweep.seeds))):
         _check(0 <= seed <= MAX_SEED, f"{key}={seed}: must be in 0..{MAX_SEED} (each rank seeds numpy "

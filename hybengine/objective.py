@@ -17,7 +17,12 @@ No denoising term at sigma <= sigma_clean (unless `denoise_at_clean`): there lam
 every sigma and the target (x - c_skip x_n) / c_out is essentially -n, noise that is 0.2 % of the input,
 so such a sample adds a loss of about 1 that nothing learns (tests/test_objective.py measures it).
 Unlabeled samples (hybengine/data/unlabeled.py) carry a mask that is ignore_index throughout
-(`has_mask` false): their mask term is zero, so they train the denoising term only.
+(`has_mask` false): their mask term is zero, so they train the denoising term only. With a `teacher`
+(a frozen start, `finetune.distill`) an unlabeled sample's mask term keeps the teacher's prediction instead:
+
+    mask_b = distill * mean_pixels sum_k p_k (ln p_k - ln q_k),   p = softmax(teacher logits), q = softmax(logits)
+
+(KL(teacher || net), both nets at the sample's own preconditioned input; Learning without Forgetting).
 The objective knows no layers: it takes any net with the signature above.
 """
 from __future__ import annotations
@@ -54,8 +59,10 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int, eps
 class HybridObjective:
     """Per-sample loss terms of one batch; the training loop reduces them."""
 
-    def __init__(self, cfg: ObjectiveConfig, ignore_index: int, ops: Ops = REFERENCE):
+    def __init__(self, cfg: ObjectiveConfig, ignore_index: int, ops: Ops = REFERENCE, teacher=None,
+                 distill: float = 0.0):
         self.cfg, self.ignore_index, self.ops = cfg, ignore_index, ops  # ops.hybrid_loss: the joint loss
+        self.teacher, self.distill = teacher, distill  # a frozen start whose predictions unlabeled samples keep
 
     def sample_sigma(self, batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         """Noise levels (B,) of one batch (see the module docstring); `generator` is not drawn from in
@@ -91,8 +98,20 @@ class HybridObjective:
         denoise, mask = self.ops.hybrid_loss(out, x_n, x, y, c_skip, c_out, lam, w_mask, self.ignore_index)
         if cfg.dice_weight > 0 and w_mask > 0:
             mask = mask + w_mask * cfg.dice_weight * soft_dice_loss(out[:, x.shape[1]:], y, self.ignore_index)
-        mask = torch.where(has_mask(y, self.ignore_index), mask, torch.zeros_like(mask))
+        kept = (self.distill * keep_teacher(self.teacher, out[:, x.shape[1]:], x_n, sigma, cfg.sigma_data)
+                if self.teacher is not None else torch.zeros_like(mask))
+        mask = torch.where(has_mask(y, self.ignore_index), mask, kept)
         return denoise, mask
+
+
+def keep_teacher(teacher, logits: torch.Tensor, x_n: torch.Tensor, sigma: torch.Tensor, sigma_data: float
+                 ) -> torch.Tensor:
+    """Per-sample KL(teacher || net) of the class probabilities, mean over pixels (B,) fp32; the teacher
+    sees the same preconditioned input and gets no gradient."""
+    with torch.no_grad():
+        target = precond_forward(teacher, x_n, sigma, sigma_data)[0][:, x_n.shape[-3]:].float().log_softmax(1)
+    log_q = logits.float().log_softmax(1)
+    return (target.exp() * (target - log_q)).sum(1).mean((-2, -1))
 
 
 def has_mask(y: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -168,7 +168,8 @@ def _train(cfg: Config, resume: str | None, init_weights: dict | None, console_l
         net.forward = torch.compile(net.forward, fullgraph=True, mode=_compile_mode(cfg, dist.device))
     backend = _make_backend(cfg, net, dist)
     ema = EMA(net, t.ema_halflife_steps) if t.ema_halflife_steps > 0 else None
-    objective = HybridObjective(cfg.objective, cfg.data.ignore_index, run_ops)
+    objective = HybridObjective(cfg.objective, cfg.data.ignore_index, run_ops,
+                                *_teacher(cfg, init_weights, run_ops, dist.device))
     gen = objective_generator(t.seed, dist.rank, dist.device)
     if dist.is_main:  # only now, with data, model and back-end built: a failed start leaves no run behind
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +299,22 @@ def _train(cfg: Config, resume: str | None, init_weights: dict | None, console_l
         ema_net = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(dist.device)
         ema.copy_to(ema_net)
     return TrainResult(net, ema_net, step, out_dir, run_ops.chosen())
+
+
+def _teacher(cfg: Config, init_weights: dict | None, run_ops, device: torch.device) -> tuple[UNet | None, float]:
+    """(teacher, weight) of finetune.distill: a frozen copy of the start weights, or (None, 0) when off
+    or when the run has no start (from scratch: nothing to keep)."""
+    if cfg.finetune.distill <= 0:
+        return None, 0.0
+    if init_weights is None:
+        log.info("finetune.distill=%g: this run starts from scratch, so there is no start to keep; trained "
+                 "without it", cfg.finetune.distill)
+        return None, 0.0
+    teacher = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(device)
+    teacher.load_state_dict(init_weights)
+    if cfg.model.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher.eval().requires_grad_(False), cfg.finetune.distill
 
 
 def _compile_mode(cfg: Config, device: torch.device) -> str | None:

@@ -102,9 +102,11 @@ def pretrained(pair, tmp_path_factory):
     return out
 
 
-def test_finetune_keeping_the_denoising_term_reads_exactly_its_budget_of_masks(pair, pretrained, tmp_path):
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_finetune_keeping_the_denoising_term_reads_exactly_its_budget_of_masks(pair, pretrained, tmp_path, distill):
     """Every target train mask outside the budget's subset is replaced by a file no reader accepts: a
-    fine-tune that read one would fail. It trains on the images (the denoising term is non-zero)."""
+    fine-tune that read one would fail. It trains on the images: the denoising term is non-zero, or with
+    finetune.distill they keep the start's predictions (no denoising term, every sample at sigma_clean)."""
     import shutil
     target = tmp_path / "target"
     shutil.copytree(pair / "target", target)
@@ -116,11 +118,11 @@ def test_finetune_keeping_the_denoising_term_reads_exactly_its_budget_of_masks(p
     cfg = load_config(None, _over(out, target, **{"finetune.checkpoint": str(pretrained), "finetune.budget": 2,
                                                   "finetune.seed": 1, "finetune.subset_policy": "any",
                                                   "finetune.distinct_subsets": "true",
-                                                  "finetune.unlabeled_share": 0.5}))
+                                                  "finetune.unlabeled_share": 0.5, "finetune.distill": distill}))
     rec = run_finetune(cfg, console_logging=False, pool=pool)
     assert sorted(rec["labeled"]) == sorted(subset)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["denoise"] > 0 and r["mask"] > 0 for r in logged if "denoise" in r)
+    assert logged and all((r["denoise"] > 0) == (distill == 0) and r["mask"] > 0 for r in logged if "denoise" in r)
 
 
 def test_budget_zero_is_a_plain_prediction_with_the_start(pair, pretrained, tmp_path):
@@ -166,3 +168,28 @@ def test_sweep_runs_budget_zero_for_pretrained_starts_only(pair, pretrained, tmp
     stamp = (tmp_path / "sweep" / "runs" / "pre_b0_s0" / "result.json").stat().st_mtime_ns
     run_sweep(cfg, console_logging=False)  # resume: nothing redone
     assert (tmp_path / "sweep" / "runs" / "pre_b0_s0" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_distillation_is_wired_to_the_start_and_refused_without_unlabeled_images(pair, pretrained, tmp_path):
+    """The same fine-tune with two distill weights logs the same first mask term (the net is its start: KL 0)
+    and other later ones (the teacher's KL is in the loss);
+    distill without unlabeled samples, and in a batched group, is refused by name."""
+    from hybengine.config import ConfigError
+    from hybengine.finetune.batched import check_batchable
+    from hybengine.finetune.runner import prepare_finetune
+
+    masks = []
+    for w in (1.0, 50.0):
+        out = tmp_path / f"d{w}"
+        cfg = load_config(None, _over(out, pair / "target", **{
+            "finetune.checkpoint": str(pretrained), "finetune.budget": 1, "finetune.unlabeled_share": 0.5,
+            "finetune.distill": w, "train.log_every": 1}))
+        run_finetune(cfg, console_logging=False)
+        masks.append([json.loads(line)["mask"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                      if "mask" in line])
+    assert masks[0][0] == masks[1][0]  # step 1: the net is still its start, so the KL term is 0
+    assert masks[0][-1] != masks[1][-1]
+    with pytest.raises(ConfigError, match="finetune.distill=1.0 acts on the unlabeled target images"):
+        load_config(None, ["finetune.distill=1.0"])
+    with pytest.raises(ValueError, match="finetune.distill must be 0"):
+        check_batchable([prepare_finetune(cfg)[0]])

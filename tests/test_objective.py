@@ -168,3 +168,30 @@ def test_samples_at_sigma_clean_can_be_fed_as_they_are():
         fed = net.inp / c_in.view(-1, 1, 1, 1)
         assert torch.allclose(fed[:2], x[:2], atol=1e-6) == expect_clean
         assert torch.allclose(fed[2:], x[2:] + 0.5 * n[2:], atol=1e-5)
+
+
+def test_unlabeled_samples_keep_the_teachers_prediction_under_distillation():
+    """finetune.distill: an unlabeled sample's mask term is distill * KL(teacher || net) of the class
+    probabilities (by hand here), 0 when the net is the teacher; labeled samples are untouched; the
+    teacher gets no gradient."""
+    torch.manual_seed(0)
+    x, n = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 3, (4, 8, 8))
+    y[2:] = 255
+    sigma = torch.full((4,), 0.002)
+    net, teacher = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(1, 4, 3, padding=1).requires_grad_(False)
+    fn = lambda module: (lambda inp, c_noise: module(inp))  # noqa: E731
+    cfg = ObjectiveConfig(mode="supervised", dice_weight=1.0)
+    _, plain = HybridObjective(cfg, 255).terms(fn(net), x, y, sigma, n)
+    _, same = HybridObjective(cfg, 255, teacher=fn(net), distill=2.0).terms(fn(net), x, y, sigma, n)
+    torch.testing.assert_close(same[:2], plain[:2])
+    torch.testing.assert_close(same[2:], torch.zeros(2), atol=1e-6, rtol=0)
+    _, kept = HybridObjective(cfg, 255, teacher=fn(teacher), distill=2.0).terms(fn(net), x, y, sigma, n)
+    torch.testing.assert_close(kept[:2], plain[:2])
+    c_in = 1 / (0.002**2 + 0.5**2) ** 0.5  # EDM's c_in at sigma_clean, sigma_data 0.5
+    x_n = x[2:] + 0.002 * n[2:]  # the input both nets see
+    p = teacher(c_in * x_n)[:, 1:].log_softmax(1)
+    q = net(c_in * x_n)[:, 1:].log_softmax(1)
+    torch.testing.assert_close(kept[2:], 2.0 * (p.exp() * (p - q)).sum(1).mean((-2, -1)))
+    kept[2:].sum().backward()
+    assert net.weight.grad[1:].abs().sum() > 0 and teacher.weight.grad is None

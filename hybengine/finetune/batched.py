@@ -105,6 +105,7 @@ def check_batchable(run_cfgs: list[Config]) -> None:
         (c.model.dropout != 0, "model.dropout must be 0 (vmap would draw other dropout masks)"),
         (c.model.compile, "model.compile must be false"),
         (c.objective.mode != "supervised", "objective.mode must be supervised (fine-tuning)"),
+        (c.finetune.distill > 0, "finetune.distill must be 0 (its frozen start is not batched)"),
     ) if bad]
     if problems:
         raise ValueError("batched fine-tune: " + "; ".join(problems))

@@ -159,19 +159,21 @@ def draw_subset(cfg: Config, pool: list[str]) -> list[str]:
 
 def keep_denoising(run_cfg: Config) -> Config:
     """finetune.unlabeled_share > 0: the last samples of each batch are the target train split's images as
-    unlabeled samples (their masks never read) with the denoising term at random sigma; the labeled head
-    of the batch stays at sigma_clean with the mask term only (objective mode hybrid, clean_share = the
-    labeled share, no denoising term at sigma_clean). 0: unchanged (vanilla fine-tune)."""
+    unlabeled samples (their masks never read). They keep the denoising term at random sigma (objective
+    mode hybrid, clean_share = the labeled share, no denoising term at sigma_clean), or with
+    finetune.distill > 0 the start's predictions at sigma_clean (mode supervised: every sample at
+    sigma_clean; the loop's teacher, hybengine/objective.py). The labeled head of the batch stays at
+    sigma_clean with the mask term. 0: unchanged (vanilla fine-tune)."""
     share, d, o = run_cfg.finetune.unlabeled_share, run_cfg.data, run_cfg.objective
     if share <= 0 or run_cfg.finetune.budget == 0:
         return run_cfg
     B = run_cfg.train.batch_size
     k = round(share * B)
-    return dataclasses.replace(
-        run_cfg,
-        data=dataclasses.replace(d, unlabeled=[*d.unlabeled, str(Path(d.root) / d.train_split)],
-                                 unlabeled_share=share),
-        objective=dataclasses.replace(o, mode="hybrid", clean_share=(B - k) / B, denoise_at_clean=False))
+    data = dataclasses.replace(d, unlabeled=[*d.unlabeled, str(Path(d.root) / d.train_split)], unlabeled_share=share)
+    if run_cfg.finetune.distill > 0:
+        return dataclasses.replace(run_cfg, data=data)
+    return dataclasses.replace(run_cfg, data=data, objective=dataclasses.replace(
+        o, mode="hybrid", clean_share=(B - k) / B, denoise_at_clean=False))
 
 
 def write_result(run_cfg: Config, metrics: dict, steps: int, init_name: str | None = None) -> dict:
