@@ -302,14 +302,12 @@ def _train(cfg: Config, resume: str | None, init_weights: dict | None, console_l
 
 
 def _teacher(cfg: Config, init_weights: dict | None, run_ops, device: torch.device) -> tuple[UNet | None, float]:
-    """(teacher, weight) of finetune.distill: a frozen copy of the start weights, or (None, 0) when off
-    or when the run has no start (from scratch: nothing to keep)."""
+    """(teacher, weight) of finetune.distill: a frozen copy of the start weights, or (None, 0) when off."""
     if cfg.finetune.distill <= 0:
         return None, 0.0
-    if init_weights is None:
-        log.info("finetune.distill=%g: this run starts from scratch, so there is no start to keep; trained "
-                 "without it", cfg.finetune.distill)
-        return None, 0.0
+    if init_weights is None:  # a fine-tune from scratch has it set to 0 (finetune/runner.py keep_denoising)
+        raise ValueError(f"finetune.distill={cfg.finetune.distill} needs start weights to keep: set "
+                         "finetune.checkpoint, or finetune.distill=0")
     teacher = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(device)
     teacher.load_state_dict(init_weights)
     if cfg.model.channels_last:

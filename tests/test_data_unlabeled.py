@@ -193,3 +193,25 @@ def test_distillation_is_wired_to_the_start_and_refused_without_unlabeled_images
         load_config(None, ["finetune.distill=1.0"])
     with pytest.raises(ValueError, match="finetune.distill must be 0"):
         check_batchable([prepare_finetune(cfg)[0]])
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_a_saved_finetune_config_prepares_to_itself(pair, pretrained, tmp_path, distill):
+    """`finetune --resume` prepares the saved config again (command_config -> prepare_finetune): the
+    target images must not be added twice, or the resume is refused as another run. A distill run from
+    scratch has no start to keep: it is prepared vanilla, in one place."""
+    from hybengine.config import dumps
+    from hybengine.finetune.runner import command_config, prepare_finetune
+
+    over = {"finetune.checkpoint": str(pretrained), "finetune.budget": 1, "finetune.unlabeled_share": 0.5,
+            "finetune.distill": distill}
+    run_cfg, _ = prepare_finetune(load_config(None, _over(tmp_path / "a", pair / "target", **over)))
+    again, _ = prepare_finetune(command_config(run_cfg))
+    assert dumps(again) == dumps(run_cfg) and len(run_cfg.data.unlabeled) == 1
+    if distill:
+        scratch, _ = prepare_finetune(load_config(None, _over(tmp_path / "b", pair / "target",
+                                                              **{**over, "finetune.checkpoint": ""})))
+        assert scratch.data.unlabeled == [] and (scratch.finetune.distill, scratch.finetune.unlabeled_share) == (0, 0)
+        with pytest.raises(ValueError, match="set finetune.distill=0 with finetune.new_head"):
+            prepare_finetune(load_config(None, _over(tmp_path / "c", pair / "target", **{
+                **over, "data.num_classes": 4, "finetune.new_head": "true"})))

@@ -49,6 +49,10 @@ def pretrained_init(cfg: Config) -> tuple[Config, dict | None]:
         raise ValueError(f"{cfg.finetune.checkpoint} has no EMA weights; set finetune.weights=raw")
     state = w["ema"] if cfg.finetune.weights == "ema" else w["model"]
     if saved.data.num_classes != cfg.data.num_classes:  # finetune.new_head=true
+        if cfg.finetune.distill > 0:
+            raise ValueError(f"finetune.distill keeps the checkpoint's own mask predictions, but "
+                             f"{cfg.finetune.checkpoint} predicts {saved.data.num_classes} classes, not "
+                             f"{cfg.data.num_classes}: set finetune.distill=0 with finetune.new_head")
         state = new_mask_head(state, saved.model, cfg.data.image_channels, cfg.data.num_classes)
         log.info("finetune.new_head: kept the body and the %d image rows of conv_out of %s; its mask rows, "
                  "trained for %d classes, are re-initialised for %d", cfg.data.image_channels,
@@ -163,14 +167,21 @@ def keep_denoising(run_cfg: Config) -> Config:
     mode hybrid, clean_share = the labeled share, no denoising term at sigma_clean), or with
     finetune.distill > 0 the start's predictions at sigma_clean (mode supervised: every sample at
     sigma_clean; the loop's teacher, hybengine/objective.py). The labeled head of the batch stays at
-    sigma_clean with the mask term. 0: unchanged (vanilla fine-tune)."""
-    share, d, o = run_cfg.finetune.unlabeled_share, run_cfg.data, run_cfg.objective
-    if share <= 0 or run_cfg.finetune.budget == 0:
+    sigma_clean with the mask term. 0: unchanged (vanilla fine-tune); so is a distill run from scratch,
+    which has no start to keep (finetune.distill set to 0 in its config). Idempotent: a resumed run's
+    saved config comes back unchanged."""
+    ft, d, o = run_cfg.finetune, run_cfg.data, run_cfg.objective
+    if ft.distill > 0 and not ft.checkpoint:
+        log.info("finetune.distill=%g: a run from scratch has no start to keep; fine-tuned vanilla", ft.distill)
+        return dataclasses.replace(run_cfg, finetune=dataclasses.replace(ft, distill=0.0, unlabeled_share=0.0))
+    if ft.unlabeled_share <= 0 or ft.budget == 0:
         return run_cfg
     B = run_cfg.train.batch_size
-    k = round(share * B)
-    data = dataclasses.replace(d, unlabeled=[*d.unlabeled, str(Path(d.root) / d.train_split)], unlabeled_share=share)
-    if run_cfg.finetune.distill > 0:
+    k = round(ft.unlabeled_share * B)
+    pool = str(Path(d.root) / d.train_split)
+    data = dataclasses.replace(d, unlabeled=d.unlabeled if pool in d.unlabeled else [*d.unlabeled, pool],
+                               unlabeled_share=ft.unlabeled_share)
+    if ft.distill > 0:
         return dataclasses.replace(run_cfg, data=data)
     return dataclasses.replace(run_cfg, data=data, objective=dataclasses.replace(
         o, mode="hybrid", clean_share=(B - k) / B, denoise_at_clean=False))
