@@ -29,8 +29,8 @@ from hybengine.experiment.pipeline import kind_overrides
 from hybengine.experiment.stats import paired_contrast, score_of, versus_zero_shot
 from hybengine.finetune.runner import run_finetune
 from hybengine.runtime.atomic import atomic_write_text
-from hybengine.runtime.checkpoint import complete_snapshots
-from hybengine.runtime.run_folder import clear_run_files
+from hybengine.runtime.checkpoint import complete_snapshots, load_weights
+from hybengine.runtime.run_folder import RunFolderError, clear_run_files
 from hybengine.training_loop import LoopHooks, run_training
 
 EXPERIMENT = "configs/experiments/scratch_assay_unlabeled.yaml"
@@ -119,13 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     pre0 = pres[STARTS[0]].train
     estimate = Estimate(len(STARTS) * pre0.steps, pre0.batch_size, round(ft_steps), ft0.train.batch_size, n_ft,
                         n_ft + len(STARTS) * (0 in budgets))
+    trained = False  # a pretraining that takes a step here makes every earlier fine-tune result stale
     for kind, pre in pres.items():
         pre_dir = Path(pre.train.out_dir)  # a demo run again picks up its own finished parts
         done = complete_snapshots(pre_dir / "checkpoints") if pre_dir.is_dir() else []
         if pre_dir.is_dir() and not done:
             clear_run_files(pre_dir)
         hooks = LoopHooks(on_step=estimate.on_step) if kind == STARTS[0] else None
-        run_training(pre, resume=str(pre_dir) if done else None, hooks=hooks)
+        try:
+            step = run_training(pre, resume=str(pre_dir) if done else None, hooks=hooks).step
+        except RunFolderError as e:
+            console.print(f"demo error: {e}. {out} holds a demo run made with other settings: delete it or "
+                          "give --out another folder")
+            return 2
+        trained |= not done or load_weights(done[-1])["step"] != step
 
     records = []
     t_ft = time.perf_counter()
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     *ft_base, f"finetune.checkpoint={ckpt}", f"finetune.budget={budget}", f"finetune.seed={seed}",
                     f"train.out_dir={out / f'finetune_{init}_b{budget}_s{seed}'}"])
                 ft_dir = Path(ft.train.out_dir)
-                if (ft_dir / "result.json").is_file():  # finished by an earlier demo run
+                if (ft_dir / "result.json").is_file() and not trained:  # finished by an earlier demo run
                     records.append({**json.loads((ft_dir / "result.json").read_text()), "init": init})
                     continue
                 if ft_dir.is_dir():

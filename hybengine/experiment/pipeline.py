@@ -260,7 +260,10 @@ def analyse_only(path: str) -> int:
         return 2
     cfg = load_config(spec["finetune"]["config"], spec["finetune"].get("overrides", []))
     if not (out / "source_scores.md").is_file():  # an experiment run before sources were scored on test
-        score_sources(spec, {name: out / f"pretrain_{name}" for name, _, _ in pretrain_plan(spec)}, out)
+        try:
+            score_sources(spec, {name: out / f"pretrain_{name}" for name, _, _ in pretrain_plan(spec)}, out)
+        except FileNotFoundError as e:  # e.g. the sweep copied without its pretrainings: report the rest
+            print(f"experiment: no source_scores.md ({e})", file=sys.stderr)
     copy_results(out, results)  # the selection's files (the sweep's reports are rewritten below)
     write_reports(records, results, title=f"{spec['out_dir']} (finished fine-tunes: {len(records)})",
                   class_names=cfg.sweep.class_names, inits=starts)
