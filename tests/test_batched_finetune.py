@@ -98,6 +98,10 @@ def test_auto_choice_by_measurement(members, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "time_steps", lambda *a, **k: pytest.fail("should reuse runner.json"))
     runner, reason = choose_runner("auto", c0, 2, device, tmp_path / "batched.json")
     assert runner == "batched" and "measured earlier" in reason
+    # runs the batched runner refuses are not timed: sequential, and the reason names why
+    hybrid = dataclasses.replace(c0, objective=dataclasses.replace(c0.objective, mode="hybrid"))
+    runner, reason = choose_runner("auto", hybrid, 2, device, tmp_path / "refused.json")
+    assert runner == "sequential" and "objective.mode must be supervised" in reason
 
 
 def test_real_measurement_runs(members):

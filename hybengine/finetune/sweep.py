@@ -183,6 +183,10 @@ def choose_runner(runner: str, run_cfg: Config, R: int, device: torch.device,
         return runner, f"sweep.runner={runner}"
     if R < 2:
         return "sequential", "auto: a single run to train, nothing to batch"
+    try:  # e.g. target images kept in the fine-tune (finetune.unlabeled_share): nothing to time
+        check_batchable([run_cfg])
+    except ValueError as e:
+        return "sequential", f"auto: {e}"
     key = {"device": device_name(device), "R": R, "model": dataclasses.asdict(run_cfg.model),
            "batch": run_cfg.train.batch_size, "crop": run_cfg.data.crop, "threads": torch.get_num_threads()}
     if record is not None and record.is_file():
