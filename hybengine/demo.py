@@ -1,16 +1,17 @@
-"""The demo job (README command 1): the finding of `configs/experiments/scratch_assay_unlabeled.yaml`,
-at one pretraining seed. Hybrid and supervised pretraining on the fluorescence domain of the bundled
-scratch assay (the experiment's settings), then each start on the oblique-light test frames as it is
-(zero-shot: no target label) and after fine-tunes on a few labeled oblique tiles, beside fine-tunes
-from scratch (same label seeds, so each seed is a pair); then the Dice table and the paired differences.
+"""The demo job (README command 1): the best method the evidence supports on the bundled pair, at one
+pretraining seed, against supervised pretraining and scratch. From `configs/experiments/scratch_assay_lwf.yaml`
+(3 pretraining seeds x 4 label seeds, docs/results/scratch_assay_lwf/): hybrid pretraining on the
+fluorescence domain of the scratch assay segments oblique light with no target label, where supervised
+pretraining predicts background, and a fine-tune that keeps the start's predictions on the unlabeled
+oblique train images (Learning without Forgetting, `finetune.distill`) carries that through; supervised
+pretraining is fine-tuned the usual way, the rule that suits it (`supervised-vanilla` there), and scratch
+beside both (same label seeds, so each seed is a pair). Then the Dice table, the paired differences and
+each start's fine-tune minus its own zero-shot score.
 
-    python -m hybengine.demo [--budgets 1] [--seeds 0 1 2] [--out runs/demo] [pretrain.key=value ...]
+    python -m hybengine.demo [--budgets 0 1] [--seeds 0 1 2] [--out runs/demo] [pretrain.key=value ...]
 
-The experiment (3 pretraining seeds x 4 label seeds, docs/results/scratch_assay_unlabeled/) found: the
-hybrid start segments oblique light zero-shot where supervised pretraining predicts background, and the
-vanilla fine-tune falls below that start; the demo shows the same comparison on one seed. After its
-first pretraining steps it prints how long the whole job will take on this machine, and at the end how
-long it took.
+After its first pretraining steps it prints how long the whole job will take on this machine, and at the
+end how long it took.
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ from hybengine.runtime.checkpoint import complete_snapshots, load_weights
 from hybengine.runtime.run_folder import RunFolderError, clear_run_files
 from hybengine.training_loop import LoopHooks, run_training
 
-EXPERIMENT = "configs/experiments/scratch_assay_unlabeled.yaml"
-STARTS = ("hybrid", "supervised")  # pretrained starts; scratch is fine-tuned beside them
+EXPERIMENT = "configs/experiments/scratch_assay_lwf.yaml"
+# pretrained starts and the experiment's fine-tune variant each is fine-tuned with (None: the experiment's
+# own rule, Learning without Forgetting); scratch is fine-tuned beside them (vanilla: no start to keep)
+STARTS = {"hybrid": None, "supervised": "supervised-vanilla"}
 CLASSES = ("background", "cell body", "nucleus")
 # the demo runs alone: torch's own thread count, not the experiment's one per shard
 ALONE = ["train.threads=0"]
@@ -108,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     pres = {kind: load_config(pre_spec["config"], [*pre_spec["overrides"], *kind_overrides(spec, kind), "train.seed=0",
                                                    *ALONE, *pre_over, f"train.out_dir={out / f'pretrain_{kind}'}"])
             for kind in STARTS}
-    ft_base = [*ft_spec["overrides"], *ALONE, *ft_over]
+    rule = {k: [*ft_spec["overrides"], *(ft_spec["variants"][v]["overrides"] if v else []), *ALONE, *ft_over]
+            for k, v in [*STARTS.items(), ("scratch", None)]}
     budgets = sorted(args.budgets)
     trained = [b for b in budgets if b > 0]
     n_ft = (len(STARTS) + 1) * len(trained) * len(args.seeds)
-    ft0 = load_config(ft_spec["config"], [*ft_base, f"finetune.budget={max(trained, default=0)}"])
+    ft0 = load_config(ft_spec["config"], [*rule["hybrid"], f"finetune.budget={max(trained, default=0)}"])
     ft_steps = ft0.train.steps + ft0.finetune.steps_per_label * (sum(trained) / max(len(trained), 1))
     console.print(f"[bold]demo: {len(STARTS)} pretrainings and {n_ft} fine-tunes; an estimate for this machine "
                   f"follows its first {TIMED_STEPS[1]} pretraining steps[/bold]")
-    pre0 = pres[STARTS[0]].train
+    pre0 = pres["hybrid"].train
     estimate = Estimate(len(STARTS) * pre0.steps, pre0.batch_size, round(ft_steps), ft0.train.batch_size, n_ft,
                         n_ft + len(STARTS) * (0 in budgets))
     trained = False  # a pretraining that takes a step here makes every earlier fine-tune result stale
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         done = complete_snapshots(pre_dir / "checkpoints") if pre_dir.is_dir() else []
         if pre_dir.is_dir() and not done:
             clear_run_files(pre_dir)
-        hooks = LoopHooks(on_step=estimate.on_step) if kind == STARTS[0] else None
+        hooks = LoopHooks(on_step=estimate.on_step) if kind == "hybrid" else None
         try:
             step = run_training(pre, resume=str(pre_dir) if done else None, hooks=hooks).step
         except RunFolderError as e:
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # an untrained net has no zero-shot score
             for seed in args.seeds[:1] if budget == 0 else args.seeds:  # zero-shot reads no label: once
                 ft = load_config(ft_spec["config"], [
-                    *ft_base, f"finetune.checkpoint={ckpt}", f"finetune.budget={budget}", f"finetune.seed={seed}",
+                    *rule[init], f"finetune.checkpoint={ckpt}", f"finetune.budget={budget}", f"finetune.seed={seed}",
                     f"train.out_dir={out / f'finetune_{init}_b{budget}_s{seed}'}"])
                 ft_dir = Path(ft.train.out_dir)
                 if (ft_dir / "result.json").is_file() and not trained:  # finished by an earlier demo run
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(r["init"], str(r["budget"]), str(r["seed"]) if r["budget"] else "-",
                       *(f"{d:.3f}" for d in r["dice"]), f"{r['mean_fg_dice']:.3f}")
     Console().print(table)
+    console.print("hybrid: fine-tuned keeping its start's predictions on the unlabeled oblique train images "
+                  "(finetune.distill); supervised and scratch: fine-tuned the usual way")
     print_paired(records)
     wall = time.perf_counter() - t0
     said = f"; estimated {estimate.seconds / 60:.1f}" if estimate.seconds is not None else ""

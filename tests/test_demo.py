@@ -1,8 +1,10 @@
 """The demo job, shrunk: it estimates its time from its first steps, scores both pretrained starts zero-shot,
-pairs hybrid with supervised and scratch per seed, and writes its summary."""
+fine-tunes hybrid keeping its start and the others the usual way, pairs hybrid with supervised and scratch
+per seed, and writes its summary."""
 import json
 
 import pytest
+import yaml
 
 from hybengine import demo
 
@@ -29,6 +31,9 @@ def test_demo_estimates_pairs_and_summarises(tmp_path, capsys):
     for kind, mode in (("hybrid", "hybrid"), ("supervised", "supervised")):  # the experiment's pretrainings
         saved = (tmp_path / f"pretrain_{kind}" / "config.yaml").read_text()
         assert f"mode: {mode}" in saved and "w_mask: 1.0" in saved
+    rules = {init: yaml.safe_load((tmp_path / f"finetune_{init}_b1_s0" / "config.yaml").read_text())["finetune"]
+             for init in ("hybrid", "supervised", "scratch")}  # each start under the rule that suits it
+    assert rules["hybrid"]["distill"] == 1.0 and rules["supervised"]["distill"] == rules["scratch"]["distill"] == 0
     # run again into the same folder: the finished pretrainings and fine-tunes are reused, not refused
     weights = (tmp_path / "pretrain_hybrid" / "checkpoints" / "step_00000008" / "weights.pt").read_bytes()
     assert demo.main([*over, "--out", str(tmp_path), "--seeds", "0"]) == 0
