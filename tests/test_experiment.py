@@ -140,3 +140,20 @@ def test_starts_are_scored_on_the_selection_split_else_val_else_test(tmp_path):
     assert experiment.source_split(spec) == "val"
     (source / "val").rmdir()
     assert experiment.source_split(spec) == "test"  # e.g. the scratch assay's fluorescence domain
+
+
+def test_a_variant_can_start_from_an_earlier_snapshot_and_bad_variants_are_named(tmp_path):
+    """finetune.variants.<name>.step: the start's snapshot at that step (a start matched on source score)."""
+    spec = tiny_spec(tmp_path)
+    spec["finetune"]["variants"] = {"supervised-matched": {"start": "supervised", "step": 100}}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    spec = experiment.load_experiment(path)
+    folders = {"hybrid_p0": Path("o/pretrain_hybrid_p0"), "supervised_p0": Path("o/pretrain_supervised_p0")}
+    (inits, extra), = experiment.finetune_variants(spec, folders)
+    assert inits == ["supervised-matched_p0=o/pretrain_supervised_p0/checkpoints/step_00000100"] and extra == []
+    for bad in ({"start": "denoise"}, {"start": "supervised", "snapshot": 100}):
+        spec["finetune"]["variants"] = {"x": bad}
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(ConfigError, match="finetune.variants.x takes start"):
+            experiment.load_experiment(path)

@@ -10,8 +10,9 @@ endpoint, the contrasts and the family of tests Holm-corrected, fixed before the
 hybengine/experiment/stats.py), which adds contrasts.{md,csv,png} to the results. With more than one
 pretraining seed each pretrained start is named `<mode>_p<seed>` (train.seed = the seed).
 `pretrain.variants` ({name: {mode, overrides}}) adds pretrainings of a mode with overrides of their own
-(e.g. the target's images as unlabeled data); `finetune.variants` ({name: {start, overrides}}) fine-tunes
-a start's checkpoints again with overrides of their own (e.g. `finetune.unlabeled_share`). Optional
+(e.g. the target's images as unlabeled data); `finetune.variants` ({name: {start, overrides, step}})
+fine-tunes a start's checkpoints again with overrides of their own (e.g. `finetune.unlabeled_share`), or
+its snapshot at an earlier `step` (e.g. a supervised start matched to hybrid's source score). Optional
 `select`: objective settings chosen per mode on source validation data by candidate pretrainings run
 first (hybengine/experiment/selection.py). Both stages resume: a pretraining whose final snapshot exists
 is not redone (a partial one continues from its last snapshot), and the sweep skips finished
@@ -76,6 +77,11 @@ def load_experiment(path: str | Path) -> dict:
         for pair in [*analysis["contrasts"], *analysis.get("family", {}).get("contrasts", [])]:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ConfigError(f"{path}: analysis contrast {pair!r} must be a pair [a, b] of start names")
+    kinds = {*spec["pretrain"].get("modes", ["hybrid"]), *spec["pretrain"].get("variants", {})}
+    for name, v in spec["finetune"].get("variants", {}).items():
+        if not isinstance(v, dict) or set(v) - {"start", "overrides", "step"} or v.get("start") not in kinds:
+            raise ConfigError(f"{path}: finetune.variants.{name} takes start (one of {sorted(kinds)}), overrides "
+                              f"and step (a snapshot step of the start), got {v!r}")
     if "select" in spec:
         pre = spec["pretrain"]
         spec["select"] = selection.check_select(spec["select"], pre.get("modes", ["hybrid"]), pre.get("seeds"),
@@ -101,14 +107,19 @@ def kind_overrides(spec: dict, kind: str) -> list[str]:
 
 
 def finetune_variants(spec: dict, folders: dict[str, Path]) -> list[tuple[list[str], list[str]]]:
-    """(inits, overrides) of each `finetune.variants` entry ({name: {start, overrides}}): the start's
-    checkpoints (every seed) fine-tuned with overrides of the variant's own, named <name>[_p<seed>]."""
-    out = []
-    for name, v in spec["finetune"].get("variants", {}).items():
-        inits = [f"{name}{start[len(v['start']):]}={folder}" for start, folder in folders.items()
-                 if start == v["start"] or start.startswith(f"{v['start']}_p")]
-        out.append((inits, v.get("overrides", [])))
-    return out
+    """(inits, overrides) of each `finetune.variants` entry ({name: {start, overrides, step}}): the start's
+    checkpoints (every seed; with `step`, its snapshot at that step) fine-tuned with overrides of the
+    variant's own, named <name>[_p<seed>]."""
+    return [([f"{n}={f}" for n, f in variant_starts(spec, folders, name).items()], v.get("overrides", []))
+            for name, v in spec["finetune"].get("variants", {}).items()]
+
+
+def variant_starts(spec: dict, folders: dict[str, Path], name: str) -> dict[str, Path]:
+    """{<name>[_p<seed>]: the folder a finetune.variants entry starts from} (a snapshot folder with `step`)."""
+    v = spec["finetune"]["variants"][name]
+    return {f"{name}{start[len(v['start']):]}": folder / "checkpoints" / f"step_{int(v['step']):08d}"
+            if "step" in v else folder
+            for start, folder in folders.items() if start == v["start"] or start.startswith(f"{v['start']}_p")}
 
 
 def start_names(spec: dict) -> list[str]:
@@ -147,10 +158,13 @@ def source_split(spec: dict) -> str | None:
 
 
 def score_sources(spec: dict, folders: dict[str, Path], out: Path) -> None:
-    """Each start's source score, in every report (selection.score_starts), on `source_split`."""
+    """Each start's source score, in every report (selection.score_starts), on `source_split`: the
+    pretrainings' and the snapshots that finetune.variants start from (`step`)."""
     split = source_split(spec)
+    snapshots = {n: f for name, v in spec["finetune"].get("variants", {}).items() if "step" in v
+                 for n, f in variant_starts(spec, folders, name).items()}
     if split is not None:
-        selection.score_starts(folders, split, out)
+        selection.score_starts({**folders, **snapshots}, split, out)
 
 
 def run_all(jobs: list[tuple[str, list[str]]], spec: dict, out: Path, shard: tuple[int, int]) -> dict[str, Path]:
