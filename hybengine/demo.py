@@ -76,15 +76,15 @@ def print_paired(records: list[dict]) -> None:
     and fine-tune seed on both sides), with a 95 % bootstrap interval over seeds and the signed-rank p
     (hybengine/experiment/stats.py); then each start's fine-tune minus its own zero-shot score."""
     budgets = sorted({r["budget"] for r in records})
-    for budget in budgets:
+    if 0 in budgets:  # one zero-shot record per start: a difference, no interval
+        c = paired_contrast(records, "hybrid", "supervised", 0)
+        console.print(f"zero-shot (no label): hybrid - supervised mean foreground Dice {c['mean']:+.3f}")
+    for budget in [b for b in budgets if b > 0]:
         for other in ("supervised", "scratch"):
             c = paired_contrast(records, "hybrid", other, budget)
-            if c["label_seeds"] and budget == 0:
-                console.print(f"zero-shot (no label): hybrid - supervised mean foreground Dice {c['mean']:+.3f}")
-            elif c["label_seeds"]:
-                console.print(f"{budget} label(s): hybrid - {other} mean foreground Dice {c['mean']:+.3f} "
-                              f"[95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}], signed-rank p {c['p']:.2f}, "
-                              f"over {c['label_seeds']} seed(s)")
+            console.print(f"{budget} label(s): hybrid - {other} mean foreground Dice {c['mean']:+.3f} "
+                          f"[95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}], signed-rank p {c['p']:.2f}, "
+                          f"over {c['label_seeds']} seed(s)")
     for start in STARTS:
         for budget in [b for b in budgets if b > 0 and 0 in budgets]:
             v = versus_zero_shot(records, start, budget, score_of("dice"))
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     pre0 = pres["hybrid"].train
     estimate = Estimate(len(STARTS) * pre0.steps, pre0.batch_size, round(ft_steps), ft0.train.batch_size, n_ft,
                         n_ft + len(STARTS) * (0 in budgets))
-    trained = False  # a pretraining that takes a step here makes every earlier fine-tune result stale
+    stale = False  # a pretraining that takes a step here makes every earlier fine-tune result stale
     for kind, pre in pres.items():
         pre_dir = Path(pre.train.out_dir)  # a demo run again picks up its own finished parts
         done = complete_snapshots(pre_dir / "checkpoints") if pre_dir.is_dir() else []
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"demo error: {e}. {out} holds a demo run made with other settings: delete it or "
                           "give --out another folder")
             return 2
-        trained |= not done or load_weights(done[-1])["step"] != step
+        stale |= not done or load_weights(done[-1])["step"] != step
 
     records = []
     t_ft = time.perf_counter()
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     *rule[init], f"finetune.checkpoint={ckpt}", f"finetune.budget={budget}", f"finetune.seed={seed}",
                     f"train.out_dir={out / f'finetune_{init}_b{budget}_s{seed}'}"])
                 ft_dir = Path(ft.train.out_dir)
-                if (ft_dir / "result.json").is_file() and not trained:  # finished by an earlier demo run
+                if (ft_dir / "result.json").is_file() and not stale:  # finished by an earlier demo run
                     records.append({**json.loads((ft_dir / "result.json").read_text()), "init": init})
                     continue
                 if ft_dir.is_dir():

@@ -305,7 +305,7 @@ def _teacher(cfg: Config, init_weights: dict | None, run_ops, device: torch.devi
     """(teacher, weight) of finetune.distill: a frozen copy of the start weights, or (None, 0) when off."""
     if cfg.finetune.distill <= 0:
         return None, 0.0
-    if init_weights is None:  # a fine-tune from scratch has it set to 0 (finetune/runner.py keep_denoising)
+    if init_weights is None:  # a fine-tune from scratch has it set to 0 (finetune/runner.py with_target_images)
         raise ValueError(f"finetune.distill={cfg.finetune.distill} needs start weights to keep: set "
                          "finetune.checkpoint, or finetune.distill=0")
     teacher = build_unet(cfg.model, cfg.data.image_channels, cfg.data.num_classes, run_ops).to(device)

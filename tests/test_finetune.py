@@ -87,7 +87,8 @@ def test_finetune_resume_after_kill_is_exact(pretrained, tmp_path):  # issue 26 
 
 def test_evaluation_holds_train_threads(pretrained, tmp_path, monkeypatch):
     """The test-split prediction runs at train.threads as the training did (two sweep shards on two cores
-    with torch's default count each oversubscribed the host: a zero-shot took 7-50 s instead of 3 s)."""
+    with torch's default count each oversubscribed the 2-core dev host: a zero-shot took 7-50 s instead of
+    about 3 s; docs/results/scratch_assay_guarded/logs)."""
     import torch
 
     from hybengine.finetune import runner

@@ -77,10 +77,10 @@ def load_experiment(path: str | Path) -> dict:
         for pair in [*analysis["contrasts"], *analysis.get("family", {}).get("contrasts", [])]:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ConfigError(f"{path}: analysis contrast {pair!r} must be a pair [a, b] of start names")
-    kinds = {*spec["pretrain"].get("modes", ["hybrid"]), *spec["pretrain"].get("variants", {})}
+    kinds = pretrain_kinds(spec)
     for name, v in spec["finetune"].get("variants", {}).items():
         if not isinstance(v, dict) or set(v) - {"start", "overrides", "step"} or v.get("start") not in kinds:
-            raise ConfigError(f"{path}: finetune.variants.{name} takes start (one of {sorted(kinds)}), overrides "
+            raise ConfigError(f"{path}: finetune.variants.{name} takes start (one of {kinds}), overrides "
                               f"and step (a snapshot step of the start), got {v!r}")
     if "select" in spec:
         pre = spec["pretrain"]
@@ -92,10 +92,13 @@ def load_experiment(path: str | Path) -> dict:
 def pretrain_plan(spec: dict) -> list[tuple[str, str, int | None]]:
     """(start name, mode or variant, seed or None) of every pretraining, seeds outermost: the modes, then
     `pretrain.variants` ({name: {mode, overrides}}: a mode with overrides of its own, e.g. unlabeled images)."""
-    pre = spec["pretrain"]
-    seeds = pre.get("seeds")
-    kinds = [*pre.get("modes", ["hybrid"]), *pre.get("variants", {})]
-    return [(kind if seed is None else f"{kind}_p{seed}", kind, seed) for seed in seeds or [None] for kind in kinds]
+    return [(kind if seed is None else f"{kind}_p{seed}", kind, seed)
+            for seed in spec["pretrain"].get("seeds") or [None] for kind in pretrain_kinds(spec)]
+
+
+def pretrain_kinds(spec: dict) -> list[str]:
+    """The pretraining kinds: the modes, then the `pretrain.variants` names."""
+    return [*spec["pretrain"].get("modes", ["hybrid"]), *spec["pretrain"].get("variants", {})]
 
 
 def kind_overrides(spec: dict, kind: str) -> list[str]:

@@ -128,7 +128,7 @@ def prepare_finetune(cfg: Config, pool: list[str] | None = None) -> tuple[Config
         train=dataclasses.replace(cfg.train, seed=ft.seed, backend="plain",
                                   steps=cfg.train.steps + ft.steps_per_label * ft.budget),
     )
-    return keep_denoising(at_target_sigma(run_cfg)), init
+    return with_target_images(at_target_sigma(run_cfg)), init
 
 
 def at_target_sigma(run_cfg: Config) -> Config:
@@ -161,7 +161,7 @@ def draw_subset(cfg: Config, pool: list[str]) -> list[str]:
     return subset
 
 
-def keep_denoising(run_cfg: Config) -> Config:
+def with_target_images(run_cfg: Config) -> Config:
     """finetune.unlabeled_share > 0: the last samples of each batch are the target train split's images as
     unlabeled samples (their masks never read). They keep the denoising term at random sigma (objective
     mode hybrid, clean_share = the labeled share, no denoising term at sigma_clean), or with
